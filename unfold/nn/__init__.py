@@ -1,0 +1,19 @@
+"""Training-time offline normalization layers. Imports nothing but torch.
+
+    from unfold.nn import UnifiedNorm, PowerNorm, swap_norms, reset_warmup, create_norm
+"""
+
+from unfold.nn.factory import NORM_KINDS, create_norm
+from unfold.nn.power_norm import PowerNorm, group_scaling
+from unfold.nn.swap import reset_warmup, swap_norms
+from unfold.nn.unified_norm import UnifiedNorm
+
+__all__ = [
+    "NORM_KINDS",
+    "PowerNorm",
+    "UnifiedNorm",
+    "create_norm",
+    "group_scaling",
+    "reset_warmup",
+    "swap_norms",
+]
