@@ -1,0 +1,1 @@
+"""The `unfold` command. Thin: parse, call one library function, render, exit code."""

@@ -1,0 +1,43 @@
+"""`unfold`: the command-line entry point. Each command lives in its own module under cli/ and
+registers itself on `app`; this module owns only the app and the global options."""
+
+from __future__ import annotations
+
+import typer
+
+import unfold
+
+app = typer.Typer(
+    name="unfold",
+    help=(
+        "Fold offline normalizations (Unified Normalization, PowerNorm*, BatchNorm) out of "
+        "Transformers exported to ONNX, verify the result against PyTorch, measure it."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"unfold {unfold.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Fold offline normalizations out of Transformers; prove and measure the result."""
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()
