@@ -13,6 +13,8 @@ import torch.multiprocessing as mp
 
 from unfold.nn import PowerNorm, UnifiedNorm
 
+from .reference_norms import assert_pairs_close
+
 WORLD = 2
 # Unequal shards, so a mean of per-rank means would be wrong: statistics must be pooled.
 SHARD_BATCH = (2, 3)
@@ -56,20 +58,17 @@ def _worker(rank: int, port: int, kind: str) -> None:
             y_shard = synced(x_shard, pad_mask=mask[lo:hi])
             y_shard.backward(dy[lo:hi])
 
-            where = f"{kind}, rank {rank}, step {step}"
-            torch.testing.assert_close(y_shard, y_whole[lo:hi], rtol=1e-10, atol=1e-10,
-                                       msg=lambda m: f"output, {where}: {m}")
-            torch.testing.assert_close(x_shard.grad, x_whole.grad[lo:hi], rtol=1e-10,
-                                       atol=1e-10, msg=lambda m: f"input grad, {where}: {m}")
+            pairs = {"output": (y_shard, y_whole[lo:hi]),
+                     "input grad": (x_shard.grad, x_whole.grad[lo:hi])}
+            whole_params = dict(whole.named_parameters())
             for name, param in synced.named_parameters():
                 total = param.grad.clone()
-                dist.all_reduce(total)
-                torch.testing.assert_close(total, dict(whole.named_parameters())[name].grad,
-                                           rtol=1e-10, atol=1e-10,
-                                           msg=lambda m, n=name: f"{n} grad, {where}: {m}")
-            for name, buf in synced.named_buffers():
-                torch.testing.assert_close(buf, dict(whole.named_buffers())[name], rtol=1e-10,
-                                           atol=1e-10, msg=lambda m, n=name: f"{n}, {where}: {m}")
+                dist.all_reduce(total)  # what DDP's gradient all-reduce would sum
+                pairs[f"{name} grad summed over ranks"] = (total, whole_params[name].grad)
+            whole_buffers = dict(whole.named_buffers())
+            pairs.update({f"buffer {n}": (b, whole_buffers[n])
+                          for n, b in synced.named_buffers()})
+            assert_pairs_close(pairs, where=f"{kind}, rank {rank}, step {step}")
     finally:
         dist.destroy_process_group()
 
