@@ -224,3 +224,22 @@ def test_forward_allocates_only_its_output() -> None:
         norm(x)
     input_sized = [op for op, shape in recorder.ops if shape == tuple(x.shape)]
     assert input_sized == ["addcmul"], f"input-sized tensors made by the forward: {input_sized}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_input_keeps_its_dtype_with_float32_statistics(dtype) -> None:
+    torch.manual_seed(0)
+    x32 = 3 * torch.randn(4, 10, 16)
+    dy32 = torch.randn(4, 10, 16)
+    results = {}
+    for name, x, dy in (("half", x32.to(dtype), dy32.to(dtype)), ("float32", x32, dy32)):
+        norm = UnifiedNorm(16, window_size=2, warmup_iters=2)
+        x = x.clone().requires_grad_(True)
+        y = norm(x)
+        y.backward(dy)
+        results[name] = (y, x.grad, norm.running_var)
+    y, dx, running_var = results["half"]
+    assert y.dtype == dtype and dx.dtype == dtype and running_var.dtype == torch.float32
+    torch.testing.assert_close(y.float(), results["float32"][0], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(dx.float(), results["float32"][1], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(running_var, results["float32"][2], rtol=1e-2, atol=0)

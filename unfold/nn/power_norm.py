@@ -118,7 +118,7 @@ class PowerNorm(nn.Module):
                 f"group_num must be a positive divisor of num_channels={num_channels}, "
                 f"got {group_num}"
             )
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_channels = num_channels
         self.alpha_fwd = float(alpha_fwd)
         self.alpha_bkw = float(alpha_bkw)

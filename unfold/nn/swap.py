@@ -49,10 +49,11 @@ def swap_norms(model: nn.Module, kind: str = "un", **options: Any) -> tuple[nn.M
 
 def _offline_twin(layer_norm: nn.LayerNorm, kind: str, options: dict[str, Any]) -> nn.Module:
     reference = layer_norm.weight if layer_norm.weight is not None else layer_norm.bias
-    factory = {}
+    factory: dict[str, Any] = {}
     if reference is not None:
         factory = {"device": reference.device, "dtype": reference.dtype}
     norm = create_norm(kind, layer_norm.normalized_shape[0], **factory, **options)
+    assert isinstance(norm, (UnifiedNorm, PowerNorm))
     with torch.no_grad():
         if layer_norm.weight is not None:
             norm.weight.copy_(layer_norm.weight)

@@ -153,7 +153,7 @@ class UnifiedNorm(nn.Module):
             raise ValueError(f"num_channels must be positive, got {num_channels}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
-        factory = {"device": device, "dtype": dtype}
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.num_channels = num_channels
         self.forward_window_size, self.backward_window_size = _window_pair(window_size)
         self.warmup_iters = int(warmup_iters)
