@@ -189,6 +189,20 @@ def assert_pairs_close(pairs: dict[str, tuple[Tensor, Tensor]], where: str,
                                        msg=lambda m, w=what: f"{w}, {where}: {m}")
 
 
+def assert_step_matches(norm, ours: tuple[Tensor, Tensor], reference: tuple[Tensor, ...],
+                        reference_state: dict[str, Tensor], where: str, **tol: float) -> None:
+    """One training step of `norm` against the reference: output, input/weight/bias gradients
+    and every buffer. ours = (y, x.grad); reference = (y, dx, dγ, dβ)."""
+    y, dx = ours
+    y_ref, dx_ref, dgamma_ref, dbeta_ref = reference
+    buffers = dict(norm.named_buffers())
+    pairs = {"output": (y, y_ref), "input grad": (dx, dx_ref),
+             "weight grad": (norm.weight.grad, dgamma_ref),
+             "bias grad": (norm.bias.grad, dbeta_ref)}
+    pairs.update({f"buffer {n}": (buffers[n], v) for n, v in reference_state.items()})
+    assert_pairs_close(pairs, where=where, **tol)
+
+
 def schedule_scale(t: int) -> float:
     """Input scale at step t: smooth drift, with spikes and dips that trip outlier filtration
     and (after step 1000, filtration off) clamp r at both ends."""

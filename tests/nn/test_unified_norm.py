@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from unfold.nn import UnifiedNorm
 
-from .reference_norms import ReferenceUnifiedNorm, assert_pairs_close, schedule_scale
+from .reference_norms import ReferenceUnifiedNorm, assert_step_matches, schedule_scale
 
 F64 = torch.float64
 TOL = {"rtol": 1e-10, "atol": 1e-10}
@@ -79,12 +79,8 @@ def test_matches_reference_step_for_step(case: str) -> None:
         y_ref, saved = ref.forward(x, mask)
         dx_ref, dgamma_ref, dbeta_ref = ref.backward(saved, dy)
 
-        buffers = dict(norm.named_buffers())
-        pairs = {"output": (y, y_ref), "input grad": (x_ours.grad, dx_ref),
-                 "weight grad": (norm.weight.grad, dgamma_ref),
-                 "bias grad": (norm.bias.grad, dbeta_ref)}
-        pairs.update({f"buffer {n}": (buffers[n], v) for n, v in ref.state().items()})
-        assert_pairs_close(pairs, where=f"{case}, step {t}", **TOL)
+        assert_step_matches(norm, (y, x_ours.grad), (y_ref, dx_ref, dgamma_ref, dbeta_ref),
+                            ref.state(), where=f"{case}, step {t}", **TOL)
 
     missing = [b for b in spec["expect"] if ref.branches[b] == 0]
     assert not missing, f"{case} never crossed {missing}; branches seen: {dict(ref.branches)}"

@@ -3,6 +3,7 @@
     from unfold.nn import UnifiedNorm, PowerNorm, swap_norms, reset_warmup, create_norm
 """
 
+from unfold.nn._base import OfflineNorm
 from unfold.nn.factory import NORM_KINDS, create_norm
 from unfold.nn.power_norm import PowerNorm, group_scaling
 from unfold.nn.swap import reset_warmup, swap_norms
@@ -10,6 +11,7 @@ from unfold.nn.unified_norm import UnifiedNorm
 
 __all__ = [
     "NORM_KINDS",
+    "OfflineNorm",
     "PowerNorm",
     "UnifiedNorm",
     "create_norm",

@@ -17,9 +17,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from unfold.nn._base import OfflineNorm
 from unfold.nn._stats import (
     accumulation_dtype,
     check_pad_mask,
@@ -81,7 +82,7 @@ class _PowerNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None
 
 
-class PowerNorm(nn.Module):
+class PowerNorm(OfflineNorm):
     """PowerNorm over the last axis of inputs shaped (..., C).
 
     Args:
@@ -110,16 +111,13 @@ class PowerNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        if num_channels < 1:
-            raise ValueError(f"num_channels must be positive, got {num_channels}")
         if group_num < 1 or num_channels % group_num:
             raise ValueError(
                 f"group_num must be a positive divisor of num_channels={num_channels}, "
                 f"got {group_num}"
             )
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_channels = num_channels
+        super().__init__(num_channels, factory)
         self.alpha_fwd = float(alpha_fwd)
         self.alpha_bkw = float(alpha_bkw)
         self.warmup_iters = int(warmup_iters)
@@ -128,14 +126,10 @@ class PowerNorm(nn.Module):
         self.eps = float(eps)
         self.sync_stats = bool(sync_stats)
 
-        self.weight = nn.Parameter(torch.empty(num_channels, **factory))  # γ
-        self.bias = nn.Parameter(torch.empty(num_channels, **factory))  # β
         self.running_phi: Tensor  # φ
         self.ema_gz: Tensor  # ν
-        self.num_steps: Tensor  # t
         self.register_buffer("running_phi", torch.empty(num_channels, **factory))
         self.register_buffer("ema_gz", torch.empty(num_channels, **factory))
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long, device=device))
         self.reset_parameters()
 
     def reset_running_stats(self) -> None:
@@ -144,21 +138,12 @@ class PowerNorm(nn.Module):
         self.ema_gz.zero_()
         self.num_steps.zero_()
 
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
-
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         """(a, b) of the eval-mode affine applied after group scaling: a = γ/sqrt(φ+eps), b = β."""
         return self.weight * torch.rsqrt(self.running_phi + self.eps), self.bias
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        if x.dim() < 1 or x.shape[-1] != self.num_channels:
-            raise ValueError(
-                f"{type(self).__name__}({self.num_channels}) expects inputs shaped "
-                f"(..., {self.num_channels}), got {tuple(x.shape)}"
-            )
+        self._check_channels(x)
         if self.group_scaling:
             x = group_scaling(x, self.group_num)
         if not self.training:

@@ -14,9 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from unfold.nn._base import OfflineNorm
 from unfold.nn.factory import NORM_KINDS, OFFLINE_KINDS, create_norm
-from unfold.nn.power_norm import PowerNorm
-from unfold.nn.unified_norm import UnifiedNorm
 
 
 def swap_norms(model: nn.Module, kind: str = "un", **options: Any) -> tuple[nn.Module, list[str]]:
@@ -53,7 +52,7 @@ def _offline_twin(layer_norm: nn.LayerNorm, kind: str, options: dict[str, Any]) 
     if reference is not None:
         factory = {"device": reference.device, "dtype": reference.dtype}
     norm = create_norm(kind, layer_norm.normalized_shape[0], **factory, **options)
-    assert isinstance(norm, (UnifiedNorm, PowerNorm))
+    assert isinstance(norm, OfflineNorm)
     with torch.no_grad():
         if layer_norm.weight is not None:
             norm.weight.copy_(layer_norm.weight)
@@ -71,7 +70,7 @@ def reset_warmup(model: nn.Module) -> int:
     """
     count = 0
     for module in model.modules():
-        if isinstance(module, (UnifiedNorm, PowerNorm)):
+        if isinstance(module, OfflineNorm):
             module.num_steps.zero_()
             count += 1
     return count

@@ -24,9 +24,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from unfold.nn._base import OfflineNorm
 from unfold.nn._stats import (
     accumulation_dtype,
     check_pad_mask,
@@ -116,7 +117,7 @@ class _UnifiedNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None, None, None
 
 
-class UnifiedNorm(nn.Module):
+class UnifiedNorm(OfflineNorm):
     """Unified Normalization over the last axis of inputs shaped (..., C).
 
     Args:
@@ -148,13 +149,10 @@ class UnifiedNorm(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        super().__init__()
-        if num_channels < 1:
-            raise ValueError(f"num_channels must be positive, got {num_channels}")
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        self.num_channels = num_channels
+        super().__init__(num_channels, factory)
         self.forward_window_size, self.backward_window_size = _window_pair(window_size)
         self.warmup_iters = int(warmup_iters)
         self.outlier_filtration = bool(outlier_filtration)
@@ -162,13 +160,10 @@ class UnifiedNorm(nn.Module):
         self.momentum = float(momentum)
         self.sync_stats = bool(sync_stats)
 
-        self.weight = nn.Parameter(torch.empty(num_channels, **factory))  # γ
-        self.bias = nn.Parameter(torch.empty(num_channels, **factory))  # β
         self.running_var: Tensor  # ρ
         self.forward_window: Tensor  # Wx, (Mf, C)
         self.backward_window: Tensor  # Wg, (Mb, C)
         self.running_grad: Tensor  # ν
-        self.num_steps: Tensor  # t
         self.num_outliers: Tensor
         self.register_buffer("running_var", torch.empty(num_channels, **factory))
         self.register_buffer(
@@ -178,7 +173,6 @@ class UnifiedNorm(nn.Module):
             "backward_window", torch.empty(self.backward_window_size, num_channels, **factory)
         )
         self.register_buffer("running_grad", torch.empty(num_channels, **factory))
-        self.register_buffer("num_steps", torch.zeros((), dtype=torch.long, device=device))
         self.register_buffer("num_outliers", torch.zeros((), dtype=torch.long, device=device))
         self.reset_parameters()
 
@@ -191,21 +185,12 @@ class UnifiedNorm(nn.Module):
         self.num_steps.zero_()
         self.num_outliers.zero_()
 
-    def reset_parameters(self) -> None:
-        self.reset_running_stats()
-        nn.init.ones_(self.weight)
-        nn.init.zeros_(self.bias)
-
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         """(a, b) of the eval-mode affine y = a⊙x + b: a = γ/sqrt(ρ+eps), b = β."""
         return self.weight * torch.rsqrt(self.running_var + self.eps), self.bias
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
-        if x.dim() < 1 or x.shape[-1] != self.num_channels:
-            raise ValueError(
-                f"{type(self).__name__}({self.num_channels}) expects inputs shaped "
-                f"(..., {self.num_channels}), got {tuple(x.shape)}"
-            )
+        self._check_channels(x)
         if not self.training:
             scale, shift = self.eval_affine()
             return x * scale + shift
