@@ -1,0 +1,149 @@
+"""Rule 1 (consumer-linear): a norm read by MatMul/Gemm folds into their weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+
+from unfold.fold import fold_model
+
+from ..helpers import RNG, assert_same_outputs, const, model, norm_constants
+
+N = helper.make_node
+
+
+def _norm_nodes(x: str = "x", out: str = "normed") -> list:
+    return [N("Mul", [x, "norm.scale"], ["scaled"], name="norm_mul"),
+            N("Add", ["scaled", "norm.shift"], [out], name="norm_add")]
+
+
+def _x(shape=(2, 5, 8)) -> dict[str, np.ndarray]:
+    return {"x": RNG.normal(size=shape).astype(np.float32)}
+
+
+def test_matmul_with_bias() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+                               N("Add", ["mm", "c"], ["y"], name="fc_bias")],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                   const("c", RNG.normal(size=4))],
+              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    folded, report = fold_model(m)
+    assert [(s.status, s.absorbed_by) for s in report.sites] == [("folded", ["fc"])]
+    assert report.ops_after == {"MatMul": 1, "Add": 1}, "only the linear (and its bias) is left"
+    assert bool(report)
+    assert_same_outputs(m, folded, _x())
+
+
+def test_three_readers_each_get_their_own_weights() -> None:
+    nodes, inits, outputs = _norm_nodes(), norm_constants(8), {}
+    for name in "qkv":
+        nodes += [N("MatMul", ["normed", f"W{name}"], [f"{name}_mm"], name=name),
+                  N("Add", [f"{name}_mm", f"c{name}"], [name], name=f"{name}_bias")]
+        inits += [const(f"W{name}", RNG.normal(size=(8, 6))), const(f"c{name}", RNG.normal(size=6))]
+        outputs[name] = ["N", 5, 6]
+    m = model(nodes, inits, {"x": ["N", 5, 8]}, outputs)
+    folded, report = fold_model(m)
+    assert report.sites[0].status == "folded"
+    assert sorted(report.sites[0].absorbed_by) == ["k", "q", "v"]
+    assert report.ops_after == {"MatMul": 3, "Add": 3}
+    weights = {i.name for i in folded.graph.initializer}
+    assert not {"Wq", "Wk", "Wv"} & weights, "folded weights are new initializers"
+    assert_same_outputs(m, folded, _x())
+
+
+@pytest.mark.parametrize("trans_b", [1, 0], ids=["transB", "no_transB"])
+def test_gemm(trans_b: int) -> None:
+    w = RNG.normal(size=(3, 8) if trans_b else (8, 3))
+    m = model(_norm_nodes() + [N("Gemm", ["normed", "W", "c"], ["y"], name="head",
+                                 transB=trans_b)],
+              norm_constants(8) + [const("W", w), const("c", RNG.normal(size=3))],
+              {"x": ["N", 8]}, {"y": ["N", 3]})
+    folded, report = fold_model(m)
+    assert report.sites[0].status == "folded" and report.ops_after == {"Gemm": 1}
+    assert_same_outputs(m, folded, _x((4, 8)))
+
+
+def test_matmul_without_bias_gets_an_add_for_the_shift() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["y"], name="fc")],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
+              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    folded, report = fold_model(m)
+    assert report.sites[0].status == "folded"
+    assert report.ops_after == {"MatMul": 1, "Add": 1}
+    assert_same_outputs(m, folded, _x())
+
+
+def test_authors_eval_form_div_by_sqrt_of_constants() -> None:
+    """UN as the authors export it: x / sqrt(ρ + eps) * γ + β, the Sqrt on constants."""
+    nodes = [N("Add", ["rho", "eps"], ["rho_eps"]), N("Sqrt", ["rho_eps"], ["std"]),
+             N("Div", ["x", "std"], ["z"], name="norm_div"),
+             N("Mul", ["z", "gamma"], ["zg"], name="norm_mul"),
+             N("Add", ["zg", "beta"], ["normed"], name="norm_add"),
+             N("MatMul", ["normed", "W"], ["mm"], name="fc"), N("Add", ["mm", "c"], ["y"])]
+    inits = [const("rho", RNG.uniform(0.5, 2, 8)), const("eps", np.array(1e-5)),
+             const("gamma", RNG.normal(size=8)), const("beta", RNG.normal(size=8)),
+             const("W", RNG.normal(size=(8, 4))), const("c", RNG.normal(size=4))]
+    m = model(nodes, inits, {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    folded, report = fold_model(m)
+    assert [s.kind for s in report.sites] == ["offline affine (Div/Mul/Add)"]
+    assert report.sites[0].status == "folded"
+    assert report.ops_after == {"MatMul": 1, "Add": 1}, "no Sqrt/Div left for a later pass"
+    assert_same_outputs(m, folded, _x())
+
+
+def test_a_reader_that_cannot_absorb_keeps_the_norm_for_itself_only() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+                               N("Add", ["mm", "c"], ["y"], name="fc_bias"),
+                               N("Relu", ["normed"], ["r"], name="act")],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                   const("c", RNG.normal(size=4))],
+              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4], "r": ["N", 5, 8]})
+    folded, report = fold_model(m)
+    site = report.sites[0]
+    assert (site.status, site.absorbed_by) == ("partial", ["fc"])
+    assert site.reasons == ["reader Relu 'act' is not a MatMul or Gemm"]
+    assert not bool(report)
+    assert report.ops_after == {"Mul": 1, "Add": 2, "MatMul": 1, "Relu": 1}
+    assert_same_outputs(m, folded, _x())
+
+
+def test_not_applied_when_the_weight_is_not_constant() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "w_in"], ["y"], name="fc")],
+              norm_constants(8), {"x": ["N", 5, 8], "w_in": [8, 4]}, {"y": ["N", 5, 4]})
+    folded, report = fold_model(m)
+    site = report.sites[0]
+    assert site.status == "stayed"
+    assert site.reasons == ["reader MatMul 'fc' has no constant 2-D weight"]
+    assert report.ops_after == report.ops_before
+    assert_same_outputs(m, folded, {**_x(), "w_in": RNG.normal(size=(8, 4)).astype(np.float32)})
+
+
+def test_linear_bias_and_attention_scaling_are_not_sites() -> None:
+    m = model([N("MatMul", ["x", "W"], ["mm"]), N("Add", ["mm", "c"], ["lin"]),
+               N("Mul", ["lin", "half"], ["y"])],
+              [const("W", RNG.normal(size=(8, 4))), const("c", RNG.normal(size=4)),
+               const("half", np.array(0.5))], {"x": ["N", 8]}, {"y": ["N", 4]})
+    _, report = fold_model(m)
+    assert report.sites == []
+
+
+def test_folding_twice_equals_folding_once() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+                               N("Add", ["mm", "c"], ["y"], name="fc_bias")],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                   const("c", RNG.normal(size=4))],
+              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    once, _ = fold_model(m)
+    twice, report = fold_model(once)
+    assert report.sites == [] and report.ops_after == report.ops_before
+    assert onnx.printer.to_text(once.graph) == onnx.printer.to_text(twice.graph)
+
+
+def test_unknown_skip_is_named() -> None:
+    m = model(_norm_nodes(out="y"), norm_constants(8), {"x": ["N", 8]}, {"y": ["N", 8]})
+    with pytest.raises(ValueError, match=r"unknown rule\(s\) \['nope'\]; valid: consumer-linear"):
+        fold_model(m, skip=["nope"])
+    _, report = fold_model(m, skip=["consumer-linear"])
+    assert report.sites[0].status == "stayed"

@@ -1,0 +1,54 @@
+"""Small onnx-graphsurgeon helpers the fold rules share: constant values, per-channel
+constants, consumers, fresh initializer names."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of an initializer or of a Constant node's output; None for a variable."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
+        value = tensor.inputs[0].attrs.get("value")
+        if isinstance(value, gs.Constant):
+            return np.asarray(value.values)
+    return None
+
+
+def per_channel_constant(value: np.ndarray | None, data_rank: int | None) -> np.ndarray | None:
+    """`value` as a (C,) vector when it broadcasts along the LAST axis only (shape (C,) or
+    (1, ..., 1, C), or a scalar, returned as shape (1,)); None otherwise."""
+    if value is None or not np.issubdtype(value.dtype, np.floating):
+        return None
+    if value.ndim == 0:
+        return value.reshape(1)
+    if data_rank is not None and value.ndim > data_rank:
+        return None
+    if all(d == 1 for d in value.shape[:-1]):
+        return value.reshape(-1)
+    return None
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    shape = getattr(tensor, "shape", None)
+    return len(shape) if shape is not None else None
+
+
+class Names:
+    """Unique names for new initializers (never overwrite one another node reads)."""
+
+    def __init__(self, graph: gs.Graph) -> None:
+        self.taken = {t for t in graph.tensors()} | {n.name for n in graph.nodes}
+        self._counter = itertools.count()
+
+    def new(self, base: str) -> str:
+        while True:
+            name = f"{base}_unfold{next(self._counter)}"
+            if name not in self.taken:
+                self.taken.add(name)
+                return name
