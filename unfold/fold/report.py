@@ -14,6 +14,7 @@ class SiteReport:
     status: str = "stayed"  # "folded" | "partial" | "stayed"
     absorbed_by: list[str] = field(default_factory=list)  # nodes that took the affine
     reasons: list[str] = field(default_factory=list)  # why (part of) it stayed
+    path: list[str] = field(default_factory=list)  # where it was moved on the way
     max_abs_weight_before: float = 0.0
     max_abs_weight_after: float = 0.0
 

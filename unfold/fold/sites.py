@@ -32,6 +32,7 @@ class NormSite:
     output: gs.Tensor  # the norm's result
     affine: ChannelAffine  # per channel on the last axis
     kind: str
+    dtype: np.dtype  # of its constants: what new constants for it are written in
 
     @property
     def name(self) -> str:
@@ -49,6 +50,7 @@ class _Step:
     scale: np.ndarray  # (C,) or (1,)
     shift: np.ndarray
     scalar_only: bool
+    dtype: np.dtype
 
 
 def _affine_step(node: gs.Node) -> _Step | None:
@@ -75,7 +77,7 @@ def _affine_step(node: gs.Node) -> _Step | None:
         if const_first or np.any(v == 0):
             return None
         scale, shift = 1.0 / v, zeros
-    return _Step(node, data, scale, shift, scalar_only=vector.size == 1)
+    return _Step(node, data, scale, shift, scalar_only=vector.size == 1, dtype=vector.dtype)
 
 
 def _only_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
@@ -120,7 +122,7 @@ def find_sites(graph: gs.Graph) -> list[NormSite]:
         sites.append(NormSite(
             nodes=[s.node for s in chain], input=chain[0].data, output=chain[-1].node.outputs[0],
             affine=_compose(chain), kind="offline affine (" + "/".join(
-                dict.fromkeys(s.node.op for s in chain)) + ")"))
+                dict.fromkeys(s.node.op for s in chain)) + ")", dtype=chain[0].dtype))
     return sites
 
 

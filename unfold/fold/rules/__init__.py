@@ -1,10 +1,12 @@
 """One module per fold rule, each opening with its algebra. `RULES` is the registry the driver
-(and later the CLI's `unfold rules` / `--skip`) follows, in order."""
+(and later the CLI's `unfold rules` / `--skip`) follows, in order: a rule's `apply(site, graph,
+names, report)` returns an `Outcome`."""
 
 from __future__ import annotations
 
-from unfold.fold.rules import consumer_linear
+from unfold.fold.rules import consumer_linear, pass_through
+from unfold.fold.rules._outcome import Outcome
 
-RULES = {consumer_linear.NAME: consumer_linear}
+RULES = {rule.NAME: rule for rule in (consumer_linear, pass_through)}
 
-__all__ = ["RULES"]
+__all__ = ["RULES", "Outcome"]

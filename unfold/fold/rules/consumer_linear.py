@@ -16,6 +16,7 @@ import onnx_graphsurgeon as gs
 from unfold.fold.algebra import FoldedLinear, FoldRejected, fold_into_gemm, fold_into_matmul
 from unfold.fold.graph import Names, constant_value
 from unfold.fold.report import SiteReport
+from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
 
 NAME = "consumer-linear"
@@ -55,8 +56,8 @@ def _bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] |
     return None
 
 
-def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> bool:
-    """Fold `site` into every reader that can take it; True when the site is gone."""
+def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> Outcome:
+    """Fold `site` into every reader that can take it; gone when all of them did."""
     graph_outputs = {t.name for t in graph.outputs}
     readers = list(site.output.outputs)
     affine = site.affine
@@ -111,4 +112,4 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
     gone = not site.output.outputs and site.output.name not in graph_outputs
     if gone:
         site.nodes[-1].outputs.clear()
-    return gone
+    return Outcome(gone=gone)

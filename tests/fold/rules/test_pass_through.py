@@ -1,0 +1,86 @@
+"""Rule 3 (pass-through): a norm moves past ops that keep the channel axis last, then folds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import helper
+
+from unfold.fold import fold_model
+
+from ..helpers import RNG, assert_same_outputs, const, model, norm_constants
+
+N = helper.make_node
+NORM = [N("Mul", ["x", "norm.scale"], ["scaled"], name="norm_mul"),
+        N("Add", ["scaled", "norm.shift"], ["normed"], name="norm_add")]
+HEAD = [N("MatMul", ["moved", "W"], ["mm"], name="head"), N("Add", ["mm", "c"], ["y"])]
+
+
+def _head_inits(channels: int = 8) -> list:
+    return norm_constants(channels) + [const("W", RNG.normal(size=(channels, 3))),
+                                       const("c", RNG.normal(size=3))]
+
+
+def _case(between, extra, out_shape, x_shape=("N", 5, 8)):
+    return model(NORM + between + HEAD, _head_inits() + extra, {"x": list(x_shape)},
+                 {"y": out_shape})
+
+
+def _int64(name: str, values) -> object:
+    from onnx import numpy_helper
+    return numpy_helper.from_array(np.asarray(values, dtype=np.int64), name)
+
+
+CASES = {
+    "gather_cls_token": ([N("Gather", ["normed", "zero"], ["moved"], axis=1)],
+                         [_int64("zero", 0)], ["N", 3]),
+    "token_mean_pooling": ([N("ReduceMean", ["normed"], ["moved"], axes=[1], keepdims=0)],
+                           [], ["N", 3]),
+    "reshape_keeps_channels_last": ([N("Reshape", ["normed", "shape"], ["moved"])],
+                                    [_int64("shape", [-1, 8])], [None, 3]),
+    "transpose_keeps_last_axis": ([N("Transpose", ["normed"], ["moved"], perm=[1, 0, 2])],
+                                  [], [5, "N", 3]),
+    "slice_tokens_then_identity": ([N("Slice", ["normed", "s", "e", "ax"], ["sl"]),
+                                    N("Identity", ["sl"], ["moved"])],
+                                   [_int64("s", [1]), _int64("e", [4]), _int64("ax", [1])],
+                                   ["N", 3, 3]),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_moves_then_folds_into_the_head(case: str) -> None:
+    between, extra, out_shape = CASES[case]
+    m = _case(between, extra, out_shape)
+    folded, report = fold_model(m)
+    (site,) = report.sites
+    assert site.status == "folded", site.reasons
+    assert site.absorbed_by == ["head"]
+    assert len(site.path) == len(between)
+    assert "Mul" not in report.ops_after, f"the norm's Mul is left: {dict(report.ops_after)}"
+    assert report.ops_after["Add"] == 1, "only the head's bias Add is left"
+    assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 5, 8)).astype(np.float32)})
+
+
+REFUSED = {
+    "transpose_moves_channels": ([N("Transpose", ["normed"], ["moved"], perm=[0, 2, 1])],
+                                 [], "it moves the channel axis", (2, 8, 5)),
+    "gather_on_channel_axis": ([N("Gather", ["normed", "idx"], ["moved"], axis=2)],
+                               [_int64("idx", list(range(8)))], "it gathers along the channel axis",
+                               (2, 5, 8)),
+    "reshape_splits_channels": ([N("Reshape", ["normed", "shape"], ["moved"])],
+                                [_int64("shape", [0, 0, 2, 4])], "last dimension is 4",
+                                (2, 5, 2, 4)),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_refuses_ops_that_touch_the_channel_axis(case: str) -> None:
+    between, extra, reason, moved_shape = REFUSED[case]
+    out = list(moved_shape)
+    m = model(NORM + between, norm_constants(8) + extra, {"x": [2, 5, 8]}, {"moved": out})
+    folded, report = fold_model(m)
+    (site,) = report.sites
+    assert site.status == "stayed" and site.path == []
+    assert any(reason in r for r in site.reasons), site.reasons
+    assert report.ops_after == report.ops_before
+    assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 5, 8)).astype(np.float32)})
