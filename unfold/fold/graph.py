@@ -34,6 +34,29 @@ def per_channel_constant(value: np.ndarray | None, data_rank: int | None) -> np.
     return None
 
 
+def place_affine_after(node: gs.Node, scale: np.ndarray, shift: np.ndarray, dtype: np.dtype,
+                       graph: gs.Graph, names: Names, base: str) -> list[gs.Node]:
+    """Make `node` produce x and add y = scale⊙x + shift (one Mul, one Add; either left out
+    when it is the identity) producing the tensor `node` produced before. Returns the nodes."""
+    out = node.outputs[0]
+    ops = [(op, v) for op, v, neutral in (("Mul", scale, 1.0), ("Add", shift, 0.0))
+           if np.any(v != neutral)]
+    if not ops:
+        return []
+    current = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
+    node.outputs[0] = current
+    new_nodes = []
+    for i, (op, value) in enumerate(ops):
+        result = out if i == len(ops) - 1 else gs.Variable(
+            names.new(out.name), dtype=out.dtype, shape=out.shape)
+        constant = gs.Constant(names.new(f"{base}_{op.lower()}"), value.astype(dtype))
+        new_nodes.append(gs.Node(op, names.new(f"{base}_{op.lower()}"),
+                                 inputs=[current, constant], outputs=[result]))
+        current = result
+    graph.nodes.extend(new_nodes)
+    return new_nodes
+
+
 def rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return len(shape) if shape is not None else None

@@ -33,17 +33,23 @@ def fold_model(model: onnx.ModelProto, *,
     names = Names(graph)
     rules = [rule for name, rule in RULES.items() if name not in skip]
     reports: dict[str, SiteReport] = {}
-    origin: dict[str, str] = {}  # first node of a moved site -> the site it came from
-    settled: set[str] = set()  # sites no rule changes any more
+    # node name -> the site it carries (moved nodes keep the name of where they came from)
+    origin: dict[str, str] = {n.name: site.name for site in find_sites(graph) for n in site.nodes}
+    settled: set[tuple[str, ...]] = set()  # chains no rule changes any more
     for _ in range(MAX_ROUNDS):
         moved = False
         for site in find_sites(graph):
-            first = site.nodes[0].name
-            if first in settled:
+            chain = tuple(n.name for n in site.nodes)
+            if chain in settled:
                 continue
-            key = origin.get(first, site.name)
+            keys = list(dict.fromkeys(origin.get(n, site.name) for n in chain))
+            key = keys[0]
             report = reports.setdefault(
                 key, SiteReport(name=key, kind=site.kind, channels=site.channels))
+            for other in keys[1:]:  # rule 4: sites composed into this one
+                merged = reports.setdefault(
+                    other, SiteReport(name=other, kind=site.kind, channels=site.channels))
+                merged.merged_into = key
             report.reasons.clear()  # only the reasons of where it ends up count
             outcome = Outcome()
             for rule in rules:
@@ -51,16 +57,25 @@ def fold_model(model: onnx.ModelProto, *,
                 if outcome.gone:
                     break
             if outcome.moved_to:
-                origin[outcome.moved_to[0].name] = key
+                origin.update((n.name, key) for n in outcome.moved_to)
                 moved = True
             elif outcome.gone:
                 report.status = "folded"
             else:
-                settled.add(first)
-                report.status = "partial" if report.absorbed_by else "stayed"
+                settled.add(chain)
+                at_output = site.output.name in {t.name for t in graph.outputs}
+                report.status = ("materialized" if at_output and not site.output.outputs
+                                 else "partial" if report.absorbed_by else "stayed")
         graph.cleanup().toposort()
         if not moved:
             break
+    for report in reports.values():
+        host = report
+        while host.merged_into is not None:
+            host = reports[host.merged_into]
+        if host is not report:
+            report.status = host.status
+            report.path.append(f"composed into '{host.name}'")
     folded = gs.export_onnx(graph)
     folded.ir_version = model.ir_version
     del folded.opset_import[:]

@@ -141,9 +141,18 @@ def test_folding_twice_equals_folding_once() -> None:
     assert onnx.printer.to_text(once.graph) == onnx.printer.to_text(twice.graph)
 
 
-def test_unknown_skip_is_named() -> None:
-    m = model(_norm_nodes(out="y"), norm_constants(8), {"x": ["N", 8]}, {"y": ["N", 8]})
+def test_skip_and_unknown_skip() -> None:
+    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["y"], name="fc")],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
+              {"x": ["N", 8]}, {"y": ["N", 4]})
     with pytest.raises(ValueError, match=r"unknown rule\(s\) \['nope'\]; valid: consumer-linear"):
         fold_model(m, skip=["nope"])
     _, report = fold_model(m, skip=["consumer-linear"])
     assert report.sites[0].status == "stayed"
+
+
+def test_a_norm_feeding_a_graph_output_is_materialized() -> None:
+    m = model(_norm_nodes(out="y"), norm_constants(8), {"x": ["N", 8]}, {"y": ["N", 8]})
+    _, report = fold_model(m)
+    assert report.sites[0].status == "materialized" and bool(report)
+    assert report.ops_after == {"Mul": 1, "Add": 1}

@@ -4,9 +4,9 @@ names, report)` returns an `Outcome`."""
 
 from __future__ import annotations
 
-from unfold.fold.rules import consumer_linear, pass_through
+from unfold.fold.rules import consumer_linear, pass_through, residual_add
 from unfold.fold.rules._outcome import Outcome
 
-RULES = {rule.NAME: rule for rule in (consumer_linear, pass_through)}
+RULES = {rule.NAME: rule for rule in (consumer_linear, pass_through, residual_add)}
 
 __all__ = ["RULES", "Outcome"]

@@ -13,10 +13,9 @@ Conditions:  R is the norm's only reader, reads it as its data input, and keeps 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import Names, constant_value, rank
+from unfold.fold.graph import Names, constant_value, place_affine_after, rank
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -113,28 +112,9 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         report.reasons.append(f"cannot move past Dropout '{node.name}': its mask is read")
         return Outcome()
 
-    out = node.outputs[0]
     node.inputs[0] = site.input
-    moved = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
-    node.outputs[0] = moved
-    current = moved
-    base = f"{report.name}_after_{node.name}"
-    steps: list[tuple[str, np.ndarray]] = []
-    new_nodes = []
-    if np.any(site.affine.scale != 1):
-        steps.append(("Mul", site.affine.scale))
-    if np.any(site.affine.shift != 0):
-        steps.append(("Add", site.affine.shift))
-    for i, (op, value) in enumerate(steps):
-        result = out if i == len(steps) - 1 else gs.Variable(names.new(out.name),
-                                                             dtype=out.dtype, shape=out.shape)
-        constant = gs.Constant(names.new(f"{base}_{op.lower()}"), value.astype(site.dtype))
-        new_nodes.append(gs.Node(op, names.new(f"{base}_{op.lower()}"),
-                                 inputs=[current, constant], outputs=[result]))
-        current = result
-    graph.nodes.extend(new_nodes)
-    if not steps:  # the identity affine: just drop it
-        node.outputs[0] = out
     site.nodes[-1].outputs.clear()
+    new_nodes = place_affine_after(node, site.affine.scale, site.affine.shift, site.dtype, graph,
+                                   names, base=f"{report.name}_after_{node.name}")
     report.path.append(f"moved past {node.op} '{node.name}'")
     return Outcome(gone=True, moved_to=new_nodes)
