@@ -35,6 +35,16 @@ def main(
     """Fold offline normalizations out of Transformers; prove and measure the result."""
 
 
+# one module per command
+from cli.fold import fold  # noqa: E402
+from cli.inspect import inspect  # noqa: E402
+from cli.rules import rules  # noqa: E402
+
+app.command("fold")(fold)
+app.command("inspect")(inspect)
+app.command("rules")(rules)
+
+
 def run() -> None:
     app()
 

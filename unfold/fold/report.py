@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from unfold.fold.online import OnlineNorm
 
 
 @dataclass
@@ -24,9 +27,10 @@ class SiteReport:
 
 @dataclass
 class FoldReport:
-    sites: list[SiteReport]
+    sites: list[SiteReport]  # the offline norm sites
     ops_before: Counter[str]
     ops_after: Counter[str]
+    online: list[OnlineNorm] = field(default_factory=list)  # never folded, reported
 
     @property
     def folded(self) -> list[SiteReport]:
@@ -37,5 +41,14 @@ class FoldReport:
         return [s for s in self.sites if s.status not in ("folded", "materialized")]
 
     def __bool__(self) -> bool:
-        """True when no normalization is left."""
-        return not self.left
+        """True when no normalization is left (a materialized pending affine is allowed)."""
+        return not self.left and not self.online
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sites": [asdict(s) for s in self.sites],
+            "online": [asdict(o) for o in self.online],
+            "ops_before": dict(sorted(self.ops_before.items())),
+            "ops_after": dict(sorted(self.ops_after.items())),
+            "folded": len(self.folded), "left": len(self.left), "no_norm_left": bool(self),
+        }

@@ -1,0 +1,34 @@
+"""What every command shares: user errors as `error: ...` and an exit code (a traceback only
+with --debug), results on stdout, a status line on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+
+from unfold.errors import ExitCode, UnfoldError
+
+stdout = Console(soft_wrap=False)
+stderr = Console(stderr=True)
+
+
+def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:
+    start = time.perf_counter()
+    try:
+        code = body()
+    except UnfoldError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written", file=sys.stderr)
+        code = ExitCode.CHECK_FAILED
+    status = "PASSED" if code == ExitCode.OK else "FAILED"
+    print(f"{status} | {time.perf_counter() - start:.2f}s | unfold {name}", file=sys.stderr)
+    raise typer.Exit(int(code))

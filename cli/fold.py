@@ -1,0 +1,71 @@
+"""`unfold fold IN.onnx --out OUT.onnx`: fold every offline normalization, write atomically."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli._common import run_command, stdout
+from unfold.errors import ExitCode
+from unfold.fold import FoldReport, fold_model
+from unfold.fold.rules import RULES
+from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
+
+SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."
+
+
+def render(report: FoldReport) -> None:
+    table = Table(title="normalization sites")
+    for column in ("site", "kind", "status", "went to / stayed because"):
+        table.add_column(column)
+    for site in report.sites:
+        where = ", ".join(site.absorbed_by)
+        if site.path:
+            where = "; ".join([*site.path, where] if where else site.path)
+        detail = "; ".join(filter(None, [where, *site.reasons]))
+        table.add_row(site.name, site.kind, site.status, detail)
+    for norm in report.online:
+        table.add_row(norm.name, norm.kind, "online", norm.reason)
+    stdout.print(table)
+    ops = Table(title="ops before -> after (changed only)")
+    for column in ("op", "before", "after"):
+        ops.add_column(column)
+    for op in sorted(set(report.ops_before) | set(report.ops_after)):
+        if report.ops_before[op] != report.ops_after[op]:
+            ops.add_row(op, str(report.ops_before[op]), str(report.ops_after[op]))
+    stdout.print(ops)
+    stdout.print(f"{len(report.folded)} of {len(report.sites)} offline sites folded, "
+                 f"{len(report.left)} left, {len(report.online)} online norms")
+
+
+def fold(
+    model: Path = typer.Argument(..., help="The ONNX model to fold."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded model."),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Exit 1 (writing nothing) if any normalization is left."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Fold every offline normalization of MODEL into its neighbouring linear ops."""
+
+    def body() -> ExitCode:
+        target = check_output_path(out, force=force, inputs=(model,))
+        folded, report = fold_model(load_onnx(model), skip=skip)
+        if as_json:
+            stdout.print_json(json.dumps(report.to_dict()))
+        else:
+            render(report)
+        if strict and not report:
+            print("error: --strict: normalization left in the graph; nothing written",
+                  file=sys.stderr)
+            return ExitCode.CHECK_FAILED
+        save_onnx_atomic(folded, target)
+        return ExitCode.OK
+
+    run_command("fold", body, debug)

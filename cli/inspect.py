@@ -1,0 +1,33 @@
+"""`unfold inspect MODEL.onnx`: the normalization sites of any ONNX, online or offline, and
+whether each can be folded (by running the fold, writing nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cli._common import run_command, stdout
+from cli.fold import render
+from unfold.errors import ExitCode
+from unfold.fold import fold_model
+from unfold.onnx_files import load_onnx
+
+
+def inspect(
+    model: Path = typer.Argument(..., help="Any ONNX model."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """List MODEL's normalization sites: offline (foldable or why not) and online."""
+
+    def body() -> ExitCode:
+        _, report = fold_model(load_onnx(model))
+        if as_json:
+            stdout.print_json(json.dumps(report.to_dict()))
+        else:
+            render(report)
+        return ExitCode.OK
+
+    run_command("inspect", body, debug)

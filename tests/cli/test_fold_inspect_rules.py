@@ -1,0 +1,157 @@
+"""`unfold fold`, `unfold inspect`, `unfold rules`: results, reports, and every bad input giving
+`error: ...`, the right exit code, no traceback and no file written or overwritten."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper
+from typer.testing import CliRunner
+
+from cli.main import app
+from tests.fold.helpers import RNG, const, model, norm_constants
+
+N = helper.make_node
+runner = CliRunner()
+
+
+def _write(tmp_path: Path, extra_reader: bool = False) -> Path:
+    nodes = [N("Mul", ["x", "norm.scale"], ["s"], name="norm_mul"),
+             N("Add", ["s", "norm.shift"], ["normed"], name="norm_add"),
+             N("MatMul", ["normed", "W"], ["mm"], name="fc"), N("Add", ["mm", "c"], ["y"])]
+    outputs = {"y": ["N", 4]}
+    if extra_reader:
+        nodes.append(N("Relu", ["normed"], ["r"], name="act"))
+        outputs["r"] = ["N", 8]
+    m = model(nodes, norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                          const("c", RNG.normal(size=4))],
+              {"x": ["N", 8]}, outputs)
+    path = tmp_path / ("partial.onnx" if extra_reader else "model.onnx")
+    onnx.save(m, path)
+    return path
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _assert_user_error(result, code: int, text: str) -> None:
+    assert result.exit_code == code, result.output
+    assert f"error: {text}" in result.stderr, result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+def test_fold_writes_the_folded_model_and_reports(tmp_path: Path) -> None:
+    src, out = _write(tmp_path), tmp_path / "folded.onnx"
+    result = _invoke("fold", src, "--out", out, "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["folded"] == 1 and report["no_norm_left"] is True
+    assert report["ops_after"] == {"Add": 1, "MatMul": 1}
+    assert "PASSED" in result.stderr
+    folded = onnx.load(out)
+    onnx.checker.check_model(folded, full_check=True)
+    assert sorted(n.op_type for n in folded.graph.node) == ["Add", "MatMul"]
+    assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+
+
+def test_fold_table_names_each_site(tmp_path: Path) -> None:
+    result = _invoke("fold", _write(tmp_path), "--out", tmp_path / "f.onnx")
+    assert result.exit_code == 0
+    assert "norm_mul" in result.stdout and "folded" in result.stdout and "fc" in result.stdout
+
+
+def test_strict_with_a_norm_left_exits_1_and_writes_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "f.onnx"
+    result = _invoke("fold", _write(tmp_path, extra_reader=True), "--out", out, "--strict",
+                     "--json")
+    assert result.exit_code == 1
+    (site,) = json.loads(result.stdout)["sites"]
+    assert site["status"] == "partial"
+    assert site["reasons"] == ["reader Relu 'act' is not a MatMul or Gemm"]
+    assert "error: --strict: normalization left" in result.stderr
+    assert not out.exists()
+
+
+def test_missing_input(tmp_path: Path) -> None:
+    _assert_user_error(_invoke("fold", tmp_path / "nope.onnx", "--out", tmp_path / "o.onnx"),
+                       2, f"{tmp_path / 'nope.onnx'}: no such file")
+
+
+@pytest.mark.parametrize("content", [b"", np.random.default_rng(0).bytes(300)],
+                         ids=["empty", "random_bytes"])
+def test_not_an_onnx_file(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(content)
+    result = _invoke("fold", bad, "--out", tmp_path / "o.onnx")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr
+    assert f"error: {bad}" in result.stderr
+
+
+def test_truncated_onnx(tmp_path: Path) -> None:
+    src = _write(tmp_path)
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(src.read_bytes()[:-40])
+    result = _invoke("fold", truncated, "--out", tmp_path / "o.onnx")
+    assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
+
+
+def test_existing_output_is_not_overwritten_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "o.onnx"
+    out.write_bytes(b"precious")
+    _assert_user_error(_invoke("fold", _write(tmp_path), "--out", out), 2,
+                       f"{out} exists; pass --force to overwrite it")
+    assert out.read_bytes() == b"precious"
+    assert _invoke("fold", _write(tmp_path), "--out", out, "--force").exit_code == 0
+    assert out.read_bytes() != b"precious"
+
+
+def test_output_equal_to_input_is_refused(tmp_path: Path) -> None:
+    src = _write(tmp_path)
+    before = src.read_bytes()
+    _assert_user_error(_invoke("fold", src, "--out", src, "--force"), 2,
+                       f"--out {src} is the input file")
+    assert src.read_bytes() == before
+
+
+def test_output_folder_missing(tmp_path: Path) -> None:
+    out = tmp_path / "no" / "such" / "o.onnx"
+    _assert_user_error(_invoke("fold", _write(tmp_path), "--out", out), 2,
+                       f"cannot write {out}: the folder {out.parent} does not exist")
+
+
+def test_unknown_skip(tmp_path: Path) -> None:
+    _assert_user_error(_invoke("fold", _write(tmp_path), "--out", tmp_path / "o.onnx",
+                               "--skip", "nope"), 2,
+                       "unknown rule(s) ['nope']; valid: consumer-linear, pass-through, "
+                       "residual-add")
+
+
+def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
+    nodes = [N("Mul", ["x", "norm.scale"], ["s"], name="un_mul"),
+             N("Add", ["s", "norm.shift"], ["normed"], name="un_add"),
+             N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+             N("LayerNormalization", ["mm", "g", "b"], ["y"], name="ln", axis=-1)]
+    m = model(nodes, norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                          const("g", np.ones(4)), const("b", np.zeros(4))],
+              {"x": ["N", 8]}, {"y": ["N", 4]})
+    path = tmp_path / "mixed.onnx"
+    onnx.save(m, path)
+    result = _invoke("inspect", path, "--json")
+    assert result.exit_code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(s["name"], s["status"]) for s in report["sites"]] == [("un_mul", "folded")]
+    assert [(o["name"], o["kind"]) for o in report["online"]] == [("ln", "LayerNorm")]
+    assert report["no_norm_left"] is False
+    assert not list(tmp_path.glob("*.onnx"))[1:], "inspect writes nothing"
+
+
+def test_rules_lists_the_registry() -> None:
+    result = _invoke("rules")
+    assert result.exit_code == 0
+    for name in ("consumer-linear", "pass-through", "residual-add"):
+        assert name in result.stdout

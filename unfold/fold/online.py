@@ -1,0 +1,70 @@
+"""Online normalizations: statistics computed per position at run time, which no fold removes.
+Found so they can be reported (kind and reason) instead of silently left in the graph.
+
+- ops: LayerNormalization, RMSNormalization, SimplifiedLayerNormalization,
+  SkipLayerNormalization, GroupNormalization, InstanceNormalization;
+- decomposed: a ReduceMean over the channel (last) axis whose input is x² (RMSNorm, and PN's
+  group scaling, which is an RMSNorm over channel groups), or whose result is subtracted from
+  its own input (LayerNorm written out).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_graphsurgeon as gs
+
+from unfold.fold.graph import constant_value, rank
+
+ONLINE_OPS = {
+    "LayerNormalization": "LayerNorm",
+    "RMSNormalization": "RMSNorm",
+    "SimplifiedLayerNormalization": "RMSNorm",
+    "SkipLayerNormalization": "LayerNorm",
+    "GroupNormalization": "GroupNorm",
+    "InstanceNormalization": "InstanceNorm / GroupNorm",
+}
+REASON = "online: its statistics are computed from each input at run time"
+
+
+@dataclass
+class OnlineNorm:
+    name: str
+    kind: str
+    reason: str = REASON
+
+
+def _reduces_last_axis(node: gs.Node) -> bool:
+    r = rank(node.inputs[0])
+    axes = node.attrs.get("axes")
+    if axes is None and len(node.inputs) > 1:
+        value = constant_value(node.inputs[1])
+        axes = None if value is None else value.reshape(-1).tolist()
+    if axes is None or r is None:
+        return False
+    return (r - 1) in [int(a) % r for a in axes]
+
+
+def _is_square(node: gs.Node | None) -> bool:
+    if node is None:
+        return False
+    if node.op == "Pow":
+        exponent = constant_value(node.inputs[1])
+        return exponent is not None and exponent.size == 1 and float(exponent.reshape(-1)[0]) == 2
+    return node.op == "Mul" and node.inputs[0] is node.inputs[1]
+
+
+def find_online_norms(graph: gs.Graph) -> list[OnlineNorm]:
+    found = []
+    for node in graph.nodes:
+        if node.op in ONLINE_OPS:
+            found.append(OnlineNorm(node.name, ONLINE_OPS[node.op]))
+        elif node.op == "ReduceMean" and _reduces_last_axis(node):
+            source = node.inputs[0]
+            producer = source.inputs[0] if len(source.inputs) == 1 else None
+            if _is_square(producer):
+                found.append(OnlineNorm(node.name, "RMSNorm (or PowerNorm group scaling)"))
+            elif any(r.op == "Sub" and r.inputs[1] is node.outputs[0] and r.inputs[0] is source
+                     for r in node.outputs[0].outputs):
+                found.append(OnlineNorm(node.name, "LayerNorm (written out)"))
+    return found
