@@ -21,6 +21,15 @@ from unfold.fold.sites import find_sites
 MAX_ROUNDS = 256
 
 
+def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
+    """Import with every intermediate shape re-inferred: exporters leave stale or shapeless
+    value_info entries that hide ranks the pass-through rule needs."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    del bare.graph.value_info[:]
+    return gs.import_onnx(onnx.shape_inference.infer_shapes(bare, data_prop=True))
+
+
 def _op_counts(model: onnx.ModelProto) -> Counter[str]:
     return Counter(node.op_type for node in model.graph.node)
 
@@ -32,8 +41,9 @@ def fold_model(model: onnx.ModelProto, *,
     unknown = set(skip) - set(RULES)
     if unknown:
         raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
-    graph = gs.import_onnx(onnx.shape_inference.infer_shapes(model))
+    graph = _import_with_shapes(model)
     graph.fold_constants().cleanup()
+    graph = _import_with_shapes(gs.export_onnx(graph))  # shapes the folding made static
     online = find_online_norms(graph)
     names = Names(graph)
     rules = [rule for name, rule in RULES.items() if name not in skip]
@@ -81,6 +91,7 @@ def fold_model(model: onnx.ModelProto, *,
         if host is not report:
             report.status = host.status
             report.path.append(f"composed into '{host.name}'")
+    graph.fold_constants().cleanup().toposort()  # what the moves made constant
     folded = gs.export_onnx(graph)
     folded.ir_version = model.ir_version
     del folded.opset_import[:]
