@@ -21,13 +21,40 @@ from unfold.fold.sites import find_sites
 MAX_ROUNDS = 256
 
 
+# Initializers up to this size stay in the weightless twin (shape data such as Reshape targets
+# must stay visible to data propagation); larger ones become typed inputs.
+SMALL_INITIALIZER_BYTES = 4096
+
+
+def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with its large initializers replaced by graph inputs of the same type
+    and shape: what shape inference and the checker need, without copying the weights."""
+    graph = model.graph
+    small = [t for t in graph.initializer if len(t.raw_data) <= SMALL_INITIALIZER_BYTES
+             and t.data_location != onnx.TensorProto.EXTERNAL]
+    small_names = {t.name for t in small}
+    weights = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+               for t in graph.initializer if t.name not in small_names]
+    twin = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + weights,
+                                  list(graph.output), small)
+    light = onnx.helper.make_model(twin, opset_imports=list(model.opset_import))
+    light.ir_version = model.ir_version
+    return light
+
+
 def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
-    """Import with every intermediate shape re-inferred: exporters leave stale or shapeless
-    value_info entries that hide ranks the pass-through rule needs."""
-    bare = onnx.ModelProto()
-    bare.CopyFrom(model)
-    del bare.graph.value_info[:]
-    return gs.import_onnx(onnx.shape_inference.infer_shapes(bare, data_prop=True))
+    """Import with every intermediate shape re-inferred (on the weightless twin): exporters
+    leave stale or shapeless value_info entries that hide ranks the pass-through rule needs."""
+    inferred = onnx.shape_inference.infer_shapes(_weightless(model), data_prop=True)
+    graph = gs.import_onnx(model)
+    tensors = graph.tensors()
+    for info in inferred.graph.value_info:
+        tensor = tensors.get(info.name)
+        if isinstance(tensor, gs.Variable) and info.type.tensor_type.HasField("shape"):
+            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in info.type.tensor_type.shape.dim]
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+    return graph
 
 
 def _op_counts(model: onnx.ModelProto) -> Counter[str]:
@@ -41,6 +68,7 @@ def fold_model(model: onnx.ModelProto, *,
     unknown = set(skip) - set(RULES)
     if unknown:
         raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
+    original_ops = _op_counts(model)
     graph = _import_with_shapes(model)
     graph.fold_constants().cleanup()
     graph = _import_with_shapes(gs.export_onnx(graph))  # shapes the folding made static
@@ -96,6 +124,6 @@ def fold_model(model: onnx.ModelProto, *,
     folded.ir_version = model.ir_version
     del folded.opset_import[:]
     folded.opset_import.extend(model.opset_import)
-    onnx.checker.check_model(folded, full_check=True)
-    return folded, FoldReport(list(reports.values()), _op_counts(model), _op_counts(folded),
+    onnx.checker.check_model(_weightless(folded), full_check=True)
+    return folded, FoldReport(list(reports.values()), original_ops, _op_counts(folded),
                               online)

@@ -1,0 +1,93 @@
+"""Fold time and peak memory of `unfold.fold.fold_model` on big models: a ViT-B/16-sized
+pre-norm ViT (86M parameters) and a BERT-base-sized post-norm encoder, with UnifiedNorm.
+
+    python benchmarks/fold_time.py            # both, exported with torch.onnx (dynamo)
+    python benchmarks/fold_time.py --model vit_base
+
+Each model is exported once (not timed), then folded in a fresh process so the peak memory
+(VmHWM, this process's own peak resident set) is the fold's: loading the ONNX file, folding,
+checking and serialising. The goal (issue 4): seconds, and peak memory under twice the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sample_models, from a checkout
+
+VARIANTS = ("vit_base", "bert_base")
+
+
+def export(name: str, path: Path) -> None:
+    import torch
+
+    from sample_models.bert import bert_base
+    from sample_models.vit import vit_small_patch16_224
+
+    torch.manual_seed(0)
+    if name == "vit_base":  # ViT-B/16: dim 768, 12 blocks, 12 heads
+        model = vit_small_patch16_224(norm="un", dim=768, heads=12)
+        args: tuple = (torch.rand(1, 3, 224, 224),)
+    else:
+        model = bert_base(norm="un")
+        args = (torch.randint(0, 30522, (1, 128)), torch.ones(1, 128, dtype=torch.long))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), args, str(path), dynamo=True, external_data=False)
+
+
+def fold_child(path: Path) -> None:
+    """Runs in a fresh process: load, fold, serialise; prints one JSON line."""
+    import onnx
+
+    from unfold.fold import fold_model
+
+    start = time.perf_counter()
+    model = onnx.load(str(path))
+    loaded = time.perf_counter()
+    folded, report = fold_model(model)
+    done = time.perf_counter()
+    folded.SerializeToString()
+    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
+                    .splitlines() if line.startswith("VmHWM:"))
+    print(json.dumps({"load_s": loaded - start, "fold_s": done - loaded,
+                      "peak_rss_mib": peak_kib / 1024, "sites": len(report.sites),
+                      "folded": len(report.folded), "left": len(report.left)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=VARIANTS, action="append")
+    parser.add_argument("--fold-child", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.fold_child:
+        fold_child(args.fold_child)
+        return
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.model or VARIANTS:
+            path = Path(tmp) / f"{name}.onnx"
+            print(f"exporting {name} ...", file=sys.stderr)
+            export(name, path)
+            weights_mib = path.stat().st_size / 2**20
+            out = subprocess.run([sys.executable, __file__, "--fold-child", str(path)],
+                                 capture_output=True, text=True, check=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"model": name, "onnx_mib": weights_mib, **result})
+    print(f"{'model':<10}{'ONNX MiB':>10}{'load s':>8}{'fold s':>8}{'peak MiB':>10}"
+          f"{'peak/ONNX':>10}{'sites':>7}{'folded':>8}")
+    for r in rows:
+        print(f"{r['model']:<10}{r['onnx_mib']:>10.0f}{r['load_s']:>8.2f}{r['fold_s']:>8.2f}"
+              f"{r['peak_rss_mib']:>10.0f}{r['peak_rss_mib'] / r['onnx_mib']:>10.2f}"
+              f"{r['sites']:>7}{r['folded']:>8}")
+
+
+if __name__ == "__main__":
+    main()
