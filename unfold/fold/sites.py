@@ -65,6 +65,9 @@ def _affine_step(node: gs.Node) -> _Step | None:
     vector = per_channel_constant(first_value if const_first else second_value, rank(data))
     if vector is None:
         return None
+    shape = getattr(data, "shape", None)
+    if vector.size > 1 and shape and isinstance(shape[-1], int) and shape[-1] != vector.size:
+        return None  # the constant would broadcast the data, not scale its channels
     v = vector.astype(np.float64)
     ones, zeros = np.ones_like(v), np.zeros_like(v)
     if node.op == "Mul":

@@ -157,3 +157,14 @@ def test_a_norm_feeding_a_graph_output_is_materialized() -> None:
     _, report = fold_model(m)
     assert report.sites[0].status == "materialized" and bool(report)
     assert report.ops_after == {"Mul": 1, "Add": 1}
+
+
+def test_a_constant_that_broadcasts_the_data_is_not_a_norm() -> None:
+    """x (N, 1) * s (8,) makes (N, 8): not a per-channel affine of x."""
+    m = model([N("Mul", ["x", "norm.scale"], ["s"]), N("Add", ["s", "norm.shift"], ["normed"]),
+               N("MatMul", ["normed", "W"], ["y"])],
+              norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
+              {"x": ["N", 1]}, {"y": ["N", 4]})
+    folded, report = fold_model(m)
+    assert report.sites == [] and report.ops_after == report.ops_before
+    assert_same_outputs(m, folded, {"x": RNG.normal(size=(3, 1)).astype(np.float32)})
