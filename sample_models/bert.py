@@ -7,20 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from sample_models.layers import Attention, Mlp, apply_norm, make_norm
-
-
-class BertLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn_dim: int, norm: str, norm_options) -> None:
-        super().__init__()
-        self.attn = Attention(dim, heads, fused_qkv=False)
-        self.norm1 = make_norm(norm, dim, norm_options)
-        self.ffn = Mlp(dim, ffn_dim, activation="gelu")
-        self.norm2 = make_norm(norm, dim, norm_options)
-
-    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        x = apply_norm(self.norm1, x + self.attn(x, key_padding_mask=pad), pad)
-        return apply_norm(self.norm2, x + self.ffn(x), pad)
+from sample_models.layers import PostNormEncoderLayer, apply_norm, make_norm
 
 
 class BertEncoder(nn.Module):
@@ -35,7 +22,8 @@ class BertEncoder(nn.Module):
         self.token_type_embeddings = nn.Embedding(2, dim)
         self.embedding_norm = make_norm(norm, dim, norm_options)
         self.layers = nn.ModuleList(
-            [BertLayer(dim, heads, ffn_dim, norm, norm_options) for _ in range(depth)])
+            [PostNormEncoderLayer(dim, heads, ffn_dim, norm, norm_options, activation="gelu")
+             for _ in range(depth)])
         self.pooler = nn.Linear(dim, dim)
         self.classifier = nn.Linear(dim, num_classes)
 

@@ -75,3 +75,20 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.activation(self.fc1(x)))
+
+
+class PostNormEncoderLayer(nn.Module):
+    """x = norm1(x + self_attn(x)); x = norm2(x + ffn(x)), with separate q, k, v and the
+    padding mask reaching attention and the offline norms (fairseq's and BERT's layout)."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, norm: str, norm_options,
+                 activation: str) -> None:
+        super().__init__()
+        self.self_attn = Attention(dim, heads, fused_qkv=False)
+        self.norm1 = make_norm(norm, dim, norm_options)
+        self.ffn = Mlp(dim, ffn_dim, activation=activation)
+        self.norm2 = make_norm(norm, dim, norm_options)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        x = apply_norm(self.norm1, x + self.self_attn(x, key_padding_mask=pad), pad)
+        return apply_norm(self.norm2, x + self.ffn(x), pad)

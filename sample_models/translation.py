@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from sample_models.layers import Attention, Mlp, apply_norm, make_norm
+from sample_models.layers import Attention, Mlp, PostNormEncoderLayer, apply_norm, make_norm
 
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -30,19 +30,6 @@ def sinusoidal_positions(length: int, dim: int) -> Tensor:
     angles = torch.arange(length, dtype=torch.float32)[:, None] * freq[None, :]
     table = torch.cat([angles.sin(), angles.cos()], dim=1)
     return nn.functional.pad(table, (0, dim - 2 * half))
-
-
-class EncoderLayer(nn.Module):
-    def __init__(self, dim: int, heads: int, ffn_dim: int, norm: str, norm_options) -> None:
-        super().__init__()
-        self.self_attn = Attention(dim, heads, fused_qkv=False)
-        self.norm1 = make_norm(norm, dim, norm_options)
-        self.ffn = Mlp(dim, ffn_dim, activation="relu")
-        self.norm2 = make_norm(norm, dim, norm_options)
-
-    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
-        x = apply_norm(self.norm1, x + self.self_attn(x, key_padding_mask=pad), pad)
-        return apply_norm(self.norm2, x + self.ffn(x), pad)
 
 
 class DecoderLayer(nn.Module):
@@ -83,7 +70,8 @@ class TranslationTransformer(nn.Module):
         self.src_embed_norm = make_norm(norm, dim, norm_options) if embedding_norm else None
         self.tgt_embed_norm = make_norm(norm, dim, norm_options) if embedding_norm else None
         self.encoder = nn.ModuleList(
-            [EncoderLayer(dim, heads, ffn_dim, norm, norm_options) for _ in range(encoder_layers)])
+            [PostNormEncoderLayer(dim, heads, ffn_dim, norm, norm_options, activation="relu")
+             for _ in range(encoder_layers)])
         self.decoder = nn.ModuleList(
             [DecoderLayer(dim, heads, ffn_dim, norm, norm_options) for _ in range(decoder_layers)])
         self.output_projection = None if tie_output else nn.Linear(dim, tgt_vocab, bias=False)
