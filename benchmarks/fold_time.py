@@ -21,6 +21,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # sample_models, from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_rss_mib  # noqa: E402
 
 VARIANTS = ("vit_base", "bert_base")
 
@@ -55,10 +57,8 @@ def fold_child(path: Path) -> None:
     folded, report = fold_model(model)
     done = time.perf_counter()
     folded.SerializeToString()
-    peak_kib = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text()
-                    .splitlines() if line.startswith("VmHWM:"))
     print(json.dumps({"load_s": loaded - start, "fold_s": done - loaded,
-                      "peak_rss_mib": peak_kib / 1024, "sites": len(report.sites),
+                      "peak_rss_mib": peak_rss_mib(), "sites": len(report.sites),
                       "folded": len(report.folded), "left": len(report.left)}))
 
 

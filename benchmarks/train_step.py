@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from unfold.nn import create_norm
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import peak_rss_mib  # noqa: E402
 
 VARIANTS = ("ln", "un", "none")
 
@@ -104,18 +106,6 @@ def memory_child(args: argparse.Namespace) -> None:
         print(torch.cuda.max_memory_allocated(device) / 2**20)
     else:
         print(peak_rss_mib())
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process's own address space.
-
-    Not getrusage's ru_maxrss: Linux carries it across fork+exec, so a child started by a
-    large parent reports the parent's size at the fork. VmHWM belongs to the exec'd image.
-    """
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: best effort
 
 
 def main() -> None:
