@@ -31,18 +31,23 @@ def twin_ops(twin: onnx.ModelProto) -> Counter[str]:
     return report.ops_after
 
 
-def _export(model: torch.nn.Module) -> onnx.ModelProto:
+def _export(model: torch.nn.Module, args: tuple, names: list[str],
+            dynamic_shapes: tuple | None = None) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (torch.rand(2, 1, 8, 8),), buffer, dynamo=True,
-                          input_names=["images"],
-                          dynamic_shapes=({0: torch.export.Dim("batch")},))
+        torch.onnx.export(model.eval(), args, buffer, dynamo=True, input_names=names,
+                          dynamic_shapes=dynamic_shapes)
     return onnx.load_from_string(buffer.getvalue())
 
 
+def _export_digits(model: torch.nn.Module) -> onnx.ModelProto:
+    return _export(model, (torch.rand(2, 1, 8, 8),), ["images"],
+                   dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
 def test_digits_vit_folds_to_the_no_norm_twin() -> None:
-    original = _export(load_from_state_dict("digits-vit-un"))
+    original = _export_digits(load_from_state_dict("digits-vit-un"))
     folded, report = fold_model(original)
 
     assert len(report.sites) == 9, [s.name for s in report.sites]
@@ -50,7 +55,7 @@ def test_digits_vit_folds_to_the_no_norm_twin() -> None:
         [(s.name, s.reasons) for s in report.left]
     (final,) = [s for s in report.sites if s.path]
     assert final.path == ["moved past Gather 'node_select'"], "final norm -> cls token -> head"
-    assert report.ops_after == twin_ops(_export(digits_vit(norm="none"))), \
+    assert report.ops_after == twin_ops(_export_digits(digits_vit(norm="none"))), \
         "the folded graph has the no-norm twin's op counts"
     images = np.random.default_rng(0).random((16, 1, 8, 8), dtype=np.float32)
     assert_same_outputs(original, folded, {"images": images})
@@ -69,24 +74,16 @@ def _randomize_norm_statistics(model: torch.nn.Module, seed: int = 0) -> torch.n
     return model.eval()
 
 
-def _export_args(model: torch.nn.Module, args: tuple, names: list[str]) -> onnx.ModelProto:
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), args, buffer, dynamo=True, input_names=names)
-    return onnx.load_from_string(buffer.getvalue())
-
-
 def test_bert_like_post_norm_encoder_folds_to_the_no_norm_twin() -> None:
     kwargs = dict(dim=32, depth=3, heads=4, ffn_dim=64, vocab=50, seed=0)
     ids = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(2, 9, dtype=torch.long)
-    original = _export_args(_randomize_norm_statistics(bert_base("un", **kwargs)), (ids, mask),
+    original = _export(_randomize_norm_statistics(bert_base("un", **kwargs)), (ids, mask),
                             ["input_ids", "attention_mask"])
     folded, report = fold_model(original)
     assert len(report.sites) == 7, "the embedding norm and 2 per layer"
     assert bool(report), [(s.name, s.status, s.reasons) for s in report.left]
-    twin = _export_args(bert_base("none", **kwargs), (ids, mask), ["input_ids", "attention_mask"])
+    twin = _export(bert_base("none", **kwargs), (ids, mask), ["input_ids", "attention_mask"])
     assert report.ops_after == twin_ops(twin)
     assert_same_outputs(original, folded,
                         {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
@@ -97,7 +94,7 @@ def test_trained_post_norm_translation_model_folds_to_the_no_norm_twin() -> None
     src = torch.tensor([[5, 9, 12, 7, 2, 0], [4, 8, 2, 0, 0, 0]])
     prev = torch.tensor([[1, 6, 11, 4, 9], [1, 3, 8, 0, 0]])
     names = ["src_tokens", "prev_output_tokens"]
-    original = _export_args(model, (src, prev), names)
+    original = _export(model, (src, prev), names)
     folded, report = fold_model(original)
     assert len(report.sites) == 12, "2 embedding norms, 2 per encoder layer, 3 per decoder layer"
     assert [s.status for s in report.sites] == ["folded"] * 12, \
@@ -105,7 +102,7 @@ def test_trained_post_norm_translation_model_folds_to_the_no_norm_twin() -> None
     arch = json.loads((CHECKPOINT_DIR / "numbers-enfr-un.arch.json").read_text())
     torch.manual_seed(0)
     twin_model = TranslationTransformer(**{**arch["arch_kwargs"], "norm": "none"})
-    twin = _export_args(twin_model, (src, prev), names)
+    twin = _export(twin_model, (src, prev), names)
     # The output projection is tied to the embedding and has no bias: the last norm's shift
     # becomes one bias Add at the graph output (DESIGN's allowed materialization).
     assert report.ops_after == twin_ops(twin) + Counter({"Add": 1})
