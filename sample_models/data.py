@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sample_models.translation import BOS, EOS, PAD, SPECIALS
+from sample_models.translation import BOS, EOS, PAD, SPECIALS, UNK
 
 DATA_DIR = Path(__file__).parent / "data"
 DIGITS_TEST_SIZE = 360
@@ -69,7 +69,7 @@ class Vocab:
         return cls(SPECIALS + sorted({w for s in sentences for w in s}))
 
     def encode(self, tokens: list[str]) -> list[int]:
-        return [self.index.get(t, 3) for t in tokens]
+        return [self.index.get(t, UNK) for t in tokens]
 
     def decode(self, ids: list[int]) -> list[str]:
         out = []
@@ -82,6 +82,11 @@ class Vocab:
 
     def __len__(self) -> int:
         return len(self.words)
+
+
+def source_ids(vocab: Vocab, tokens: list[str]) -> list[int]:
+    """A source sentence as the encoder reads it: token ids, then EOS (fairseq's layout)."""
+    return vocab.encode(tokens) + [EOS]
 
 
 def batch_tokens(sequences: list[list[int]], *, bos: bool = False, eos: bool = False,

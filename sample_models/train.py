@@ -36,6 +36,7 @@ from sample_models.data import (
     load_digits_split,
     number_pair,
     numbers_split,
+    source_ids,
     tokenize,
 )
 from sample_models.registry import CHECKPOINT_DIR, METRICS_PATH, SAMPLES, build
@@ -114,7 +115,7 @@ def translation_scores(model, test_ids, pairs, src_vocab: Vocab, tgt_vocab: Voca
     import sacrebleu
 
     model.eval()
-    src = batch_tokens([src_vocab.encode(pairs[n][0]) + [2] for n in test_ids])
+    src = batch_tokens([source_ids(src_vocab, pairs[n][0]) for n in test_ids])
     out = model.greedy(src, max_len=40)
     hyps = [tgt_vocab.decode(row) for row in out.tolist()]
     refs = [pairs[n][1] for n in test_ids]
@@ -139,7 +140,7 @@ def train_numbers(name: str) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, math.sqrt(warm / (s + 1))))
     gen = torch.Generator().manual_seed(recipe["seed"])
-    src_all = [src_vocab.encode(pairs[n][0]) + [2] for n in train_ids]
+    src_all = [source_ids(src_vocab, pairs[n][0]) for n in train_ids]
     tgt_all = [tgt_vocab.encode(pairs[n][1]) for n in train_ids]
     steps_per_epoch = math.ceil(len(train_ids) / recipe["batch"])
     for epoch in range(recipe["epochs"]):

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from sample_models.data import DATA_DIR, Vocab, batch_tokens, tokenize
+from sample_models.data import DATA_DIR, Vocab, batch_tokens, source_ids, tokenize
 from sample_models.registry import CHECKPOINT_DIR, METRICS_PATH, SAMPLES
 
 MAX_BYTES = 5 * 2**20
@@ -78,7 +78,7 @@ def _numbers_test_set():
 def test_translation_model_reproduces_card_exact_match(name: str) -> None:
     src_vocab, tgt_vocab, pairs = _numbers_test_set()
     model = load_from_state_dict(name)
-    src = batch_tokens([src_vocab.encode(en) + [2] for en, _ in pairs])
+    src = batch_tokens([source_ids(src_vocab, en) for en, _ in pairs])
     hyps = [tgt_vocab.decode(row) for row in model.greedy(src, max_len=40).tolist()]
     exact = float(np.mean([h == fr for h, (_, fr) in zip(hyps, pairs, strict=True)]))
     expected = METRICS[name]["held_out_exact_match"]
