@@ -24,12 +24,17 @@ def _x(shape=(2, 5, 8)) -> dict[str, np.ndarray]:
     return {"x": RNG.normal(size=shape).astype(np.float32)}
 
 
+def _norm_then_linear():
+    """x -> norm -> MatMul 'fc' -> Add bias -> y, the basic pre-norm site."""
+    return model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+                                  N("Add", ["mm", "c"], ["y"], name="fc_bias")],
+                 norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                      const("c", RNG.normal(size=4))],
+                 {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+
+
 def test_matmul_with_bias() -> None:
-    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
-                               N("Add", ["mm", "c"], ["y"], name="fc_bias")],
-              norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
-                                   const("c", RNG.normal(size=4))],
-              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    m = _norm_then_linear()
     folded, report = fold_model(m)
     assert [(s.status, s.absorbed_by) for s in report.sites] == [("folded", ["fc"])]
     assert report.ops_after == {"MatMul": 1, "Add": 1}, "only the linear (and its bias) is left"
@@ -131,11 +136,7 @@ def test_linear_bias_and_attention_scaling_are_not_sites() -> None:
 
 
 def test_folding_twice_equals_folding_once() -> None:
-    m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
-                               N("Add", ["mm", "c"], ["y"], name="fc_bias")],
-              norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
-                                   const("c", RNG.normal(size=4))],
-              {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
+    m = _norm_then_linear()
     once, _ = fold_model(m)
     twice, report = fold_model(once)
     assert report.sites == [] and report.ops_after == report.ops_before
