@@ -14,7 +14,6 @@ from rich.console import Console
 from unfold.errors import ExitCode, UnfoldError
 
 stdout = Console(soft_wrap=False)
-stderr = Console(stderr=True)
 
 
 def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:
