@@ -36,12 +36,16 @@ def main(
 
 
 # one module per command
+from cli.convert import convert  # noqa: E402
 from cli.fold import fold  # noqa: E402
 from cli.inspect import inspect  # noqa: E402
 from cli.rules import rules  # noqa: E402
+from cli.verify import verify  # noqa: E402
 
+app.command("convert")(convert)
 app.command("fold")(fold)
 app.command("inspect")(inspect)
+app.command("verify")(verify)
 app.command("rules")(rules)
 
 

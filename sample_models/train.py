@@ -98,7 +98,8 @@ def train_digits(name: str) -> dict:
     metrics = {"held_out_accuracy": digits_accuracy(model, x_test, y_test),
                "held_out_size": int(len(y_test)), "train_size": int(len(y_train))}
     example = (torch.from_numpy(x_test[:2]),)
-    _write(name, model, example, dynamic={"images": {0: torch.export.Dim("batch", max=1024)}})
+    _write(name, model, example, dynamic={"images": {0: torch.export.Dim("batch", max=1024)}},
+           value_ranges={"images": (0.0, 1.0)})  # pixel values / 16
     return metrics
 
 
@@ -170,19 +171,29 @@ def train_numbers(name: str) -> dict:
     dynamic = {"src_tokens": {0: batch, 1: torch.export.Dim("src_len", max=64)},
                "prev_output_tokens": {0: batch, 1: torch.export.Dim("tgt_len", max=64)}}
     _write(name, model, (src, prev), dynamic=dynamic,
-           arch_kwargs={"src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab)})
+           arch_kwargs={"src_vocab": len(src_vocab), "tgt_vocab": len(tgt_vocab)},
+           value_ranges={"src_tokens": (0, len(src_vocab) - 1),
+                         "prev_output_tokens": (0, len(tgt_vocab) - 1)})
     return metrics
 
 
 def _write(name: str, model: torch.nn.Module, example: tuple, dynamic: dict,
-           arch_kwargs: dict | None = None) -> None:
+           arch_kwargs: dict | None = None, value_ranges: dict | None = None) -> None:
     model.eval()
     CHECKPOINT_DIR.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), CHECKPOINT_DIR / f"{name}.state_dict.pt")
     spec = SAMPLES[name]
+    # the inputs, as `unfold convert NAME.state_dict.pt` reads them (unfold.inputs.InputSpec)
+    inputs = {}
+    for (input_name, axes), tensor in zip(dynamic.items(), example, strict=True):
+        inputs[input_name] = {"shape": list(tensor.shape),
+                              "dtype": str(tensor.dtype).removeprefix("torch."),
+                              "dynamic": {str(a): d.__name__ for a, d in axes.items()}}
+        if value_ranges and input_name in value_ranges:
+            inputs[input_name]["value_range"] = list(value_ranges[input_name])
     (CHECKPOINT_DIR / f"{name}.arch.json").write_text(json.dumps({
         "arch": spec["factory"], "arch_kwargs": {**spec["kwargs"], **(arch_kwargs or {})},
-        "seed": spec["recipe"]["seed"]}, indent=2) + "\n")
+        "seed": spec["recipe"]["seed"], "inputs": inputs}, indent=2) + "\n")
     program = torch.export.export(model, example, dynamic_shapes=dynamic)
     torch.export.save(program, CHECKPOINT_DIR / f"{name}.pt2")
 

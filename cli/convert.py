@@ -1,0 +1,97 @@
+"""`unfold convert model.pt --out model.onnx`: load, export, fold, verify against torch, and
+only then write."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from cli import _inputs as opt
+from cli._common import run_command, stdout
+from cli.fold import SKIP_HELP, render
+from cli.verify import render_verification
+from unfold.errors import ExitCode
+from unfold.export import EXPORTERS
+from unfold.pipeline import ConvertReport
+from unfold.pipeline import convert as convert_model
+
+
+def render_convert(report: ConvertReport) -> None:
+    stdout.print(f"{report.source}: {report.format}")
+    for spec in report.inputs:
+        stdout.print(f"  input {spec.describe()}")
+    exporter = f"exported with the {report.exporter} exporter, opset {report.opset}"
+    if report.fallback_reason:
+        exporter += f" (fallback: {report.fallback_reason})"
+    stdout.print(exporter)
+    render(report.fold)
+    if report.verification is not None:
+        render_verification(report.verification)
+    for note in report.notes:
+        stdout.print(f"note: {note}")
+    stdout.print("time per stage: " + ", ".join(f"{k} {v:.1f}s"
+                                               for k, v in report.seconds.items()))
+
+
+def convert(
+    model: Path = typer.Argument(..., help="The trained model: .pt2 (torch.export), "
+                                           "TorchScript, state dict or checkpoint (--arch), "
+                                           "pickled module (--trust)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded ONNX."),
+    arch: str | None = opt.ARCH,
+    arch_kwargs: str | None = opt.ARCH_KWARGS,
+    trust: bool = opt.TRUST,
+    input_shape: list[str] = opt.INPUT_SHAPE,
+    input_dtype: list[str] = opt.INPUT_DTYPE,
+    int_range: list[str] = opt.INT_RANGE,
+    float_range: list[str] = opt.FLOAT_RANGE,
+    dynamic: str | None = opt.DYNAMIC,
+    inputs: Path | None = opt.INPUTS,
+    exporter: str = typer.Option("auto", "--exporter",
+                                 help=f"{', '.join(EXPORTERS)} (auto: dynamo, falling back to "
+                                      f"the TorchScript exporter)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the "
+                                                           "exporter's)."),
+    atol: list[str] = opt.ATOL,
+    rtol: list[str] = opt.RTOL,
+    no_verify: bool = typer.Option(False, "--no-verify",
+                                   help="Write without checking against torch (not advised)."),
+    skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    strict: bool = typer.Option(False, "--strict",
+                                help="Exit 1 (writing nothing) if any normalization is left."),
+    force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random verification batches."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Convert a trained model to a verified ONNX with every offline normalization folded."""
+
+    def body() -> ExitCode:
+        if no_verify:
+            print("warning: --no-verify: the output will NOT be checked against torch",
+                  file=sys.stderr)
+        report = convert_model(
+            model, out, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
+            inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                     inputs),
+            exporter=exporter, opset=opset, verify=not no_verify, atol=atol, rtol=rtol,
+            skip=skip, force=force, seed=seed, strict=strict, progress=opt.progress)
+        if as_json:
+            stdout.print_json(json.dumps(report.to_dict()))
+        else:
+            render_convert(report)
+        if report.verification is not None and not report.verification:
+            print("error: the folded ONNX does not match torch; nothing written",
+                  file=sys.stderr)
+            return ExitCode.CHECK_FAILED
+        if not report:
+            print("error: --strict: normalization left in the graph; nothing written",
+                  file=sys.stderr)
+            return ExitCode.CHECK_FAILED
+        print(f"wrote {report.written}", file=sys.stderr)
+        return ExitCode.OK
+
+    run_command("convert", body, debug)

@@ -1,0 +1,77 @@
+"""`unfold verify REFERENCE CANDIDATE`: run both on the same inputs, compare every output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from cli import _inputs as opt
+from cli._common import run_command, stdout
+from unfold.engines import ENGINES
+from unfold.errors import ExitCode
+from unfold.pipeline import verify as verify_models
+from unfold.verification import VerifyReport
+
+
+def render_verification(report: VerifyReport) -> None:
+    table = Table(title=f"outputs: {report.candidate} vs {report.reference}")
+    for column in ("batch", "output", "max abs", "allowed", "max rel", "cosine", "result"):
+        table.add_column(column)
+    for batch in report.batches:
+        for out in batch.outputs:
+            result = "ok" if out else (out.problem or f"FAIL (would need rtol "
+                                                       f"{out.needed_rtol:.2g})")
+            table.add_row(batch.label, out.name, f"{out.max_abs:.3g}", f"{out.allowed:.3g}",
+                          f"{out.max_rel:.3g}", f"{out.cosine:.9f}", result)
+    stdout.print(table)
+    for note in report.notes:
+        stdout.print(note)
+    if report.divergence:
+        stdout.print(report.divergence.describe())
+
+
+def verify(
+    reference: Path = typer.Argument(..., help="model.pt (run by torch) or an .onnx "
+                                               "(run by ONNX Runtime)."),
+    candidate: Path = typer.Argument(..., help="The .onnx to check (or another model.pt)."),
+    engine: str = typer.Option("ort", "--engine",
+                               help=f"What runs CANDIDATE: {', '.join(ENGINES)}."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    arch: str | None = opt.ARCH,
+    arch_kwargs: str | None = opt.ARCH_KWARGS,
+    trust: bool = opt.TRUST,
+    input_shape: list[str] = opt.INPUT_SHAPE,
+    input_dtype: list[str] = opt.INPUT_DTYPE,
+    int_range: list[str] = opt.INT_RANGE,
+    float_range: list[str] = opt.FLOAT_RANGE,
+    dynamic: str | None = opt.DYNAMIC,
+    inputs: Path | None = opt.INPUTS,
+    atol: list[str] = opt.ATOL,
+    rtol: list[str] = opt.RTOL,
+    seed: int = typer.Option(0, "--seed", help="Seed of the random batches."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Check that CANDIDATE computes what REFERENCE computes, within explicit tolerances."""
+
+    def body() -> ExitCode:
+        report = verify_models(
+            reference, candidate, engine=engine, device=device, arch=arch,
+            arch_kwargs=arch_kwargs, trust=trust,
+            inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                     inputs),
+            atol=atol, rtol=rtol, seed=seed, progress=opt.progress)
+        if as_json:
+            stdout.print_json(json.dumps(report.to_dict()))
+        else:
+            render_verification(report)
+        if not report:
+            print("error: outputs differ beyond tolerance", file=sys.stderr)
+            return ExitCode.CHECK_FAILED
+        return ExitCode.OK
+
+    run_command("verify", body, debug)

@@ -1,0 +1,121 @@
+"""Rebuilding an architecture for a state dict: `--arch package.module:factory` with
+`--arch-kwargs '{"dim": 384}'`, or the `NAME.arch.json` that sits beside `NAME.state_dict.pt`
+(what the shipped samples carry). The weights then go in by name, and every missing or
+unexpected key is reported by name."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from unfold.errors import UnfoldError
+
+# wrappers whose prefix a saved state dict often carries (DDP, torch.compile)
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_MAX_NAMED = 8
+
+
+def parse_arch_kwargs(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    if text is None:
+        return {}
+    if isinstance(text, Mapping):
+        return dict(text)
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UnfoldError(f"--arch-kwargs {text!r} is not JSON ({exc.msg}); "
+                          """e.g. --arch-kwargs '{"dim": 384, "depth": 12}'""") from None
+    if not isinstance(value, dict):
+        raise UnfoldError(f"--arch-kwargs {text!r}: expected a JSON object of keyword arguments")
+    return value
+
+
+def import_factory(arch: str) -> Any:
+    """`package.module:factory` -> the callable (the working directory is importable, as
+    for `python -m`)."""
+    module_name, colon, attr = arch.partition(":")
+    if not colon or not module_name or not attr:
+        raise UnfoldError(f"--arch {arch!r}: expected package.module:factory, "
+                          f"e.g. --arch mypkg.models:vit_small")
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise UnfoldError(f"--arch {arch!r}: cannot import {module_name!r} ({exc}); "
+                          f"is the package installed or in the working directory?") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
+                       and getattr(v, "__module__", None) == module.__name__)
+        raise UnfoldError(f"--arch {arch!r}: {module_name} has no callable {attr!r}; "
+                          f"it defines: {', '.join(names[:20]) or 'no public callables'}")
+    return factory
+
+
+def build_module(arch: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
+    factory = import_factory(arch)
+    try:
+        module = factory(**kwargs)
+    except Exception as exc:
+        raise UnfoldError(f"--arch {arch} with --arch-kwargs {json.dumps(dict(kwargs))} failed: "
+                          f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(module, torch.nn.Module):
+        raise UnfoldError(f"--arch {arch} returned a {type(module).__name__}, "
+                          f"not a torch.nn.Module")
+    return module
+
+
+def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    for prefix in _WRAPPER_PREFIXES:
+        if state and all(k.startswith(prefix) for k in state):
+            return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def _named(keys: list[str]) -> str:
+    more = f" and {len(keys) - _MAX_NAMED} more" if len(keys) > _MAX_NAMED else ""
+    return ", ".join(keys[:_MAX_NAMED]) + more
+
+
+def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
+                 source: Path, arch: str) -> None:
+    """Every weight of the architecture from the state dict, and nothing left over."""
+    state = _strip_wrapper_prefix(state)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        detail = str(exc).split("\n", 1)[-1].strip()
+        raise UnfoldError(f"{source} does not fit --arch {arch}: {detail}") from None
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing from the file: {_named(list(result.missing_keys))}")
+    if result.unexpected_keys:
+        problems.append(f"in the file but not in the architecture: "
+                        f"{_named(list(result.unexpected_keys))}")
+    if problems:
+        raise UnfoldError(f"{source} does not fit --arch {arch} ({'; '.join(problems)}); "
+                          f"check --arch and --arch-kwargs")
+
+
+def sidecar_arch(path: Path) -> Path | None:
+    """`NAME.arch.json` beside `NAME.state_dict.pt` / `NAME.pt` / `NAME.pth`, if there."""
+    stem = path.name
+    for suffix in (".pt", ".pth", ".bin"):
+        if stem.endswith(suffix):
+            stem = stem[: -len(suffix)]
+    stem = stem.removesuffix(".state_dict")
+    candidate = path.with_name(f"{stem}.arch.json")
+    return candidate if candidate.is_file() else None

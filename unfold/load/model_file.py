@@ -1,0 +1,267 @@
+"""model.pt in every format, recognised by its content (never by its name):
+
+| format | how it loads | runs code from the file? |
+|---|---|---|
+| `torch.export` program (`.pt2`) | `torch.export.load`; carries its example inputs | no |
+| TorchScript archive | `torch.jit.load` | no (TorchScript only) |
+| state dict / training checkpoint | `torch.load(weights_only=True)` into `--arch` | no |
+| pickled module (`torch.save(model)`) | `torch.load(weights_only=False)`, `--trust` only | YES |
+
+Whatever the format, the result is an eval-mode module ready to run, with what is known of
+its inputs.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import pickle
+import re
+import warnings
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from unfold.errors import UnfoldError
+from unfold.inputs import DTYPES, InputSpec, specs_from_arrays
+from unfold.load.arch import build_module, load_weights, parse_arch_kwargs, sidecar_arch
+
+FORMATS = ("torch.export program", "TorchScript archive", "state dict", "training checkpoint",
+           "pickled module")
+# where training checkpoints keep the model's weights
+CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "network",
+                   "weights")
+
+
+@dataclass
+class LoadedModel:
+    module: torch.nn.Module  # eval mode, ready to run
+    source: Path
+    format: str  # one of FORMATS
+    input_names: list[str]
+    program: torch.export.ExportedProgram | None = None  # a .pt2, exported as is
+    # what the model says about its inputs (a .pt2's example inputs, an arch.json's "inputs")
+    input_specs: list[InputSpec] = field(default_factory=list)
+    example_inputs: dict[str, np.ndarray] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def self_describing(self) -> bool:
+        return bool(self.input_specs)
+
+
+def load_model(path: str | Path, *, arch: str | None = None,
+               arch_kwargs: str | Mapping[str, Any] | None = None,
+               trust: bool = False) -> LoadedModel:
+    path = Path(path)
+    if not path.exists():
+        raise UnfoldError(f"{path}: no such file")
+    if path.is_dir():
+        raise UnfoldError(f"{path} is a directory; give a model file (.pt, .pt2, .pth)")
+    kind = _sniff(path)
+    if kind == "pt2":
+        loaded = _load_program(path)
+    elif kind == "torchscript":
+        loaded = _load_torchscript(path)
+    else:
+        loaded = _load_pickle(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+    if arch and loaded.format not in ("state dict", "training checkpoint"):
+        loaded.notes.append(f"--arch ignored: a {loaded.format} carries its architecture")
+    return loaded
+
+
+def _sniff(path: Path) -> str:
+    if not zipfile.is_zipfile(path):
+        return "pickle"  # the legacy torch.save format, or not a PyTorch file at all
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise UnfoldError(f"{path} is not a readable PyTorch file (damaged zip: {exc})") from None
+    if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
+        return "pt2"
+    if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
+        return "torchscript"
+    return "pickle"
+
+
+def _load_program(path: Path) -> LoadedModel:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(str(path))
+    except Exception as exc:
+        raise UnfoldError(f"{path} looks like a torch.export program but does not load: "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+    names = [spec.arg.name for spec in program.graph_signature.input_specs
+             if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    loaded = LoadedModel(program.module(), path, "torch.export program", names, program=program)
+    args, kwargs = program.example_inputs or ((), {})
+    flat = list(args) + [kwargs[k] for k in names[len(args):] if k in kwargs]
+    if len(flat) == len(names) and all(isinstance(t, torch.Tensor) for t in flat):
+        loaded.example_inputs = {n: t.detach().cpu().numpy()
+                                 for n, t in zip(names, flat, strict=True)}
+        loaded.input_specs = specs_from_arrays(loaded.example_inputs, _program_dynamic(program))
+    return loaded
+
+
+def _program_dynamic(program: torch.export.ExportedProgram) -> dict[str, dict[int, str]]:
+    """Axis -> name for every symbolic input dimension; a symbol that is axis 0 of every
+    input is the batch."""
+    shapes = {node.name: node.meta["val"].shape for node in program.graph.nodes
+              if node.op == "placeholder" and isinstance(node.meta.get("val"), torch.Tensor)}
+    user = [spec.arg.name for spec in program.graph_signature.input_specs
+            if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
+    symbolic = {name: {axis: str(dim) for axis, dim in enumerate(shapes[name])
+                       if not isinstance(dim, int)} for name in user if name in shapes}
+    firsts = {axes.get(0) for axes in symbolic.values()}
+    batch = firsts.pop() if len(firsts) == 1 else None
+    return {name: {axis: "batch" if (axis == 0 and sym == batch) else f"{name}_{axis}"
+                   for axis, sym in axes.items()}
+            for name, axes in symbolic.items()}
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    try:
+        module = torch.jit.load(str(path), map_location="cpu")
+    except Exception as exc:
+        raise UnfoldError(f"{path} looks like a TorchScript archive but does not load: "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+    names = [a.name for a in module.forward.schema.arguments[1:]]
+    loaded = LoadedModel(module, path, "TorchScript archive", names)
+    _to_eval(loaded)
+    return loaded
+
+
+def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str, Any] | None,
+                 trust: bool) -> LoadedModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        needs = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if not needs:
+            raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): "
+                              f"{_first_line(exc)}") from None
+        if not trust:
+            raise UnfoldError(
+                f"{path} is a pickled Python object (it names {needs[1]}); loading it runs code "
+                f"from the file, so unfold does not do it unless told: pass --trust if you trust "
+                f"where the file came from, or save the weights instead "
+                f"(torch.save(model.state_dict(), ...)) and give --arch") from None
+        return _load_trusted(path)
+    except Exception as exc:
+        raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): "
+                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+    state, fmt = _find_state_dict(obj, path)
+    arch_file = sidecar_arch(path)
+    described: dict[str, Any] = {}
+    if arch is None:
+        if arch_file is None:
+            raise UnfoldError(
+                f"{path} is a {fmt} (weights only): give the architecture with "
+                f"--arch package.module:factory (and --arch-kwargs '{{...}}' for its "
+                f"arguments), or put a {path.stem}.arch.json beside it")
+        described = _read_arch_file(arch_file)
+        arch, kwargs = described["arch"], described.get("arch_kwargs", {})
+    else:
+        kwargs = parse_arch_kwargs(arch_kwargs)
+    module = build_module(arch, kwargs)
+    load_weights(module, state, source=path, arch=arch)
+    loaded = LoadedModel(module, path, fmt, _forward_names(module))
+    if arch_file is not None and "inputs" in described:
+        loaded.input_specs = _specs_from_arch_file(described["inputs"], arch_file,
+                                                   loaded.input_names)
+        loaded.notes.append(f"architecture and inputs from {arch_file.name}")
+    module.eval()  # freshly built, so in training mode: nothing to report
+    return loaded
+
+
+def _load_trusted(path: Path) -> LoadedModel:
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UnfoldError(f"{path} does not unpickle even with --trust: "
+                          f"{type(exc).__name__}: {_first_line(exc)} (is the code that defined "
+                          f"the model importable from here?)") from None
+    if isinstance(obj, Mapping):
+        obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), torch.nn.Module)),
+                   obj)
+    if not isinstance(obj, torch.nn.Module):
+        raise UnfoldError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
+    loaded = LoadedModel(obj, path, "pickled module", _forward_names(obj))
+    loaded.notes.append("loaded with --trust: code from the file ran")
+    _to_eval(loaded)
+    return loaded
+
+
+def _find_state_dict(obj: Any, path: Path) -> tuple[Mapping[str, torch.Tensor], str]:
+    def is_state(value: Any) -> bool:
+        return (isinstance(value, Mapping) and bool(value)
+                and all(isinstance(v, torch.Tensor) for v in value.values()))
+
+    if is_state(obj):
+        return obj, "state dict"
+    if isinstance(obj, Mapping):
+        for key in CHECKPOINT_KEYS:
+            if is_state(obj.get(key)):
+                return obj[key], "training checkpoint"
+        keys = ", ".join(map(str, list(obj)[:12]))
+        raise UnfoldError(f"{path} is a dict without model weights: its keys are {keys}; "
+                          f"expected a state dict, or a checkpoint with the state dict under "
+                          f"one of {', '.join(CHECKPOINT_KEYS)}")
+    raise UnfoldError(f"{path} holds a {type(obj).__name__}; expected a state dict, a training "
+                      f"checkpoint, a TorchScript archive or a torch.export program")
+
+
+def _read_arch_file(path: Path) -> dict[str, Any]:
+    try:
+        described = json.loads(path.read_text())
+        assert isinstance(described, dict) and isinstance(described.get("arch"), str)
+    except (json.JSONDecodeError, AssertionError, OSError):
+        raise UnfoldError(f"{path} is not an architecture file: expected JSON like "
+                          f'{{"arch": "package.module:factory", "arch_kwargs": {{...}}}}') \
+            from None
+    return described
+
+
+def _specs_from_arch_file(described: Any, path: Path, names: list[str]) -> list[InputSpec]:
+    """`"inputs": {"images": {"shape": [2, 1, 8, 8], "dtype": "float32",
+    "dynamic": {"0": "batch"}, "value_range": [0, 1]}}` -> specs."""
+    try:
+        specs = [InputSpec(name, tuple(int(d) for d in described[name]["shape"]),
+                           described[name].get("dtype", "float32"),
+                           tuple(described[name]["value_range"])  # type: ignore[arg-type]
+                           if "value_range" in described[name] else None,
+                           {int(a): str(n) for a, n in
+                            described[name].get("dynamic", {}).items()})
+                 for name in names]
+        assert all(spec.dtype in DTYPES for spec in specs)
+    except (KeyError, TypeError, ValueError, AssertionError):
+        raise UnfoldError(f"{path}: its \"inputs\" must describe {', '.join(names)} as "
+                          f'{{"shape": [...], "dtype": ..., "dynamic": {{"0": "batch"}}}}') \
+            from None
+    return specs
+
+
+def _forward_names(module: torch.nn.Module) -> list[str]:
+    params = inspect.signature(module.forward).parameters.values()
+    return [p.name for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+
+
+def _to_eval(loaded: LoadedModel) -> None:
+    training = sum(1 for m in loaded.module.modules() if m.training)
+    if training:
+        loaded.module.eval()
+        loaded.notes.append(f"{training} module(s) were in training mode: switched to eval "
+                            f"(offline norms use their learned statistics)")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

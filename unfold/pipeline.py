@@ -1,0 +1,268 @@
+"""The whole job, as the Python API (`unfold.convert`, `unfold.verify`) and the CLI call it:
+
+    model.pt ─load─▶ torch model ─export─▶ ONNX ─fold─▶ ONNX without norms ─verify─▶ written
+
+`convert` writes only after verification passed: a failed check, an error or Ctrl-C leaves
+no file behind and never overwrites one without `force`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from unfold.engines import ONNX_ENGINES, Runner
+from unfold.engines.ort import OrtRunner
+from unfold.engines.torch_runner import TorchRunner
+from unfold.errors import UnfoldError
+from unfold.fold import FoldReport, fold_model
+from unfold.inputs import InputSpec, load_npz, specs_from_arrays, specs_from_options
+from unfold.load import LoadedModel, load_model
+from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
+from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class InputOptions:
+    """What the command line says about the inputs (all optional for a self-describing
+    model): see unfold.inputs."""
+    shapes: Sequence[str] = ()
+    dtypes: Sequence[str] = ()
+    int_ranges: Sequence[str] = ()
+    float_ranges: Sequence[str] = ()
+    dynamic: str | None = None
+    npz: str | Path | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.shapes or self.dtypes or self.int_ranges or self.float_ranges
+                    or self.dynamic)
+
+
+@dataclass
+class ConvertReport:
+    source: str
+    format: str
+    inputs: list[InputSpec]
+    exporter: str
+    fallback_reason: str | None
+    opset: int
+    fold: FoldReport
+    verification: VerifyReport | None  # None with verify=False
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    notes: list[str] = field(default_factory=list)
+    written: Path | None = None
+
+    def __bool__(self) -> bool:
+        """True when the output was written (verification passed, or was skipped)."""
+        return self.written is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source, "format": self.format,
+            "inputs": [s.describe() for s in self.inputs],
+            "exporter": self.exporter, "fallback_reason": self.fallback_reason,
+            "opset": self.opset, "fold": self.fold.to_dict(),
+            "verification": self.verification.to_dict() if self.verification else None,
+            "verified": self.verification is not None and bool(self.verification),
+            "seconds": self.seconds, "notes": self.notes,
+            "written": str(self.written) if self.written else None,
+        }
+
+
+class _Stages:
+    def __init__(self, progress: Progress | None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.progress = progress or (lambda message: None)
+
+    @contextmanager
+    def stage(self, name: str, message: str) -> Iterator[None]:
+        self.progress(f"{message} ...")
+        start = time.perf_counter()
+        yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+        self.progress(f"{message} done in {self.seconds[name]:.1f}s")
+
+
+def resolve_specs(loaded: LoadedModel, options: InputOptions) -> list[InputSpec]:
+    """The inputs to export and verify at: the command line over what the model says."""
+    defaults = list(loaded.input_specs)
+    if not defaults and not options.shapes and options.npz:
+        arrays = load_npz_unchecked(options.npz)
+        defaults = specs_from_arrays(arrays)
+    specs = specs_from_options(loaded.input_names, shapes=options.shapes, dtypes=options.dtypes,
+                               int_ranges=options.int_ranges,
+                              float_ranges=options.float_ranges, dynamic=options.dynamic,
+                               defaults=defaults)
+    for spec, own in zip(specs, loaded.input_specs, strict=False):
+        fixed = [i for i in range(len(own.shape)) if i not in own.dynamic]
+        if len(spec.shape) != len(own.shape) or any(spec.shape[i] != own.shape[i]
+                                                     for i in fixed):
+            raise UnfoldError(f"--input-shape {spec.name}:{'x'.join(map(str, spec.shape))} "
+                              f"does not fit the model, which takes {own.describe()}")
+    return specs
+
+
+def load_npz_unchecked(path: str | Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise UnfoldError(f"--inputs {path}: no such file") from None
+    except Exception as exc:
+        raise UnfoldError(f"--inputs {path} is not a readable .npz: {exc}") from None
+
+
+def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
+            arch_kwargs: str | dict | None = None, trust: bool = False,
+            inputs: InputOptions | None = None, exporter: str = "auto",
+            opset: int | None = None, verify: bool = True, atol: Sequence[str] = (),
+            rtol: Sequence[str] = (), skip: Sequence[str] = (), force: bool = False,
+            strict: bool = False, seed: int = 0,
+            progress: Progress | None = None) -> ConvertReport:
+    """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
+    only if no normalization is left)."""
+    from unfold.export import export_onnx
+
+    inputs = inputs or InputOptions()
+    target = check_output_path(out, force=force, inputs=(Path(model),))
+    stages = _Stages(progress)
+    with stages.stage("load", f"loading {model}"):
+        loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+        specs = resolve_specs(loaded, inputs)
+        user = (f"--inputs {inputs.npz}", load_npz(inputs.npz, specs)) if inputs.npz else None
+    with stages.stage("export", "exporting to ONNX"):
+        exported = export_onnx(loaded, specs, exporter=exporter, opset=opset)
+    with stages.stage("fold", "folding offline normalizations"):
+        folded, fold_report = fold_model(exported.model, skip=skip)
+    report = ConvertReport(str(model), loaded.format, specs, exported.exporter,
+                           exported.fallback_reason, exported.opset, fold_report, None,
+                           stages.seconds, list(loaded.notes))
+    if not fold_report.sites:
+        online = ", ".join(sorted({n.kind for n in fold_report.online}))
+        report.notes.append("no offline normalization found: nothing to fold"
+                            + (f" (online norms stay: {online})" if online else ""))
+    if verify:
+        with stages.stage("verify", "verifying against torch"):
+            reference = TorchRunner(loaded.module, loaded.input_names, exported.output_names)
+            batches = make_batches(specs, seed=seed, example=loaded.example_inputs, user=user)
+            verification = run_verification(reference, OrtRunner(folded), batches,
+                                            atol=atol, rtol=rtol)
+            if not verification:
+                _diagnose(verification, reference, exported.model, folded, batches)
+        report.verification = verification
+        if not verification:
+            return report
+    else:
+        report.notes.append("--no-verify: the result was NOT checked against torch")
+    if strict and not fold_report:
+        return report
+    with stages.stage("write", f"writing {target}"):
+        report.written = save_onnx_atomic(folded, target)
+    return report
+
+
+def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.ModelProto,
+              folded: onnx.ModelProto, batches: Sequence[tuple[str, dict]]) -> None:
+    """Which stage departs from torch, and where in the graph."""
+    failed = verification.failed_batch()
+    assert failed is not None
+    feeds = next(f for label, f in batches if label == failed.label)
+    before_fold = run_verification(reference, OrtRunner(exported), [(failed.label, feeds)],
+                                   tolerances={o.name: o.tolerance for o in failed.outputs})
+    if before_fold:
+        verification.notes.append("the export matches torch; the fold departs")
+        verification.divergence = first_divergence(exported, folded, feeds)
+    else:
+        worst = max(before_fold.worst(), key=lambda c: c.max_abs)
+        verification.notes.append(
+            f"the exported ONNX already departs from torch before folding ({worst.name}: max "
+            f"abs error {worst.max_abs:.3g}): an exporter problem, try --exporter torchscript")
+
+
+def _onnx_specs(model: onnx.ModelProto, options: InputOptions) -> list[InputSpec]:
+    """An ONNX reference's inputs: its static dims, the command line for the rest."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    defaults, names = [], []
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        names.append(value.name)
+        dynamic = {i: d.dim_param or f"dim{i}" for i, d in enumerate(tensor.shape.dim)
+                   if not d.HasField("dim_value")}
+        if not dynamic:
+            dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)).name
+            defaults.append(InputSpec(value.name, tuple(dims), dtype))
+    return specs_from_options(names, shapes=options.shapes, dtypes=options.dtypes,
+                              int_ranges=options.int_ranges,
+                              float_ranges=options.float_ranges, dynamic=options.dynamic,
+                              defaults=defaults)
+
+
+def _is_onnx(path: Path) -> bool:
+    return path.suffix.lower() == ".onnx"
+
+
+def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
+           device: str = "cpu", arch: str | None = None, arch_kwargs: str | dict | None = None,
+           trust: bool = False, inputs: InputOptions | None = None, atol: Sequence[str] = (),
+           rtol: Sequence[str] = (), seed: int = 0,
+           progress: Progress | None = None) -> VerifyReport:
+    """Run REFERENCE (model.pt on torch, or an .onnx on ONNX Runtime) and CANDIDATE (an
+    .onnx on `engine`, or a model.pt on torch) on the same inputs and compare every output."""
+    from unfold.engines import ENGINES
+
+    if engine not in ENGINES:
+        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
+    inputs = inputs or InputOptions()
+    reference, candidate = Path(reference), Path(candidate)
+    stages = _Stages(progress)
+    example: dict[str, np.ndarray] = {}
+    with stages.stage("load", f"loading {reference} and {candidate}"):
+        candidate_onnx = load_onnx(candidate) if _is_onnx(candidate) else None
+        if candidate_onnx is None and engine in ONNX_ENGINES and engine != "ort":
+            raise UnfoldError(f"--engine {engine} runs ONNX models; {candidate} is not one")
+        if candidate_onnx is not None and engine == "torch":
+            raise UnfoldError(f"--engine torch runs model.pt files; {candidate} is ONNX: "
+                              f"use --engine {' or '.join(ONNX_ENGINES)}")
+        output_names = [o.name for o in candidate_onnx.graph.output] if candidate_onnx else []
+        reference_onnx = None
+        if _is_onnx(reference):
+            reference_onnx = load_onnx(reference)
+            ref_runner: Runner = OrtRunner(reference_onnx, device=device)
+            specs = _onnx_specs(reference_onnx, inputs)
+        else:
+            loaded = load_model(reference, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+            ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
+                                     device=device)
+            specs = resolve_specs(loaded, inputs)
+            example = loaded.example_inputs
+        cand_runner: Runner
+        if candidate_onnx is None:
+            other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+            cand_runner = TorchRunner(other.module, other.input_names, device=device)
+        elif engine == "trt":
+            from unfold.engines.trt import TrtRunner
+
+            cand_runner = TrtRunner(candidate_onnx, specs)
+        else:
+            cand_runner = OrtRunner(candidate_onnx, device=device)
+        user = (f"--inputs {inputs.npz}", load_npz(inputs.npz, specs)) if inputs.npz else None
+    with stages.stage("verify", "comparing outputs"):
+        batches = make_batches(specs, seed=seed, example=example, user=user)
+        report = run_verification(ref_runner, cand_runner, batches, atol=atol, rtol=rtol)
+        failed = report.failed_batch()
+        if failed is not None and reference_onnx is not None and candidate_onnx is not None:
+            feeds = next(f for label, f in batches if label == failed.label)
+            report.divergence = first_divergence(reference_onnx, candidate_onnx, feeds)
+    return report
