@@ -1,9 +1,23 @@
 """unfold: fold offline normalizations out of Transformers at deployment.
 
+    import unfold
+    report = unfold.convert("model.pt2", "model.onnx")       # load, export, fold, verify, write
+    report = unfold.verify("model.pt2", "model.onnx")        # the check on its own
+
 This top-level module stays light on purpose: `import unfold.nn` (the training-time layers)
-must load nothing but torch, so nothing here imports onnx, onnxruntime or the CLI.
+must load nothing but torch, so `convert` and `verify` (onnx, onnxruntime) load on first use.
 """
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "convert", "verify"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("convert", "verify"):
+        from unfold import pipeline
+
+        return getattr(pipeline, name)
+    raise AttributeError(f"module 'unfold' has no attribute {name!r}")

@@ -128,7 +128,9 @@ def _program_dynamic(program: torch.export.ExportedProgram) -> dict[str, dict[in
 
 def _load_torchscript(path: Path) -> LoadedModel:
     try:
-        module = torch.jit.load(str(path), map_location="cpu")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+            module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise UnfoldError(f"{path} looks like a TorchScript archive but does not load: "
                           f"{type(exc).__name__}: {_first_line(exc)}") from None

@@ -1,0 +1,166 @@
+"""unfold.load: every model.pt format recognised by content and loaded in eval mode; a pickled
+module never unpickled without --trust; every bad file a clear UnfoldError."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from sample_models.registry import CHECKPOINT_DIR
+from tests.models import VIT_INPUT, tiny_vit
+from unfold.errors import UnfoldError
+from unfold.load import load_model
+
+ARCH = "tests.models:tiny_vit"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("formats")
+    model = tiny_vit()
+    x = torch.rand(*VIT_INPUT)
+    paths = {name: root / f"{name}.pt" for name in
+             ("state", "checkpoint", "ddp", "script", "pickled", "training")}
+    torch.save(model.state_dict(), paths["state"])
+    torch.save({"model": model.state_dict(), "epoch": 3, "lr": 0.1}, paths["checkpoint"])
+    torch.save({f"module.{k}": v for k, v in model.state_dict().items()}, paths["ddp"])
+    torch.jit.save(torch.jit.trace(model, (x,)), paths["script"])
+    torch.save(model, paths["pickled"])
+    torch.save(tiny_vit().train(), paths["training"])
+    return paths
+
+
+def _expected(x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return tiny_vit()(x)
+
+
+@pytest.mark.parametrize(("name", "fmt", "kwargs"), [
+    ("state", "state dict", {"arch": ARCH}),
+    ("checkpoint", "training checkpoint", {"arch": ARCH}),
+    ("ddp", "state dict", {"arch": ARCH, "arch_kwargs": '{"dim": 32}'}),
+    ("script", "TorchScript archive", {}),
+    ("pickled", "pickled module", {"trust": True}),
+])
+def test_each_format_loads_the_same_model_in_eval_mode(files: dict[str, Path], name: str,
+                                                       fmt: str, kwargs: dict) -> None:
+    loaded = load_model(files[name], **kwargs)
+    assert loaded.format == fmt
+    assert loaded.input_names in (["images"], ["x"]), loaded.input_names
+    assert not any(m.training for m in loaded.module.modules())
+    x = torch.rand(*VIT_INPUT)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), _expected(x), rtol=0, atol=1e-6)
+
+
+def test_a_torch_export_program_carries_its_inputs() -> None:
+    loaded = load_model(CHECKPOINT_DIR / "numbers-enfr-un.pt2")
+    assert loaded.format == "torch.export program" and loaded.program is not None
+    assert loaded.input_names == ["src_tokens", "prev_output_tokens"]
+    src, prev = loaded.input_specs
+    assert src.dtype == "int64" and src.dynamic[0] == "batch" and 1 in src.dynamic
+    assert prev.dynamic[0] == "batch"
+    assert loaded.example_inputs["src_tokens"].shape == src.shape
+
+
+def test_a_state_dict_finds_its_arch_json_beside_it() -> None:
+    loaded = load_model(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt")
+    assert loaded.format == "state dict"
+    (spec,) = loaded.input_specs
+    assert (spec.shape, spec.value_range, dict(spec.dynamic)) == \
+        ((2, 1, 8, 8), (0.0, 1.0), {0: "batch"})
+    assert "digits-vit-un.arch.json" in loaded.notes[0]
+
+
+def test_a_module_saved_in_training_mode_is_switched_to_eval(files: dict[str, Path]) -> None:
+    loaded = load_model(files["training"], trust=True)
+    assert not loaded.module.training
+    assert any("switched to eval" in note for note in loaded.notes), loaded.notes
+    assert any("code from the file ran" in note for note in loaded.notes)
+
+
+def test_a_pickled_module_is_refused_without_trust_and_nothing_runs(
+        files: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    def unpickling_for_real(*args, **kwargs):
+        if kwargs.get("weights_only") is False:
+            raise AssertionError("unpickled a full module without --trust")
+        return real_load(*args, **kwargs)
+
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", unpickling_for_real)
+    with pytest.raises(UnfoldError, match=r"runs code from the file.*--trust") as info:
+        load_model(files["pickled"])
+    assert "VisionTransformer" in str(info.value), "names what the file would run"
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({}, r"give the architecture with\s+--arch"),
+    ({"arch": "no_such_package.models:vit"}, "cannot import 'no_such_package.models'"),
+    ({"arch": "tests.models:no_such_factory"}, "has no callable 'no_such_factory'.*tiny_vit"),
+    ({"arch": "tests.models"}, "expected package.module:factory"),
+    ({"arch": ARCH, "arch_kwargs": "{dim: 32}"}, "not JSON"),
+    ({"arch": ARCH, "arch_kwargs": '{"depth": 3}'}, "unexpected keyword argument 'depth'"),
+    ({"arch": ARCH, "arch_kwargs": '{"dim": 48}'}, "does not fit --arch.*size mismatch"),
+    ({"arch": "tests.models:tiny_translator"}, "missing from the file: .*src_embed"),
+])
+def test_state_dict_problems_are_named(files: dict[str, Path], kwargs: dict,
+                                       message: str) -> None:
+    with pytest.raises(UnfoldError, match=message):
+        load_model(files["state"], **kwargs)
+
+
+def test_unexpected_keys_are_named(files: dict[str, Path], tmp_path: Path) -> None:
+    state = torch.load(files["state"], weights_only=True)
+    state["extra.weight"] = torch.zeros(3)
+    torch.save(state, tmp_path / "extra.pt")
+    with pytest.raises(UnfoldError, match="not in the architecture: extra.weight"):
+        load_model(tmp_path / "extra.pt", arch=ARCH)
+
+
+def test_a_dict_without_weights_lists_its_keys(tmp_path: Path) -> None:
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "opt.pt")
+    with pytest.raises(UnfoldError, match="keys are epoch, optimizer"):
+        load_model(tmp_path / "opt.pt", arch=ARCH)
+
+
+def test_bad_files(files: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(UnfoldError, match="no such file"):
+        load_model(tmp_path / "missing.pt")
+    with pytest.raises(UnfoldError, match="is a directory"):
+        load_model(tmp_path)
+    (tmp_path / "random.pt").write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(UnfoldError, match="not a PyTorch file"):
+        load_model(tmp_path / "random.pt")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    with pytest.raises(UnfoldError, match="not a PyTorch file"):
+        load_model(tmp_path / "empty.pt")
+    data = files["state"].read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UnfoldError, match="not a PyTorch file|damaged"):
+        load_model(tmp_path / "truncated.pt", arch=ARCH)
+    (tmp_path / "bad.arch.json").write_text("{}")
+    torch.save(tiny_vit().state_dict(), tmp_path / "bad.pt")
+    with pytest.raises(UnfoldError, match="not an architecture file"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_a_damaged_program_is_a_clear_error(tmp_path: Path) -> None:
+    source = CHECKPOINT_DIR / "digits-vit-un.pt2"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(tmp_path / "m.pt2", "w") as dst:
+        for item in src.infolist():
+            if not item.filename.endswith("models/model.json"):
+                dst.writestr(item, src.read(item))
+    with pytest.raises(UnfoldError, match="torch.export program but does not load"):
+        load_model(tmp_path / "m.pt2")
+
+
+def test_arch_json_inputs_must_describe_every_input(tmp_path: Path) -> None:
+    torch.save(tiny_vit().state_dict(), tmp_path / "m.state_dict.pt")
+    (tmp_path / "m.arch.json").write_text(json.dumps(
+        {"arch": ARCH, "inputs": {"pixels": {"shape": [1, 1, 8, 8]}}}))
+    with pytest.raises(UnfoldError, match='"inputs" must describe images'):
+        load_model(tmp_path / "m.state_dict.pt")

@@ -1,0 +1,49 @@
+"""Tiny models built in the tests (importable as `--arch tests.models:tiny_vit`): a pre-norm
+ViT and a post-norm encoder-decoder from the sample factories, shrunk, with their offline
+norms given non-trivial statistics so that a wrong fold cannot pass unnoticed."""
+
+from __future__ import annotations
+
+import torch
+
+from sample_models.translation import TranslationTransformer
+from sample_models.vit import digits_vit
+from unfold.nn import PowerNorm, UnifiedNorm
+
+VIT_INPUT = (2, 1, 8, 8)
+SRC_VOCAB, TGT_VOCAB = 20, 18
+
+
+def randomize_norms(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (UnifiedNorm, PowerNorm)):
+                n = module.weight.numel()
+                module.weight.copy_(1 + 0.3 * torch.randn(n, generator=gen))
+                module.bias.copy_(0.2 * torch.randn(n, generator=gen))
+                stat = module.running_var if isinstance(module, UnifiedNorm) \
+                    else module.running_phi
+                stat.copy_(0.5 + 1.5 * torch.rand(n, generator=gen))
+    return model
+
+
+def tiny_vit(norm: str = "un", seed: int = 0, dim: int = 32) -> torch.nn.Module:
+    """Pre-norm ViT on 1x8x8 images: 2 blocks, 2 heads."""
+    model = digits_vit(norm=norm, seed=seed, dim=dim, depth=2, heads=2)
+    return randomize_norms(model, seed).eval()
+
+
+def tiny_translator(norm: str = "un", seed: int = 0) -> torch.nn.Module:
+    """Post-norm encoder-decoder with embedding norms: token ids in, logits out."""
+    torch.manual_seed(seed)
+    model = TranslationTransformer(src_vocab=SRC_VOCAB, tgt_vocab=TGT_VOCAB, dim=32, heads=2,
+                                   ffn_dim=64, encoder_layers=1, decoder_layers=1, norm=norm)
+    return randomize_norms(model, seed).eval()
+
+
+def translator_inputs(batch: int = 2, src_len: int = 7, tgt_len: int = 5,
+                      seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randint(1, SRC_VOCAB, (batch, src_len), generator=gen),
+            torch.randint(1, TGT_VOCAB, (batch, tgt_len), generator=gen))
