@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,37 +60,48 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
     args = tuple(torch.from_numpy(feeds[name]) for name in loaded.input_names)
     dynamic = {s.name: dict(s.dynamic) for s in specs if s.dynamic}
     is_script = isinstance(loaded.module, torch.jit.ScriptModule)
-    reason = None
     if loaded.program is not None and exporter == "torchscript":
         raise UnfoldError("a torch.export program (.pt2) exports with the dynamo exporter only; "
                           "use --exporter auto or dynamo")
-    if exporter == "auto" and is_script:
-        exporter, reason = "torchscript", "a TorchScript archive: the dynamo exporter takes " \
-                                          "nn.Modules and torch.export programs"
-    if exporter in ("auto", "dynamo"):
+    if exporter != "auto":
+        order = [exporter]
+    elif loaded.program is not None:
+        order = ["dynamo"]
+    elif is_script:  # the TorchScript exporter reads ScriptModules natively
+        order = ["torchscript", "dynamo"]
+    else:
+        order = ["dynamo", "torchscript"]
+    failures: list[str] = []
+    for name in order:
         try:
-            model = _dynamo(loaded, args, output_names, dynamic, opset)
-            return _result(model, "dynamo", None, loaded, output_names)
+            if name == "dynamo":
+                model = _dynamo(loaded, args, output_names, dynamic, opset)
+            else:
+                model = _torchscript(loaded.module, args, loaded.input_names, output_names,
+                                     dynamic, opset)
         except Exception as exc:
-            if exporter == "dynamo" or loaded.program is not None:
-                raise UnfoldError(f"the dynamo exporter failed: {_first_line(exc)} "
-                                  f"(try --exporter torchscript)") from None
-            reason = f"the dynamo exporter failed: {_first_line(exc)}"
-    try:
-        model = _torchscript(loaded.module, args, loaded.input_names, output_names, dynamic,
-                             opset)
-    except Exception as exc:
-        detail = f"; before that, {reason}" if reason else ""
-        raise UnfoldError(f"the TorchScript exporter failed: {_first_line(exc)}{detail}") \
-            from None
-    return _result(model, "torchscript", reason, loaded, output_names)
+            failures.append(f"the {name} exporter failed: {_first_line(exc)}")
+            continue
+        reason = "; ".join(failures) or None
+        if is_script and exporter == "auto" and name == "torchscript":
+            reason = "a TorchScript archive: the TorchScript exporter reads it natively"
+        return _result(model, name, reason, loaded, output_names)
+    others = [e for e in EXPORTERS[1:] if e not in order and loaded.program is None]
+    hint = f" (try --exporter {others[0]})" if others else ""
+    raise UnfoldError("; ".join(failures) + hint)
 
 
 def _dynamo(loaded: LoadedModel, args: tuple[torch.Tensor, ...], output_names: list[str],
             dynamic: dict[str, dict[int, str]], opset: int | None) -> onnx.ModelProto:
     with _quiet():
-        if loaded.program is not None:
-            program = torch.onnx.export(loaded.program, (), dynamo=True, verbose=False,
+        source = loaded.program
+        if source is None and isinstance(loaded.module, torch.jit.ScriptModule):
+            # torch.onnx's dynamo path takes no ScriptModule: convert it to a program first
+            from torch._export.converter import TS2EPConverter
+
+            source = TS2EPConverter(loaded.module, args).convert()
+        if source is not None:
+            program = torch.onnx.export(source, (), dynamo=True, verbose=False,
                                         output_names=output_names, opset_version=opset)
         else:
             program = torch.onnx.export(
@@ -117,25 +129,54 @@ def _result(model: onnx.ModelProto, exporter: str, reason: str | None, loaded: L
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     inputs = [i.name for i in model.graph.input]
     if loaded.program is None and inputs != loaded.input_names:
-        raise UnfoldError(f"the {exporter} exporter named the inputs {inputs}, expected "
-                          f"{loaded.input_names} (an input the model ignores is dropped)")
-    return Exported(model, exporter, reason, opset, inputs, [o.name for o in model.graph.output])
+        if len(inputs) != len(loaded.input_names):
+            raise UnfoldError(f"the {exporter} exporter made inputs {inputs} of the model's "
+                              f"{loaded.input_names} (an input the model ignores is dropped)")
+        _rename_inputs(model, dict(zip(inputs, loaded.input_names, strict=True)))
+    return Exported(model, exporter, reason, opset, [i.name for i in model.graph.input],
+                    [o.name for o in model.graph.output])
+
+
+def _rename_inputs(model: onnx.ModelProto, names: dict[str, str]) -> None:
+    """Graph inputs renamed (e.g. `images_1` -> `images`), with every reader, subgraphs
+    included."""
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            node.input[:] = [names.get(n, n) for n in node.input]
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else list(attr.graphs):
+                    visit(sub)
+
+    for value in model.graph.input:
+        value.name = names.get(value.name, value.name)
+    for value in model.graph.output:
+        value.name = names.get(value.name, value.name)
+    visit(model.graph)
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """The exporters print progress to stdout and log warnings; results own stdout here."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    """The exporters print progress, graph dumps of what failed and warnings; results own
+    stdout here, progress owns stderr, and a failure is reported by its root cause."""
+    loggers = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
+    """The root cause's first line: torch.onnx wraps the telling error in generic ones."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip()
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
