@@ -8,8 +8,13 @@ import pytest
 
 from unfold.errors import UnfoldError
 from unfold.verification.compare import compare_output
-from unfold.verification.tolerances import (DEFAULT_TOLERANCES, EXACT, Tolerance,
-                                            default_tolerance, resolve_tolerances)
+from unfold.verification.tolerances import (
+    DEFAULT_TOLERANCES,
+    EXACT,
+    Tolerance,
+    default_tolerance,
+    resolve_tolerances,
+)
 
 FP32 = DEFAULT_TOLERANCES["float32"]
 

@@ -21,7 +21,10 @@ from unfold.inputs import InputSpec
 def require_tensorrt() -> None:
     """Exit code 3 with what to do, unless TensorRT and a CUDA GPU are both here."""
     try:
-        import tensorrt  # noqa: F401
+        import tensorrt
+
+        if not hasattr(tensorrt, "Builder"):  # e.g. only tensorrt-stubs: a bare namespace
+            raise ImportError("no TensorRT library")
     except ImportError:
         raise UnfoldError("TensorRT is not installed: `pip install unfold[trt]` on a machine "
                           "with an NVIDIA GPU (its wheels come from NVIDIA's index)",
