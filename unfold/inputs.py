@@ -165,12 +165,17 @@ def specs_from_arrays(arrays: Mapping[str, np.ndarray],
 
 
 def random_batch(specs: Sequence[InputSpec], rng: np.random.Generator,
-                 batch: int | None = None) -> dict[str, np.ndarray]:
+                 batch: int | None = None,
+                 sizes: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
     """One batch drawn from the specs: integers uniform in their range, floats uniform in
-    theirs (standard normal without one), booleans fair coins. `batch` replaces axis 0."""
+    theirs (standard normal without one), booleans fair coins. `batch` replaces axis 0;
+    `sizes` (dimension name -> size) every dynamic axis of that name."""
     out: dict[str, np.ndarray] = {}
     for spec in specs:
-        shape = (batch, *spec.shape[1:]) if batch is not None else spec.shape
+        shape = tuple((sizes or {}).get(spec.dynamic.get(i, ""), d)
+                      for i, d in enumerate(spec.shape))
+        if batch is not None:
+            shape = (batch, *shape[1:])
         dtype = DTYPES[spec.dtype]
         if spec.dtype == "bool":
             out[spec.name] = rng.random(shape) < 0.5

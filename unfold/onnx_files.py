@@ -53,8 +53,13 @@ def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] 
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise UnfoldError(f"cannot write {out}: the folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise UnfoldError(f"cannot write {out}: the folder {folder} is not writable")
+    try:  # os.access says yes to root on a read-only file system: try for real
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UnfoldError(f"cannot write {out}: the folder {folder} is not writable "
+                          f"({exc.strerror})") from None
     return out
 
 
@@ -68,20 +73,9 @@ def save_onnx_atomic(model: onnx.ModelProto, out: str | Path) -> Path:
     tmp_path = Path(tmp)
     data_name = f"{out.name}.data"
     try:
-        if external:
-            onnx.save_model(model, str(tmp_path), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_name + ".tmp")
-            os.replace(out.parent / (data_name + ".tmp"), out.parent / data_name)
-            # the .onnx refers to its data by file name: point it at the final name
-            written = onnx.load(str(tmp_path), load_external_data=False)
-            for tensor in written.graph.initializer:
-                for entry in tensor.external_data:
-                    if entry.key == "location":
-                        entry.value = data_name
-            onnx.save_model(written, str(tmp_path))
-        else:
-            onnx.save_model(model, str(tmp_path))
-        os.replace(tmp_path, out)
+        _write(model, out, tmp_path, data_name, external)
+    except OSError as exc:
+        raise UnfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -89,3 +83,23 @@ def save_onnx_atomic(model: onnx.ModelProto, out: str | Path) -> Path:
         if leftover.exists():
             leftover.unlink()
     return out
+
+
+def _write(model: onnx.ModelProto, out: Path, tmp_path: Path, data_name: str,
+           external: bool) -> None:
+    if not external:
+        onnx.save_model(model, str(tmp_path))
+        os.replace(tmp_path, out)
+        return
+    onnx.save_model(model, str(tmp_path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=data_name + ".tmp")
+    # the .onnx refers to its data by file name: point it at the final name, then rename
+    # the data and the model last, so that a reader never pairs a new model with old data
+    written = onnx.load(str(tmp_path), load_external_data=False)
+    for tensor in written.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = data_name
+    onnx.save_model(written, str(tmp_path))
+    os.replace(out.parent / (data_name + ".tmp"), out.parent / data_name)
+    os.replace(tmp_path, out)

@@ -32,7 +32,7 @@ class OrtRunner:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # failures are raised, with the inputs
         if extra_outputs:
             # intermediates as outputs: optimizations would fuse some of them away
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

@@ -79,7 +79,9 @@ def make_batches(specs: Sequence[InputSpec], *, seed: int = 0, count: int = 3,
                  example: Mapping[str, np.ndarray] | None = None,
                  user: Batch | None = None) -> list[Batch]:
     """`count` random batches at the declared shapes; with a dynamic batch axis, also batch
-    sizes 1 and declared + 3; the model's own example inputs and the user's, if any."""
+    sizes 1 and declared + 3; with other dynamic axes (sequence lengths), also each of them
+    longer by 2 and shorter by 1, which catches a length an exporter baked in as a constant;
+    then the model's own example inputs and the user's, if any."""
     rng = np.random.default_rng(seed)
     declared = "x".join(map(str, specs[0].shape)) if specs else ""
     batches: list[Batch] = [(f"random #{i + 1} ({declared})", random_batch(specs, rng))
@@ -87,6 +89,13 @@ def make_batches(specs: Sequence[InputSpec], *, seed: int = 0, count: int = 3,
     if specs and all(0 in s.dynamic for s in specs):
         for size in sorted({1, specs[0].shape[0] + 3} - {specs[0].shape[0]}):
             batches.append((f"random, batch {size}", random_batch(specs, rng, batch=size)))
+    lengths = {name: spec.shape[axis] for spec in specs for axis, name in spec.dynamic.items()
+               if axis > 0}
+    for delta in (2, -1):
+        sizes = {name: size + delta for name, size in lengths.items() if size + delta >= 1}
+        if sizes:
+            label = ", ".join(f"{name} {size}" for name, size in sizes.items())
+            batches.append((f"random, {label}", random_batch(specs, rng, sizes=sizes)))
     if example:
         batches.append(("the model's example inputs", dict(example)))
     if user:
@@ -112,7 +121,11 @@ def run_verification(reference: Runner, candidate: Runner, batches: Sequence[Bat
     report = VerifyReport(reference.description, candidate.description, [])
     for label, feeds in batches:
         expected = reference.run(feeds)
-        got = _align(expected, candidate.run(feeds))
+        try:
+            got = _align(expected, candidate.run(feeds))
+        except UnfoldError as exc:
+            raise UnfoldError(f"{candidate.description}, batch \"{label}\": {exc}",
+                              ExitCode.CHECK_FAILED) from None
         if tolerances is None:
             tolerances = resolve_tolerances({n: v.dtype for n, v in expected.items()},
                                             atol, rtol)

@@ -1,0 +1,189 @@
+"""unfold.convert / unfold.verify end to end: the shipped samples in each format, models built
+here (pre-norm ViT, post-norm encoder-decoder), dynamic axes, a model with nothing to fold,
+and a fold that goes wrong (caught, located, nothing written)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import unfold
+from sample_models.data import DATA_DIR
+from sample_models.registry import CHECKPOINT_DIR, METRICS_PATH
+from tests.models import SRC_VOCAB, TGT_VOCAB, tiny_translator, tiny_vit, translator_inputs
+from unfold.engines.ort import OrtRunner
+from unfold.errors import UnfoldError
+from unfold.pipeline import InputOptions
+
+METRICS = json.loads(METRICS_PATH.read_text())
+NORM_OPS = {"ReduceMean", "Sqrt", "Pow", "Div", "Reciprocal", "BatchNormalization",
+            "LayerNormalization"}
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[unfold.pipeline.ConvertReport,
+                                                             Path]:
+    """The shipped digits program, converted with no flag at all (dynamo exporter)."""
+    out = tmp_path_factory.mktemp("digits") / "digits.onnx"
+    return unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", out), out
+
+
+def test_a_shipped_program_converts_with_no_flags(digits) -> None:
+    report, out = digits
+    assert report.written == out and out.is_file()
+    assert (report.format, report.exporter) == ("torch.export program", "dynamo")
+    assert len(report.fold.folded) == len(report.fold.sites) == 9
+    assert report.verification is not None and report.verification
+    labels = [b.label for b in report.verification.batches]
+    assert "random, batch 1" in labels and "random, batch 5" in labels
+    assert "the model's example inputs" in labels
+    ops = {n.op_type for n in onnx.load(out).graph.node}
+    assert not ops & NORM_OPS, ops & NORM_OPS
+
+
+def test_the_converted_digits_model_keeps_the_card_accuracy_at_any_batch(digits) -> None:
+    _, out = digits
+    data = np.load(DATA_DIR / "digits_test.npz")
+    logits = OrtRunner(out).run({"images": data["images"]})["output"]  # batch 360
+    accuracy = float((logits.argmax(-1) == data["labels"]).mean())
+    assert accuracy == METRICS["digits-vit-un"]["held_out_accuracy"]
+
+
+def test_verify_the_written_model_against_its_program(digits) -> None:
+    _, out = digits
+    report = unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", out)
+    assert report and report.reference.startswith("torch") and \
+        report.candidate.startswith("onnxruntime")
+
+
+def test_a_state_dict_with_its_arch_json_and_dynamic_lengths(tmp_path: Path) -> None:
+    out = tmp_path / "numbers.onnx"
+    report = unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out)
+    assert report and report.format == "state dict" and report.exporter == "dynamo"
+    assert "random, src_len 12, tgt_len 8" in [b.label for b in report.verification.batches]
+    assert len(report.fold.folded) == len(report.fold.sites) == 12
+    src, prev = report.inputs
+    assert dict(src.dynamic) == {0: "batch", 1: "src_len"}
+    model = unfold.load.load_model(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt").module
+    runner = OrtRunner(out)
+    for batch, src_len, tgt_len in [(1, 4, 3), (3, 12, 9)]:
+        gen = torch.Generator().manual_seed(batch)
+        s = torch.randint(4, 37, (batch, src_len), generator=gen)
+        p = torch.randint(4, 32, (batch, tgt_len), generator=gen)
+        with torch.no_grad():
+            expected = model(s, p).numpy()
+        got = runner.run({"src_tokens": s.numpy(), "prev_output_tokens": p.numpy()})["output"]
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_length_the_exporter_baked_in_is_caught(tmp_path: Path) -> None:
+    """The TorchScript exporter traces the causal mask at the example's length: the ONNX
+    would only run at that length. Verification varies the lengths and refuses it."""
+    out = tmp_path / "numbers.onnx"
+    with pytest.raises(UnfoldError, match='batch "random, src_len 12, tgt_len 8": ONNX Runtime '
+                                          'failed') as info:
+        unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out,
+                       exporter="torchscript")
+    assert info.value.exit_code == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_state_dict_with_arch_and_input_flags_built_here(tmp_path: Path) -> None:
+    """A pre-norm ViT built in the test, default exporter, every input flag."""
+    torch.save({"model": tiny_vit().state_dict(), "epoch": 7}, tmp_path / "ckpt.pt")
+    report = unfold.convert(tmp_path / "ckpt.pt", tmp_path / "vit.onnx",
+                            arch="tests.models:tiny_vit", arch_kwargs={"dim": 32},
+                            inputs=InputOptions(shapes=["3x1x8x8"], float_ranges=["0,1"],
+                                                dynamic="batch"))
+    assert report and report.format == "training checkpoint" and report.exporter == "dynamo"
+    assert len(report.fold.folded) == len(report.fold.sites) == 5
+    assert report.inputs[0].describe() == "images: 3x1x8x8 float32 in [0.0, 1.0], dynamic batch"
+
+
+def test_a_post_norm_encoder_decoder_pickled_in_training_mode(tmp_path: Path) -> None:
+    torch.save(tiny_translator().train(), tmp_path / "translator.pt")
+    with pytest.raises(UnfoldError, match="--trust"):
+        unfold.convert(tmp_path / "translator.pt", tmp_path / "t.onnx")
+    assert not (tmp_path / "t.onnx").exists()
+    report = unfold.convert(
+        tmp_path / "translator.pt", tmp_path / "t.onnx", trust=True, exporter="torchscript",
+        inputs=InputOptions(shapes=["2x7", "2x5"], dtypes=["int64"],
+                            int_ranges=[f"src_tokens:1,{SRC_VOCAB - 1}",
+                                        f"prev_output_tokens:1,{TGT_VOCAB - 1}"],
+                            dynamic="batch"))
+    assert report, report.to_dict()
+    assert any("switched to eval" in n for n in report.notes)
+    assert len(report.fold.folded) == len(report.fold.sites) == 7
+    src, prev = translator_inputs(batch=4)
+    with torch.no_grad():
+        expected = tiny_translator()(src, prev).numpy()
+    got = OrtRunner(tmp_path / "t.onnx").run({"src_tokens": src.numpy(),
+                                              "prev_output_tokens": prev.numpy()})["output"]
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_model_without_offline_norms_converts_and_says_why(tmp_path: Path) -> None:
+    source = CHECKPOINT_DIR / "digits-vit-ln.state_dict.pt"
+    report = unfold.convert(source, tmp_path / "ln.onnx", exporter="torchscript")
+    assert report and report.fold.sites == []
+    assert any(n.startswith("no offline normalization found: nothing to fold (online norms "
+                            "stay: ") for n in report.notes), report.notes
+    strict = unfold.convert(source, tmp_path / "strict.onnx", exporter="torchscript",
+                            strict=True)
+    assert not strict and not (tmp_path / "strict.onnx").exists()
+
+
+def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fold = unfold.pipeline.fold_model
+
+    def fold_then_corrupt(model, **kwargs):
+        folded, report = real_fold(model, **kwargs)
+        matmul = next(n for n in folded.graph.node if n.op_type == "MatMul"
+                      and any(i.name == n.input[1] for i in folded.graph.initializer))
+        weight = next(i for i in folded.graph.initializer if i.name == matmul.input[1])
+        array = onnx.numpy_helper.to_array(weight).copy()
+        array.flat[0] += 0.5
+        weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+        fold_then_corrupt.node = matmul.name
+        return folded, report
+
+    monkeypatch.setattr(unfold.pipeline, "fold_model", fold_then_corrupt)
+    out = tmp_path / "bad.onnx"
+    report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", out,
+                            exporter="torchscript")
+    assert not report and not out.exists() and list(tmp_path.iterdir()) == []
+    assert report.verification is not None and not report.verification
+    assert "the export matches torch; the fold departs" in report.verification.notes
+    assert report.verification.divergence is not None
+    assert report.verification.divergence.node == fold_then_corrupt.node
+
+
+def test_no_verify_writes_and_says_so(tmp_path: Path) -> None:
+    report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt",
+                            tmp_path / "m.onnx", exporter="torchscript", verify=False)
+    assert report and report.verification is None
+    assert any("NOT checked" in n for n in report.notes)
+
+
+def test_real_inputs_from_npz_are_verified_too(tmp_path: Path) -> None:
+    data = np.load(DATA_DIR / "digits_test.npz")
+    np.savez(tmp_path / "real.npz", images=data["images"][:16])
+    report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt",
+                            tmp_path / "m.onnx", exporter="torchscript",
+                            inputs=InputOptions(npz=tmp_path / "real.npz"))
+    assert report and report.verification is not None
+    assert report.verification.batches[-1].label == f"--inputs {tmp_path / 'real.npz'}"
+    assert report.verification.batches[-1].shapes == {"images": (16, 1, 8, 8)}
+
+
+def test_an_input_shape_that_does_not_fit_says_what_the_model_takes(tmp_path: Path) -> None:
+    with pytest.raises(UnfoldError, match=r"does not fit the model, which takes images: "
+                                          r"2x1x8x8 float32 in \[0.0, 1.0\], dynamic batch"):
+        unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", tmp_path / "m.onnx",
+                       inputs=InputOptions(shapes=["2x3x8x8"]))
