@@ -1,0 +1,196 @@
+"""`unfold convert` and `unfold verify` on the command line: results, exit codes, and every
+bad input giving `error: ...`, no traceback and no file written or overwritten; Ctrl-C
+leaves nothing behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from sample_models.registry import CHECKPOINT_DIR
+
+STATE = CHECKPOINT_DIR / "digits-vit-un.state_dict.pt"
+runner = CliRunner()
+
+
+def _invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _assert_user_error(result, code: int, text: str) -> None:
+    assert result.exit_code == code, result.output
+    assert f"error: {text}" in result.stderr, result.stderr
+    assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("cli") / "digits.onnx"
+    result = _invoke("convert", STATE, "--out", out, "--exporter", "torchscript", "--json")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1].startswith("PASSED |")
+    return out, json.loads(result.stdout)
+
+
+def test_convert_writes_and_reports_as_json(converted: tuple[Path, dict]) -> None:
+    out, report = converted
+    assert out.is_file() and report["written"] == str(out)
+    assert report["verified"] and report["fold"]["folded"] == 9
+    assert set(report["seconds"]) == {"load", "export", "fold", "verify", "write"}
+    assert report["verification"]["worst"][0]["passed"]
+
+
+def test_convert_table_and_progress(tmp_path: Path) -> None:
+    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+                     "torchscript")
+    assert result.exit_code == 0, result.output
+    for text in ("state dict", "normalization sites", "9 of 9 offline sites folded",
+                 "max abs", "time per stage"):
+        assert text in result.stdout, text
+    assert "[unfold] exporting to ONNX ..." in result.stderr
+
+
+def test_verify_model_against_onnx_and_onnx_against_onnx(
+        converted: tuple[Path, dict]) -> None:
+    out, _ = converted
+    result = _invoke("verify", STATE, out, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["passed"]
+    same = _invoke("verify", out, out, "--input-shape", "4x1x8x8")
+    assert same.exit_code == 0, same.output
+
+
+def test_verify_names_the_node_where_outputs_depart(converted: tuple[Path, dict],
+                                                     tmp_path: Path) -> None:
+    out, _ = converted
+    model = onnx.load(out)
+    weight = next(i for i in model.graph.initializer if onnx.numpy_helper.to_array(i).ndim == 2)
+    array = onnx.numpy_helper.to_array(weight).copy()
+    array.flat[0] += 1.0
+    weight.CopyFrom(onnx.numpy_helper.from_array(array, weight.name))
+    onnx.save(model, tmp_path / "broken.onnx")
+    reader = next(n for n in model.graph.node if weight.name in n.input)
+    result = _invoke("verify", out, tmp_path / "broken.onnx", "--input-shape", "2x1x8x8")
+    _assert_user_error(result, 1, "outputs differ beyond tolerance")
+    assert f"first departing node: {reader.name} ({reader.op_type})" in result.stdout
+
+
+def test_verify_with_tensorrt_missing_exits_3(converted: tuple[Path, dict]) -> None:
+    out, _ = converted
+    result = _invoke("verify", STATE, out, "--engine", "trt")
+    _assert_user_error(result, 3, "TensorRT")
+
+
+def test_no_verify_is_loud(tmp_path: Path) -> None:
+    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+                     "torchscript", "--no-verify")
+    assert result.exit_code == 0, result.output
+    assert "warning: --no-verify: the output will NOT be checked" in result.stderr
+    assert "NOT checked against torch" in result.stdout
+
+
+def test_missing_model(tmp_path: Path) -> None:
+    _assert_user_error(_invoke("convert", tmp_path / "none.pt", "--out", tmp_path / "m.onnx"),
+                       2, f"{tmp_path / 'none.pt'}: no such file")
+
+
+@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 4, b"\x80\x02garbage"])
+def test_not_a_pytorch_file(tmp_path: Path, content: bytes) -> None:
+    (tmp_path / "model.pt").write_bytes(content)
+    result = _invoke("convert", tmp_path / "model.pt", "--out", tmp_path / "m.onnx")
+    _assert_user_error(result, 2, f"{tmp_path / 'model.pt'} is not a PyTorch file")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_truncated_model(tmp_path: Path) -> None:
+    data = STATE.read_bytes()
+    (tmp_path / "model.pt").write_bytes(data[: len(data) // 3])
+    result = _invoke("convert", tmp_path / "model.pt", "--out", tmp_path / "m.onnx",
+                     "--arch", "sample_models.vit:digits_vit")
+    _assert_user_error(result, 2, f"{tmp_path / 'model.pt'} is not a PyTorch file")
+
+
+def test_wrong_input_shape_says_what_the_model_takes(tmp_path: Path) -> None:
+    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--input-shape",
+                     "2x3x8x8")
+    _assert_user_error(result, 2, "--input-shape images:2x3x8x8 does not fit the model, which "
+                                  "takes images: 2x1x8x8")
+
+
+def test_wrong_input_shape_without_a_description_shows_the_models_error(
+        tmp_path: Path) -> None:
+    torch.save(torch.load(STATE, weights_only=True), tmp_path / "weights.pt")
+    result = _invoke("convert", tmp_path / "weights.pt", "--out", tmp_path / "m.onnx",
+                     "--arch", "sample_models.vit:digits_vit", "--input-shape", "2x3x8x8")
+    _assert_user_error(result, 2, "the torch model fails on inputs images (2, 3, 8, 8)")
+
+
+def test_unknown_arch(tmp_path: Path) -> None:
+    torch.save(torch.load(STATE, weights_only=True), tmp_path / "weights.pt")
+    result = _invoke("convert", tmp_path / "weights.pt", "--out", tmp_path / "m.onnx",
+                     "--arch", "sample_models.vit:no_such_model")
+    _assert_user_error(result, 2, "--arch 'sample_models.vit:no_such_model': sample_models.vit "
+                                  "has no callable 'no_such_model'")
+
+
+def test_unwritable_output_folder(tmp_path: Path) -> None:
+    target = Path("/sys/m.onnx") if os.geteuid() == 0 else tmp_path / "ro" / "m.onnx"
+    if os.geteuid() != 0:
+        target.parent.mkdir()
+        target.parent.chmod(0o500)
+    result = _invoke("convert", STATE, "--out", target)
+    _assert_user_error(result, 2, f"cannot write {target}: the folder {target.parent} is not "
+                                  f"writable")
+
+
+def test_existing_output_is_kept_without_force(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"precious")
+    _assert_user_error(_invoke("convert", STATE, "--out", out), 2,
+                       f"{out} exists; pass --force to overwrite it")
+    assert out.read_bytes() == b"precious"
+
+
+def test_output_equal_to_input_is_refused() -> None:
+    _assert_user_error(_invoke("convert", STATE, "--out", STATE, "--force"), 2,
+                       f"--out {STATE} is the input file")
+
+
+def test_ctrl_c_leaves_no_file(tmp_path: Path) -> None:
+    out = tmp_path / "m.onnx"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli", "convert", str(CHECKPOINT_DIR / "digits-vit-un.pt2"),
+         "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+        cwd=Path(__file__).parents[2])
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if "exporting to ONNX ..." in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.communicate(timeout=120)[1]
+    stderr = "".join(seen) + rest
+    assert process.returncode == 1, stderr
+    assert "error: interrupted; nothing was written" in stderr
+    assert "Traceback" not in stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_npz_inputs(tmp_path: Path) -> None:
+    np.savez(tmp_path / "x.npz", pixels=np.zeros((2, 1, 8, 8), np.float32))
+    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+                     "torchscript", "--inputs", tmp_path / "x.npz")
+    _assert_user_error(result, 2, f"--inputs {tmp_path / 'x.npz'} holds ['pixels']")
+    assert not (tmp_path / "m.onnx").exists()
