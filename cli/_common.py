@@ -13,7 +13,9 @@ from rich.console import Console
 
 from unfold.errors import ExitCode, UnfoldError
 
-stdout = Console(soft_wrap=False)
+# Plain lines never wrap (paths stay whole, greppable); tables still fit the terminal.
+# No markup or highlighting: file names with [brackets] print as given.
+stdout = Console(soft_wrap=True, markup=False, highlight=False)
 
 
 def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:

@@ -47,3 +47,22 @@ def translator_inputs(batch: int = 2, src_len: int = 7, tgt_len: int = 5,
     gen = torch.Generator().manual_seed(seed)
     return (torch.randint(1, SRC_VOCAB, (batch, src_len), generator=gen),
             torch.randint(1, TGT_VOCAB, (batch, tgt_len), generator=gen))
+
+
+def tiny_hf_bert(seed: int = 0) -> torch.nn.Module:
+    """A Hugging Face BertModel (needs `transformers`: the `hf` or `zoo` extra), 2 layers, its
+    five LayerNorms swapped for UnifiedNorm: post-norm, with a norm right after the embeddings.
+    Token ids in, last hidden state (and pooled output) out."""
+    import transformers
+
+    from unfold.nn import swap_norms
+
+    config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, vocab_size=HF_VOCAB,
+                                     max_position_embeddings=64)
+    torch.manual_seed(seed)
+    model, _ = swap_norms(transformers.BertModel(config), kind="un")
+    return randomize_norms(model, seed).eval()
+
+
+HF_VOCAB = 100

@@ -49,6 +49,22 @@ def test_command_line_overrides_what_the_model_says_and_keeps_the_rest() -> None
     assert spec.value_range == (-2.0, 2.0)
 
 
+def test_optional_inputs_are_used_only_when_named_and_keep_forward_order() -> None:
+    optional = ["attention_mask", "token_type_ids"]
+    (ids,) = specs_from_options(["input_ids"], shapes=["2x8"], optional_names=optional,
+                                dtypes=["int64"], int_ranges=["0,9"])
+    assert ids.name == "input_ids"
+    specs = specs_from_options(["input_ids"], optional_names=optional,
+                               shapes=["token_type_ids:2x8", "2x8"], dtypes=["int64"],
+                               int_ranges=["input_ids:0,9", "token_type_ids:0,1"])
+    assert [(s.name, s.value_range) for s in specs] == [("input_ids", (0, 9)),
+                                                        ("token_type_ids", (0, 1))]
+    with pytest.raises(UnfoldError, match=r"no input 'mask'; its inputs: input_ids \(optional, "
+                                          r"used when given a shape: attention_mask, "
+                                          r"token_type_ids\)"):
+        specs_from_options(["input_ids"], optional_names=optional, shapes=["mask:2x8"])
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"shapes": []}, "no shape for input"),
     ({"shapes": ["2x4", "2x4"]}, "takes 1 input"),

@@ -16,6 +16,7 @@ import unfold
 from sample_models.data import DATA_DIR
 from sample_models.registry import CHECKPOINT_DIR, METRICS_PATH
 from tests.models import SRC_VOCAB, TGT_VOCAB, tiny_translator, tiny_vit, translator_inputs
+from tests.optional import import_or_skip
 from unfold.engines.ort import OrtRunner
 from unfold.errors import UnfoldError
 from unfold.pipeline import InputOptions
@@ -61,6 +62,7 @@ def test_verify_the_written_model_against_its_program(digits) -> None:
         report.candidate.startswith("onnxruntime")
 
 
+@pytest.mark.slow
 def test_a_state_dict_with_its_arch_json_and_dynamic_lengths(tmp_path: Path) -> None:
     out = tmp_path / "numbers.onnx"
     report = unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out)
@@ -187,3 +189,29 @@ def test_an_input_shape_that_does_not_fit_says_what_the_model_takes(tmp_path: Pa
                                           r"2x1x8x8 float32 in \[0.0, 1.0\], dynamic batch"):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", tmp_path / "m.onnx",
                        inputs=InputOptions(shapes=["2x3x8x8"]))
+
+
+@pytest.mark.slow
+def test_a_hugging_face_bert_with_an_optional_attention_mask(tmp_path: Path) -> None:
+    """A transformers BertModel (the `hf` extra) whose LayerNorms were swapped for UN, from a
+    state dict: forward's optional attention_mask is used because it is given a shape, and
+    passed by keyword (token_type_ids, between them, keeps its default)."""
+    import_or_skip("transformers")
+    from tests.models import tiny_hf_bert
+
+    state = tmp_path / "bert.pt"
+    torch.save(tiny_hf_bert().state_dict(), state)
+    options = InputOptions(shapes=["input_ids:2x12", "attention_mask:2x12"], dtypes=["int64"],
+                           int_ranges=["input_ids:0,99", "attention_mask:0,1"],
+                           dynamic="batch,seq")
+    report = unfold.convert(state, tmp_path / "bert.onnx", arch="tests.models:tiny_hf_bert",
+                            inputs=options)
+    assert report and report.exporter == "dynamo"
+    assert [s.name for s in report.inputs] == ["input_ids", "attention_mask"]
+    assert [s.status for s in report.fold.sites] == ["materialized"] * 5
+    assert [o.name for o in report.verification.batches[0].outputs] == ["last_hidden_state",
+                                                                        "pooler_output"]
+    assert "random, seq 14" in [b.label for b in report.verification.batches]
+    model = onnx.load(tmp_path / "bert.onnx")
+    assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
+    assert not {n.op_type for n in model.graph.node} & NORM_OPS

@@ -97,14 +97,17 @@ def parse_dynamic(text: str | None) -> dict[int, str]:
 
 
 def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
+                       optional_names: Sequence[str] = (),
                        dtypes: Sequence[str] = (), int_ranges: Sequence[str] = (),
                        float_ranges: Sequence[str] = (),
                        dynamic: str | None = None,
                        defaults: Sequence[InputSpec] = ()) -> list[InputSpec]:
     """The specs the command line describes, over `defaults` (what the model itself says).
 
-    Shapes are given in input order or by name; every input needs one (from either)."""
+    Shapes are given in input order or by name; every input needs one (from either).
+    `optional_names` (forward's parameters with defaults) are used only where given."""
     by_name = {spec.name: spec for spec in defaults}
+    known = list(input_names) + list(optional_names)
     positional = iter(input_names)
     for text in shapes:
         name, shape = parse_shape(text)
@@ -113,15 +116,16 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
             if name is None:
                 raise UnfoldError(f"--input-shape given {len(shapes)} times but the model "
                                   f"takes {len(input_names)} input(s): {', '.join(input_names)}")
-        elif name not in input_names:
+        elif name not in known:
             raise UnfoldError(f"--input-shape {text!r}: the model has no input {name!r}; "
-                              f"its inputs: {', '.join(input_names)}")
+                              f"its inputs: {_describe_names(input_names, optional_names)}")
         old = by_name.get(name)
         by_name[name] = (replace(old, shape=shape) if old else InputSpec(name, shape))
     missing = [n for n in input_names if n not in by_name]
     if missing:
         raise UnfoldError(f"no shape for input(s) {', '.join(missing)}: give --input-shape "
                           f"(e.g. --input-shape {missing[0]}:1x3x224x224), or --inputs FILE.npz")
+    input_names = [n for n in known if n in by_name]  # forward's order
     for name, text in _named("--input-dtype", dtypes, input_names).items():
         if text not in DTYPES:
             raise UnfoldError(f"--input-dtype {text!r}: valid: {', '.join(DTYPES)}")
@@ -143,6 +147,13 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
                               f"--int-range {name}:LOW,HIGH (e.g. token ids 0,30000)")
         specs.append(spec)
     return specs
+
+
+def _describe_names(required: Sequence[str], optional: Sequence[str]) -> str:
+    text = ", ".join(required)
+    if optional:
+        text += f" (optional, used when given a shape: {', '.join(optional)})"
+    return text
 
 
 def specs_from_arrays(arrays: Mapping[str, np.ndarray],

@@ -100,10 +100,16 @@ def resolve_specs(loaded: LoadedModel, options: InputOptions) -> list[InputSpec]
         arrays = load_npz_unchecked(options.npz)
         defaults = specs_from_arrays(arrays)
     specs = specs_from_options(loaded.input_names, shapes=options.shapes, dtypes=options.dtypes,
+                               optional_names=loaded.optional_inputs,
                                int_ranges=options.int_ranges,
-                              float_ranges=options.float_ranges, dynamic=options.dynamic,
+                               float_ranges=options.float_ranges, dynamic=options.dynamic,
                                defaults=defaults)
-    for spec, own in zip(specs, loaded.input_specs, strict=False):
+    loaded.use_inputs([spec.name for spec in specs])
+    own_specs = {spec.name: spec for spec in loaded.input_specs}
+    for spec in specs:
+        own = own_specs.get(spec.name)
+        if own is None:
+            continue
         fixed = [i for i in range(len(own.shape)) if i not in own.dynamic]
         if len(spec.shape) != len(own.shape) or any(spec.shape[i] != own.shape[i]
                                                      for i in fixed):
@@ -153,7 +159,8 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
                             + (f" (online norms stay: {online})" if online else ""))
     if verify:
         with stages.stage("verify", "verifying against torch"):
-            reference = TorchRunner(loaded.module, loaded.input_names, exported.output_names)
+            reference = TorchRunner(loaded.module, loaded.input_names, exported.output_names,
+                                    by_keyword=loaded.by_keyword)
             batches = make_batches(specs, seed=seed, example=loaded.example_inputs, user=user)
             verification = run_verification(reference, OrtRunner(folded), batches,
                                             atol=atol, rtol=rtol)
@@ -243,14 +250,16 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
             specs = _onnx_specs(reference_onnx, inputs)
         else:
             loaded = load_model(reference, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
-            ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
-                                     device=device)
             specs = resolve_specs(loaded, inputs)
+            ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
+                                     device=device, by_keyword=loaded.by_keyword)
             example = loaded.example_inputs
         cand_runner: Runner
         if candidate_onnx is None:
             other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
-            cand_runner = TorchRunner(other.module, other.input_names, device=device)
+            other.use_inputs([spec.name for spec in specs])
+            cand_runner = TorchRunner(other.module, other.input_names, device=device,
+                                      by_keyword=other.by_keyword)
         elif engine == "trt":
             from unfold.engines.trt import TrtRunner
 

@@ -167,6 +167,7 @@ def test_output_equal_to_input_is_refused() -> None:
                        f"--out {STATE} is the input file")
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_no_file(tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     process = subprocess.Popen(

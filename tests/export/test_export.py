@@ -72,6 +72,7 @@ def test_a_torchscript_archive_goes_to_the_torchscript_exporter_first(tmp_path: 
     assert "TorchScript archive" in (exported.fallback_reason or "")
 
 
+@pytest.mark.slow
 def test_a_traced_archive_the_torchscript_exporter_rejects_goes_to_dynamo(
         tmp_path: Path) -> None:
     """The TorchScript exporter loses the rank after a traced reshape ("transpose for tensor

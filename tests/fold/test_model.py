@@ -11,12 +11,14 @@ from collections import Counter
 
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from sample_models.bert import bert_base
 from sample_models.registry import CHECKPOINT_DIR
 from sample_models.translation import TranslationTransformer
 from sample_models.vit import digits_vit
+from tests.optional import import_or_skip
 from tests.sample_models.test_checkpoints import load_from_state_dict
 from unfold.fold import fold_model
 from unfold.nn import UnifiedNorm
@@ -46,6 +48,7 @@ def _export_digits(model: torch.nn.Module) -> onnx.ModelProto:
                    dynamic_shapes=({0: torch.export.Dim("batch")},))
 
 
+@pytest.mark.slow
 def test_digits_vit_folds_to_the_no_norm_twin() -> None:
     original = _export_digits(load_from_state_dict("digits-vit-un"))
     folded, report = fold_model(original)
@@ -89,6 +92,7 @@ def test_bert_like_post_norm_encoder_folds_to_the_no_norm_twin() -> None:
                         {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
 
 
+@pytest.mark.slow
 def test_trained_post_norm_translation_model_folds_to_the_no_norm_twin() -> None:
     model = load_from_state_dict("numbers-enfr-un")
     src = torch.tensor([[5, 9, 12, 7, 2, 0], [4, 8, 2, 0, 0, 0]])
@@ -108,3 +112,38 @@ def test_trained_post_norm_translation_model_folds_to_the_no_norm_twin() -> None
     assert report.ops_after == twin_ops(twin) + Counter({"Add": 1})
     assert_same_outputs(original, folded, {"src_tokens": src.numpy(),
                                            "prev_output_tokens": prev.numpy()})
+
+
+@pytest.mark.slow
+def test_hugging_face_bert_folds_to_one_affine_at_its_output() -> None:
+    """BertModel returns the encoder's last (post-)norm as `last_hidden_state`: the five norms,
+    carried down the residual stream and composed, end as the one Mul and one Add the design
+    allows at a graph output (the pooler reads that same tensor)."""
+    transformers = import_or_skip("transformers")
+    from tests.models import HF_VOCAB, tiny_hf_bert
+
+    ids = torch.randint(0, HF_VOCAB, (2, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    names = ["input_ids", "attention_mask"]
+    original = _export(tiny_hf_bert(), (ids, mask), names)
+    folded, report = fold_model(original)
+    assert len(report.sites) == 5, "the embedding norm and 2 per layer"
+    assert [s.status for s in report.sites] == ["materialized"] * 5, \
+        [(s.name, s.status, s.reasons) for s in report.sites]
+    twin_model, _ = swap_to_identity(transformers.BertModel(tiny_hf_bert().config))
+    twin = _export(twin_model, (ids, mask), names)
+    assert report.ops_after == twin_ops(twin) + Counter({"Mul": 1, "Add": 1})
+    assert_same_outputs(original, folded, {"input_ids": ids.numpy(),
+                                           "attention_mask": mask.numpy()})
+
+
+def swap_to_identity(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
+    """The no-norm twin: every LayerNorm replaced by Identity."""
+    count = 0
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.LayerNorm):
+                setattr(module, child_name, torch.nn.Identity())
+                count += 1
+    return model.eval(), count

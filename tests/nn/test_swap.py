@@ -3,12 +3,11 @@ timm ViT (the last two only when their packages import)."""
 
 from __future__ import annotations
 
-import importlib
-
 import pytest
 import torch
 from torch import nn
 
+from tests.optional import import_or_skip
 from unfold.nn import NORM_KINDS, PowerNorm, UnifiedNorm, create_norm, reset_warmup, swap_norms
 
 
@@ -103,18 +102,8 @@ def test_create_norm_every_kind(kind) -> None:
         create_norm("bn", 6)
 
 
-def _import_or_skip(name: str):
-    """importorskip that also skips (with the reason) when the package is installed but broken,
-    e.g. timm with a torchvision built for another torch."""
-    try:
-        return importlib.import_module(name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is a reason to skip
-        pytest.skip(f"{name} is not importable here ({type(exc).__name__}: {exc}); "
-                    f"install the `zoo` extra on a machine where it works")
-
-
 def test_swap_hugging_face_bert() -> None:
-    transformers = _import_or_skip("transformers")
+    transformers = import_or_skip("transformers")
     config = transformers.BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                      intermediate_size=64, vocab_size=100)
     torch.manual_seed(0)
@@ -134,7 +123,7 @@ def test_swap_hugging_face_bert() -> None:
 
 
 def test_swap_timm_vit() -> None:
-    timm = _import_or_skip("timm")
+    timm = import_or_skip("timm")
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
                               patch_size=8, depth=2, num_classes=10)
     model, swapped = swap_norms(model, kind="un", outlier_filtration=True)

@@ -26,10 +26,12 @@ def named_outputs(value: Any, prefix: str = "output") -> list[tuple[str, torch.T
 
 class TorchRunner:
     def __init__(self, module: torch.nn.Module, input_names: Sequence[str],
-                 output_names: Sequence[str] = (), *, device: str = "cpu") -> None:
+                 output_names: Sequence[str] = (), *, device: str = "cpu",
+                 by_keyword: bool = False) -> None:
         self.module = module.to(device) if device != "cpu" else module
         self.device = device
         self.input_names = list(input_names)
+        self.by_keyword = by_keyword  # module(**inputs): inputs chosen among optional ones
         self.output_names = list(output_names)
         self.description = f"torch {torch.__version__} ({device})"
 
@@ -38,7 +40,9 @@ class TorchRunner:
                 for n in self.input_names]
         try:
             with torch.inference_mode():
-                outputs = named_outputs(self.module(*args))
+                outputs = named_outputs(
+                    self.module(**dict(zip(self.input_names, args, strict=True)))
+                    if self.by_keyword else self.module(*args))
         except Exception as exc:
             shapes = ", ".join(f"{n} {tuple(a.shape)} {a.dtype}"
                                for n, a in zip(self.input_names, args, strict=True))

@@ -56,8 +56,11 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
         raise UnfoldError(f"--exporter {exporter!r}: valid: {', '.join(EXPORTERS)}")
     feeds = example_feeds(loaded, specs)
     # one torch run names the outputs and shows a wrong input shape before any export
-    output_names = list(TorchRunner(loaded.module, loaded.input_names).run(feeds))
-    args = tuple(torch.from_numpy(feeds[name]) for name in loaded.input_names)
+    output_names = list(TorchRunner(loaded.module, loaded.input_names,
+                                    by_keyword=loaded.by_keyword).run(feeds))
+    tensors = {name: torch.from_numpy(feeds[name]) for name in loaded.input_names}
+    # inputs chosen among forward's optional parameters go by keyword
+    args, kwargs = ((), tensors) if loaded.by_keyword else (tuple(tensors.values()), {})
     dynamic = {s.name: dict(s.dynamic) for s in specs if s.dynamic}
     is_script = isinstance(loaded.module, torch.jit.ScriptModule)
     if loaded.program is not None and exporter == "torchscript":
@@ -75,10 +78,10 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
     for name in order:
         try:
             if name == "dynamo":
-                model = _dynamo(loaded, args, output_names, dynamic, opset)
+                model = _dynamo(loaded, args, kwargs, output_names, dynamic, opset)
             else:
-                model = _torchscript(loaded.module, args, loaded.input_names, output_names,
-                                     dynamic, opset)
+                model = _torchscript(loaded.module, args, kwargs, loaded.input_names,
+                                     output_names, dynamic, opset)
         except Exception as exc:
             failures.append(f"the {name} exporter failed: {_first_line(exc)}")
             continue
@@ -91,7 +94,8 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
     raise UnfoldError("; ".join(failures) + hint)
 
 
-def _dynamo(loaded: LoadedModel, args: tuple[torch.Tensor, ...], output_names: list[str],
+def _dynamo(loaded: LoadedModel, args: tuple[torch.Tensor, ...],
+            kwargs: dict[str, torch.Tensor], output_names: list[str],
             dynamic: dict[str, dict[int, str]], opset: int | None) -> onnx.ModelProto:
     with _quiet():
         source = loaded.program
@@ -99,13 +103,13 @@ def _dynamo(loaded: LoadedModel, args: tuple[torch.Tensor, ...], output_names: l
             # torch.onnx's dynamo path takes no ScriptModule: convert it to a program first
             from torch._export.converter import TS2EPConverter
 
-            source = TS2EPConverter(loaded.module, args).convert()
+            source = TS2EPConverter(loaded.module, args, kwargs or None).convert()
         if source is not None:
             program = torch.onnx.export(source, (), dynamo=True, verbose=False,
                                         output_names=output_names, opset_version=opset)
         else:
             program = torch.onnx.export(
-                loaded.module, args, dynamo=True, verbose=False,
+                loaded.module, args, kwargs=kwargs or None, dynamo=True, verbose=False,
                 input_names=loaded.input_names, output_names=output_names,
                 dynamic_axes=dynamic or None, opset_version=opset)
     assert program is not None
@@ -113,11 +117,11 @@ def _dynamo(loaded: LoadedModel, args: tuple[torch.Tensor, ...], output_names: l
 
 
 def _torchscript(module: torch.nn.Module, args: tuple[torch.Tensor, ...],
-                 input_names: list[str], output_names: list[str],
+                 kwargs: dict[str, torch.Tensor], input_names: list[str], output_names: list[str],
                  dynamic: dict[str, dict[int, str]], opset: int | None) -> onnx.ModelProto:
     buffer = io.BytesIO()
     with _quiet():
-        torch.onnx.export(module, args, buffer,  # type: ignore[arg-type]
+        torch.onnx.export(module, args, buffer, kwargs=kwargs or None,  # type: ignore[arg-type]
                           dynamo=False, input_names=input_names, output_names=output_names,
                           dynamic_axes=dynamic or None, opset_version=opset or 17,
                           do_constant_folding=True)

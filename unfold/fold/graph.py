@@ -39,12 +39,24 @@ def place_affine_after(node: gs.Node, scale: np.ndarray, shift: np.ndarray, dtyp
     """Make `node` produce x and add y = scale⊙x + shift (one Mul, one Add; either left out
     when it is the identity) producing the tensor `node` produced before. Returns the nodes."""
     out = node.outputs[0]
-    ops = [(op, v) for op, v, neutral in (("Mul", scale, 1.0), ("Add", shift, 0.0))
-           if np.any(v != neutral)]
-    if not ops:
+    if np.all(scale == 1.0) and np.all(shift == 0.0):
         return []
     current = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
     node.outputs[0] = current
+    return emit_affine(current, out, scale, shift, dtype, graph, names, base)
+
+
+def emit_affine(source: gs.Tensor, out: gs.Tensor, scale: np.ndarray, shift: np.ndarray,
+                dtype: np.dtype, graph: gs.Graph, names: Names, base: str) -> list[gs.Node]:
+    """Nodes computing out = scale⊙source + shift: one Mul and one Add, either left out when
+    it is the identity (an Identity when both are)."""
+    ops = [(op, v) for op, v, neutral in (("Mul", scale, 1.0), ("Add", shift, 0.0))
+           if np.any(v != neutral)]
+    if not ops:
+        node = gs.Node("Identity", names.new(base), inputs=[source], outputs=[out])
+        graph.nodes.append(node)
+        return [node]
+    current = source
     new_nodes = []
     for i, (op, value) in enumerate(ops):
         result = out if i == len(ops) - 1 else gs.Variable(

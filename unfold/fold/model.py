@@ -11,11 +11,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from unfold.errors import UnfoldError
-from unfold.fold.graph import Names
+from unfold.fold.graph import Names, emit_affine
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
-from unfold.fold.sites import find_sites
+from unfold.fold.sites import NormSite, find_sites
 
 # A site moves at most one op per round; no real graph needs more rounds than this.
 MAX_ROUNDS = 256
@@ -55,6 +55,22 @@ def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
                             for d in info.type.tensor_type.shape.dim]
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
     return graph
+
+
+COMPACT_FORMS = (("Mul", "Add"), ("Mul",))
+
+
+def _compact(site: NormSite, graph: gs.Graph, names: Names) -> bool:
+    """Rewrite a site that stays as its composition (rule 4): one Mul and one Add, in place of
+    a chain of several (pending affines carried along a post-norm residual stream end up
+    chained at the last norm) or of a Sub/Div form. False when it is compact already."""
+    if tuple(n.op for n in site.nodes) in COMPACT_FORMS:
+        return False
+    site.nodes[-1].outputs.clear()
+    affine = site.affine
+    emit_affine(site.input, site.output, affine.scale, affine.shift, site.dtype, graph, names,
+                base=site.name)
+    return True
 
 
 def _op_counts(model: onnx.ModelProto) -> Counter[str]:
@@ -106,12 +122,20 @@ def fold_model(model: onnx.ModelProto, *,
                 report.status = "folded"
             else:
                 settled.add(chain)
+                # at a graph output the affine is materialized once; any other reader
+                # of the output reads that same value
                 at_output = site.output.name in {t.name for t in graph.outputs}
-                report.status = ("materialized" if at_output and not site.output.outputs
+                report.status = ("materialized" if at_output
                                  else "partial" if report.absorbed_by else "stayed")
         graph.cleanup().toposort()
         if not moved:
             break
+    for site in find_sites(graph):  # what stayed: one Mul and one Add each, no more
+        if _compact(site, graph, names):
+            key = origin.get(site.nodes[0].name, site.name)
+            if key in reports:
+                reports[key].path.append("composed into one Mul and one Add")
+    graph.cleanup().toposort()
     for report in reports.values():
         host = report
         while host.merged_into is not None:

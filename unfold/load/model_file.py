@@ -43,12 +43,23 @@ class LoadedModel:
     module: torch.nn.Module  # eval mode, ready to run
     source: Path
     format: str  # one of FORMATS
-    input_names: list[str]
+    input_names: list[str]  # the inputs it is called with, in forward's order
     program: torch.export.ExportedProgram | None = None  # a .pt2, exported as is
     # what the model says about its inputs (a .pt2's example inputs, an arch.json's "inputs")
     input_specs: list[InputSpec] = field(default_factory=list)
     example_inputs: dict[str, np.ndarray] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # forward's parameters with defaults (a Hugging Face model's attention_mask, ...): left
+    # out unless given a shape; once chosen they join input_names
+    optional_inputs: list[str] = field(default_factory=list)
+    by_keyword: bool = False  # called as module(**inputs), not module(*inputs)
+
+    def use_inputs(self, names: list[str]) -> None:
+        """Call the model with `names` (in forward's order), by keyword where they are not a
+        prefix of its parameters."""
+        order = self.input_names + self.optional_inputs
+        self.by_keyword = names != order[:len(names)]
+        self.input_names = names
 
     @property
     def self_describing(self) -> bool:
@@ -174,10 +185,12 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str
         kwargs = parse_arch_kwargs(arch_kwargs)
     module = build_module(arch, kwargs)
     load_weights(module, state, source=path, arch=arch)
-    loaded = LoadedModel(module, path, fmt, _forward_names(module))
+    required, optional = _forward_names(module)
+    loaded = LoadedModel(module, path, fmt, required, optional_inputs=optional)
     if arch_file is not None and "inputs" in described:
-        loaded.input_specs = _specs_from_arch_file(described["inputs"], arch_file,
-                                                   loaded.input_names)
+        loaded.input_specs = _specs_from_arch_file(
+            described["inputs"], arch_file, loaded.input_names
+            + [n for n in loaded.optional_inputs if n in described["inputs"]])
         loaded.notes.append(f"architecture and inputs from {arch_file.name}")
     module.eval()  # freshly built, so in training mode: nothing to report
     return loaded
@@ -195,7 +208,8 @@ def _load_trusted(path: Path) -> LoadedModel:
                    obj)
     if not isinstance(obj, torch.nn.Module):
         raise UnfoldError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
-    loaded = LoadedModel(obj, path, "pickled module", _forward_names(obj))
+    required, optional = _forward_names(obj)
+    loaded = LoadedModel(obj, path, "pickled module", required, optional_inputs=optional)
     loaded.notes.append("loaded with --trust: code from the file ran")
     _to_eval(loaded)
     return loaded
@@ -250,10 +264,12 @@ def _specs_from_arch_file(described: Any, path: Path, names: list[str]) -> list[
     return specs
 
 
-def _forward_names(module: torch.nn.Module) -> list[str]:
-    params = inspect.signature(module.forward).parameters.values()
-    return [p.name for p in params
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+def _forward_names(module: torch.nn.Module) -> tuple[list[str], list[str]]:
+    """forward's parameters that need a value, and those with a default."""
+    params = [p for p in inspect.signature(module.forward).parameters.values()
+              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return ([p.name for p in params if p.default is p.empty],
+            [p.name for p in params if p.default is not p.empty])
 
 
 def _to_eval(loaded: LoadedModel) -> None:
