@@ -127,8 +127,8 @@ def test_output_folder_missing(tmp_path: Path) -> None:
 def test_unknown_skip(tmp_path: Path) -> None:
     _assert_user_error(_invoke("fold", _write(tmp_path), "--out", tmp_path / "o.onnx",
                                "--skip", "nope"), 2,
-                       "unknown rule(s) ['nope']; valid: consumer-linear, pass-through, "
-                       "residual-add")
+                       "unknown rule(s) ['nope']; valid: producer, consumer-linear, "
+                       "pass-through, concat, residual-add")
 
 
 def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
@@ -153,5 +153,5 @@ def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
 def test_rules_lists_the_registry() -> None:
     result = _invoke("rules")
     assert result.exit_code == 0
-    for name in ("consumer-linear", "pass-through", "residual-add"):
+    for name in ("producer", "consumer-linear", "pass-through", "concat", "residual-add"):
         assert name in result.stdout

@@ -16,6 +16,7 @@ import torch
 
 from sample_models.bert import bert_base
 from sample_models.registry import CHECKPOINT_DIR
+from sample_models.swin import swin_tiny_like
 from sample_models.translation import TranslationTransformer
 from sample_models.vit import digits_vit
 from tests.optional import import_or_skip
@@ -147,3 +148,31 @@ def swap_to_identity(model: torch.nn.Module) -> tuple[torch.nn.Module, int]:
                 setattr(module, child_name, torch.nn.Identity())
                 count += 1
     return model.eval(), count
+
+
+SWIN = dict(img_size=32, patch_size=4, dim=16, depths=(2, 2), heads=(2, 4), window=4,
+            num_classes=10)
+
+
+def _export_swin(norm: str) -> onnx.ModelProto:
+    model = _randomize_norm_statistics(swin_tiny_like(norm, **SWIN))
+    return _export(model, (torch.rand(2, 3, 32, 32),), ["images"],
+                   dynamic_shapes=({0: torch.export.Dim("batch")},))
+
+
+@pytest.mark.slow
+def test_swin_like_hierarchical_model_folds_to_the_no_norm_twin() -> None:
+    """Window reshapes, shifted windows (torch.roll: Slice/Slice/Concat), patch merging, a
+    patch-embed Conv -> flatten -> transpose -> patch norm (rule 2), mean pooling."""
+    original = _export_swin("un")
+    folded, report = fold_model(original)
+    assert len(report.sites) == 11, "patch norm, 2 per block x 4, 1 patch merging, final"
+    assert [s.status for s in report.sites] == ["folded"] * 11, \
+        [(s.name, s.status, s.reasons) for s in report.left]
+    paths = [step for s in report.sites for step in s.path]
+    assert any(step.startswith("folded into its producer Conv") for step in paths)
+    assert sum(step.startswith("moved past Slice/Slice/Concat") for step in paths) == 2
+    # PatchMerging's reduction Linear has no bias: its norm's shift (b @ W) needs an Add.
+    assert report.ops_after == twin_ops(_export_swin("none")) + Counter({"Add": 1})
+    images = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
+    assert_same_outputs(original, folded, {"images": images})

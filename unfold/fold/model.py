@@ -120,6 +120,7 @@ def fold_model(model: onnx.ModelProto, *,
                 moved = True
             elif outcome.gone:
                 report.status = "folded"
+                report.reasons.clear()  # what a rule tried before another took it
             else:
                 settled.add(chain)
                 # at a graph output the affine is materialized once; any other reader

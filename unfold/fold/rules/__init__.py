@@ -4,9 +4,11 @@ names, report)` returns an `Outcome`."""
 
 from __future__ import annotations
 
-from unfold.fold.rules import consumer_linear, pass_through, residual_add
+from unfold.fold.rules import concat, consumer_linear, pass_through, producer, residual_add
 from unfold.fold.rules._outcome import Outcome
 
-RULES = {rule.NAME: rule for rule in (consumer_linear, pass_through, residual_add)}
+# producer first: when it applies, the norm goes without any reader being rewired
+RULES = {rule.NAME: rule for rule in (producer, consumer_linear, pass_through, concat,
+                                                  residual_add)}
 
 __all__ = ["RULES", "Outcome"]

@@ -38,7 +38,7 @@ MOVABLE_OPS = frozenset({"Identity", "Dropout", "Gather", "Slice", "ReduceMean",
                          "Unsqueeze", "Transpose", "Reshape", "Flatten"})
 
 
-def _keeps_channel_axis(node: gs.Node, site: NormSite) -> str | None:
+def keeps_channel_axis(node: gs.Node, site: NormSite) -> str | None:
     """None when `node` keeps the last axis as the channel axis; else the reason it does not."""
     op = node.op
     r = rank(site.output)
@@ -104,7 +104,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         return Outcome()
     if node.inputs[0] is not site.output or any(t is site.output for t in node.inputs[1:]):
         return Outcome()
-    reason = _keeps_channel_axis(node, site)
+    reason = keeps_channel_axis(node, site)
     if reason is not None:
         report.reasons.append(f"cannot move past {node.op} '{node.name}': {reason}")
         return Outcome()

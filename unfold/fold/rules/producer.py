@@ -1,0 +1,192 @@
+"""Rule 2: fold a norm into the linear op that produces it (Swin's patch-embed Conv -> flatten ->
+transpose -> patch norm; a MatMul -> norm), through the layout ops between them.
+
+Before:      y = A(L(x ⊛ W + c))        L: Reshape/Flatten/Squeeze/Unsqueeze/Transpose/Identity
+After:       y = L(x ⊛ (W·a) + (a⊙c + b))
+             scaling W along its output-channel axis: exact for Conv (any padding: the norm
+             acts on the Conv's output, where no padding lives), MatMul and Gemm.
+Conditions:  every tensor from the producer to the norm has exactly that one reader and is no
+             graph output (nothing else may see the scaled values); the norm's channel axis,
+             traced back through L, is the producer's channel axis (Conv: axis 1; MatMul and
+             Gemm: the last); W is constant; the shift needs somewhere to go: a Conv's or
+             Gemm's bias (added if absent) or the bias Add after a MatMul.
+Tried first: when it applies the norm is gone without touching any reader, and readers that
+rule 1 rewired would otherwise see the scaled values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import FoldRejected, fold_into_producer
+from unfold.fold.graph import Names, constant_value
+from unfold.fold.report import SiteReport
+from unfold.fold.rules._outcome import Outcome
+from unfold.fold.sites import NormSite
+
+NAME = "producer"
+ALGEBRA = "A(x ⊛ W + c) = x ⊛ (W·a) + (a⊙c + b), back through layout ops"
+
+LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def _sole_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
+    if tensor.name in graph_outputs or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def _static(shape: object) -> list[int | str | None] | None:
+    return list(shape) if isinstance(shape, (list, tuple)) else None
+
+
+def _axis_before_reshape(node: gs.Node, axis: int) -> int | None:
+    """The input axis that is output `axis` of a shape-changing op, element for element: the
+    same size, and the same (static) number of elements after it. None when there is none."""
+    before = _static(getattr(node.inputs[0], "shape", None))
+    after = _static(getattr(node.outputs[0], "shape", None))
+    if before is None or after is None or not isinstance(after[axis], int):
+        return None
+    tail = after[axis + 1:]
+    if not all(isinstance(d, int) for d in tail):
+        return None
+    inner = math.prod(tail)  # type: ignore[arg-type]
+    for j, size in enumerate(before):
+        rest = before[j + 1:]
+        if size == after[axis] and all(isinstance(d, int) for d in rest) and \
+                math.prod(rest) == inner:  # type: ignore[arg-type]
+            return j
+    return None
+
+
+def _trace_back(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, int] | str:
+    """(the node that produces the norm's input through layout ops only, the channel axis of
+    its output), or why there is none."""
+    tensor, reader = site.input, site.nodes[0]
+    shape = _static(getattr(tensor, "shape", None))
+    if shape is None:
+        return f"the rank of '{tensor.name}' is unknown"
+    axis = len(shape) - 1
+    while True:
+        if _sole_reader(tensor, graph_outputs) is not reader:
+            return f"'{tensor.name}' is read elsewhere too"
+        if len(tensor.inputs) != 1:
+            return f"'{tensor.name}' is a graph input or constant"
+        node = tensor.inputs[0]
+        if node.op not in LAYOUT_OPS:
+            return node, axis
+        if node.op == "Transpose":
+            in_shape = _static(getattr(node.inputs[0], "shape", None))
+            if in_shape is None:
+                return f"the rank of '{node.inputs[0].name}' is unknown"
+            perm = list(node.attrs.get("perm", reversed(range(len(in_shape)))))
+            axis = int(perm[axis])
+        elif node.op != "Identity":
+            before = _axis_before_reshape(node, axis)
+            if before is None:
+                return f"{node.op} '{node.name}' does not keep the channel axis whole"
+            axis = before
+        tensor, reader = node.inputs[0], node
+
+
+def _bias_add(matmul_out: gs.Tensor, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
+    """The MatMul's bias Add (its only reader, a (C,) constant), as (node, constant slot)."""
+    add = _sole_reader(matmul_out, graph_outputs)
+    if add is None or add.op != "Add":
+        return None
+    for slot, tensor in enumerate(add.inputs):
+        value = constant_value(tensor)
+        if tensor is not matmul_out and value is not None and value.ndim == 1:
+            return add, slot
+    return None
+
+
+def _linear(node: gs.Node, axis: int, graph_outputs: set[str]):
+    """(linear node, weight's output-channel axis, (bias node, slot) or None, may add a bias) for
+    the producer `node` with channel axis `axis`; a reason when it is a linear op that cannot
+    take the norm; None when it is no linear op at all."""
+    rank = len(_static(getattr(node.outputs[0], "shape", None)) or [])
+    matmul_bias = None
+    if node.op == "Add" and len(node.inputs) == 2:  # MatMul -> Add(bias)
+        for slot, tensor in enumerate(node.inputs):
+            data = node.inputs[1 - slot]
+            value = constant_value(tensor)
+            if value is not None and value.ndim == 1 and len(data.inputs) == 1 and \
+                    data.inputs[0].op == "MatMul" and _bias_add(data, graph_outputs) == \
+                    (node, slot):
+                matmul_bias, node = (node, slot), data.inputs[0]
+                break
+    what = f"its producer {node.op} '{node.name}'"
+    if node.op == "Conv":
+        if axis != 1:
+            return f"{what} has its channels on axis 1, the norm on axis {axis}"
+        if constant_value(node.inputs[1]) is None:
+            return f"{what} has no constant weight"
+        if len(node.inputs) > 2 and constant_value(node.inputs[2]) is None:
+            return f"{what} has a non-constant bias"
+        return node, 0, (node, 2) if len(node.inputs) > 2 else None, True
+    if node.op == "MatMul":
+        weight = constant_value(node.inputs[1])
+        if weight is None or weight.ndim != 2:
+            return f"{what} has no constant 2-D weight"
+        if axis != rank - 1:
+            return f"{what} has its channels on the last axis, the norm on axis {axis}"
+        return node, 1, matmul_bias, False
+    if node.op == "Gemm":
+        if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0 or \
+                constant_value(node.inputs[1]) is None:
+            return f"{what} has alpha/beta other than 1 or a non-constant B"
+        bias = constant_value(node.inputs[2]) if len(node.inputs) > 2 else None
+        if len(node.inputs) > 2 and (bias is None or bias.ndim != 1):
+            return f"{what} has a C that is not a constant vector"
+        if axis != 1:
+            return f"{what} has its channels on axis 1, the norm on axis {axis}"
+        return (node, 0 if node.attrs.get("transB", 0) else 1,
+                (node, 2) if len(node.inputs) > 2 else None, True)
+    return None  # not a linear op (a residual Add, a pooling, ...): nothing to say
+
+
+def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> Outcome:
+    graph_outputs = {t.name for t in graph.outputs}
+    traced = _trace_back(site, graph_outputs)
+    if isinstance(traced, str):
+        return Outcome()  # the usual case (a norm on the residual stream): nothing to say
+    found = _linear(*traced, graph_outputs)
+    if found is None:
+        return Outcome()
+    if isinstance(found, str):
+        report.reasons.append(f"cannot fold into the producer: {found}")
+        return Outcome()
+    linear, output_axis, bias_slot, can_add_bias = found
+    weight = constant_value(linear.inputs[1])
+    assert weight is not None  # _linear checked it
+    bias = constant_value(bias_slot[0].inputs[bias_slot[1]]) if bias_slot else None
+    if bias_slot is None and not can_add_bias and np.any(site.affine.shift != 0):
+        report.reasons.append(f"cannot fold into the producer {linear.op} '{linear.name}': "
+                              f"it has no bias to take the shift")
+        return Outcome()
+    try:
+        folded = fold_into_producer(site.affine, weight, bias, output_axis)
+    except FoldRejected as rejected:
+        report.reasons.append(f"cannot fold into the producer {linear.op} '{linear.name}': "
+                              f"{rejected.reason}")
+        return Outcome()
+    linear.inputs[1] = gs.Constant(names.new(linear.inputs[1].name), folded.weight)
+    new_bias = gs.Constant(names.new(f"{linear.name}_bias"), folded.bias)
+    if bias_slot is not None:
+        bias_slot[0].inputs[bias_slot[1]] = new_bias
+    elif can_add_bias:
+        linear.inputs.append(new_bias)
+    # the node that made the norm's input now makes its output; the norm's nodes fall away
+    maker = site.input.inputs[0]
+    site.nodes[-1].outputs.clear()
+    maker.outputs[maker.outputs.index(site.input)] = site.output
+    report.absorbed_by.append(linear.name)
+    report.path.append(f"folded into its producer {linear.op} '{linear.name}'")
+    report.max_abs_weight_before = max(report.max_abs_weight_before,
+                                       folded.max_abs_weight_before)
+    report.max_abs_weight_after = max(report.max_abs_weight_after, folded.max_abs_weight_after)
+    return Outcome(gone=True)
