@@ -11,7 +11,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from unfold.errors import UnfoldError
-from unfold.fold.graph import Names, emit_affine
+from unfold.fold.batch_norm import KIND as BATCH_NORM
+from unfold.fold.batch_norm import rewrite_batch_norms
+from unfold.fold.graph import Names, emit_affine, rank
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
@@ -57,6 +59,45 @@ def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
+def _is_round_trip(first: gs.Node, second: gs.Node) -> bool:
+    """second(first(x)) == x: two Transposes whose perms compose to the identity, or two
+    Reshapes that bring back x's own (fully known) shape."""
+    x, y = first.inputs[0], second.outputs[0]
+    r = rank(x)
+    if r is None:
+        return False
+    if first.op == second.op == "Transpose":
+        p1 = list(first.attrs.get("perm", reversed(range(r))))
+        p2 = list(second.attrs.get("perm", reversed(range(r))))
+        return [p1[i] for i in p2] == list(range(r))
+    if first.op == second.op == "Reshape":
+        before, after = getattr(x, "shape", None), getattr(y, "shape", None)
+        return before is not None and after is not None and all(d is not None for d in before) \
+            and list(before) == list(after)
+    return False
+
+
+def _drop_layout_round_trips(graph: gs.Graph) -> None:
+    """x.transpose(1, 2) -> BN -> transpose back, or x.reshape(B*N, C) -> BN -> reshape back:
+    once the norm between them is folded away the pair is a round trip; the exporters drop
+    the same pair from the no-norm twin, and so does this (for the twin too)."""
+    graph_outputs = {t.name for t in graph.outputs}
+    for second in [n for n in graph.nodes if n.op in ("Transpose", "Reshape")]:
+        middle = second.inputs[0]
+        if len(middle.inputs) != 1 or len(middle.outputs) != 1 or \
+                middle.name in graph_outputs or second.outputs[0].name in graph_outputs:
+            continue
+        first = middle.inputs[0]
+        if not _is_round_trip(first, second):
+            continue
+        source, out = first.inputs[0], second.outputs[0]
+        for reader in list(out.outputs):
+            for slot, tensor in enumerate(reader.inputs):
+                if tensor is out:
+                    reader.inputs[slot] = source
+        second.outputs.clear()
+
+
 COMPACT_FORMS = (("Mul", "Add"), ("Mul",))
 
 
@@ -88,10 +129,20 @@ def fold_model(model: onnx.ModelProto, *,
     graph = _import_with_shapes(model)
     graph.fold_constants().cleanup()
     graph = _import_with_shapes(gs.export_onnx(graph))  # shapes the folding made static
-    online = find_online_norms(graph)
     names = Names(graph)
-    rules = [rule for name, rule in RULES.items() if name not in skip]
     reports: dict[str, SiteReport] = {}
+    batch_norms = rewrite_batch_norms(graph, names)
+    for name, channels in batch_norms.sites:
+        reports[name] = SiteReport(name=name, kind=BATCH_NORM, channels=channels)
+    for name, channels, path in batch_norms.folded:
+        reports[name] = SiteReport(name=name, kind=BATCH_NORM, channels=channels,
+                                   status="folded", path=[path])
+    for name, channels, reason in batch_norms.stayed:
+        reports[name] = SiteReport(name=name, kind=BATCH_NORM, channels=channels,
+                                   reasons=[reason])
+    graph.cleanup().toposort()
+    online = find_online_norms(graph)
+    rules = [rule for name, rule in RULES.items() if name not in skip]
     # node name -> the site it carries (moved nodes keep the name of where they came from)
     origin: dict[str, str] = {n.name: site.name for site in find_sites(graph) for n in site.nodes}
     settled: set[tuple[str, ...]] = set()  # chains no rule changes any more
@@ -144,6 +195,7 @@ def fold_model(model: onnx.ModelProto, *,
         if host is not report:
             report.status = host.status
             report.path.append(f"composed into '{host.name}'")
+    _drop_layout_round_trips(graph)
     graph.fold_constants().cleanup().toposort()  # what the moves made constant
     folded = gs.export_onnx(graph)
     folded.ir_version = model.ir_version

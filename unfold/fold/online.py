@@ -2,7 +2,8 @@
 Found so they can be reported (kind and reason) instead of silently left in the graph.
 
 - ops: LayerNormalization, RMSNormalization, SimplifiedLayerNormalization,
-  SkipLayerNormalization, GroupNormalization, InstanceNormalization;
+  SkipLayerNormalization, GroupNormalization, InstanceNormalization, and BatchNormalization
+  in training mode;
 - decomposed: a ReduceMean over the channel (last) axis whose input is x² (RMSNorm, and PN's
   group scaling, which is an RMSNorm over channel groups), or whose result is subtracted from
   its own input (LayerNorm written out).
@@ -59,6 +60,10 @@ def find_online_norms(graph: gs.Graph) -> list[OnlineNorm]:
     for node in graph.nodes:
         if node.op in ONLINE_OPS:
             found.append(OnlineNorm(node.name, ONLINE_OPS[node.op]))
+        elif node.op == "BatchNormalization" and node.attrs.get("training_mode", 0):
+            found.append(OnlineNorm(node.name, "BatchNorm in training mode",
+                                    "online: training mode normalizes with the statistics of "
+                                    "each batch; export the model in eval mode"))
         elif node.op == "ReduceMean" and _reduces_last_axis(node):
             source = node.inputs[0]
             producer = source.inputs[0] if len(source.inputs) == 1 else None

@@ -147,7 +147,8 @@ def test_skip_and_unknown_skip() -> None:
     m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["y"], name="fc")],
               norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
               {"x": ["N", 8]}, {"y": ["N", 4]})
-    with pytest.raises(UnfoldError, match=r"unknown rule\(s\) \['nope'\]; valid: producer, consumer-linear"):
+    with pytest.raises(UnfoldError,
+                       match=r"unknown rule\(s\) \['nope'\]; valid: producer, consumer-linear"):
         fold_model(m, skip=["nope"])
     _, report = fold_model(m, skip=["consumer-linear"])
     assert report.sites[0].status == "stayed"
