@@ -69,6 +69,24 @@ def emit_affine(source: gs.Tensor, out: gs.Tensor, scale: np.ndarray, shift: np.
     return new_nodes
 
 
+def matching_axis(source: object, target: object, axis: int) -> int | None:
+    """The axis of shape `target` that holds, element for element, axis `axis` of shape
+    `source` when a Reshape turns one into the other: the same size and the same (static)
+    number of elements after it. None when there is none (the axis is split or merged)."""
+    if not isinstance(source, (list, tuple)) or not isinstance(target, (list, tuple)):
+        return None
+    size, tail = source[axis], source[axis + 1:]
+    if not isinstance(size, int) or not all(isinstance(d, int) for d in tail):
+        return None
+    inner = int(np.prod(tail, dtype=np.int64))
+    for j, other in enumerate(target):
+        rest = target[j + 1:]
+        if other == size and all(isinstance(d, int) for d in rest) and \
+                int(np.prod(rest, dtype=np.int64)) == inner:
+            return j
+    return None
+
+
 def rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return len(shape) if shape is not None else None

@@ -170,8 +170,10 @@ def fold_model(model: onnx.ModelProto, *,
                 origin.update((n.name, key) for n in outcome.moved_to)
                 moved = True
             elif outcome.gone:
-                report.status = "folded"
                 report.reasons.clear()  # what a rule tried before another took it
+                report.status = "partial" if outcome.left else "folded"
+                if outcome.left:
+                    report.reasons.append(outcome.left)
             else:
                 settled.add(chain)
                 # at a graph output the affine is materialized once; any other reader

@@ -4,11 +4,18 @@ names, report)` returns an `Outcome`."""
 
 from __future__ import annotations
 
-from unfold.fold.rules import concat, consumer_linear, pass_through, producer, residual_add
+from unfold.fold.rules import (
+    concat,
+    consumer_conv,
+    consumer_linear,
+    pass_through,
+    producer,
+    residual_add,
+)
 from unfold.fold.rules._outcome import Outcome
 
 # producer first: when it applies, the norm goes without any reader being rewired
-RULES = {rule.NAME: rule for rule in (producer, consumer_linear, pass_through, concat,
-                                                  residual_add)}
+RULES = {rule.NAME: rule for rule in (producer, consumer_linear, consumer_conv, pass_through,
+                                      concat, residual_add)}
 
 __all__ = ["RULES", "Outcome"]

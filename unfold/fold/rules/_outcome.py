@@ -12,3 +12,4 @@ class Outcome:
 
     gone: bool = False
     moved_to: list[gs.Node] = field(default_factory=list)
+    left: str | None = None  # gone, but only its exact part: why something of it stays

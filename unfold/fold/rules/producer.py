@@ -16,13 +16,11 @@ rule 1 rewired would otherwise see the scaled values.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, fold_into_producer
-from unfold.fold.graph import Names, constant_value
+from unfold.fold.graph import Names, constant_value, matching_axis
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -41,25 +39,6 @@ def _sole_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
 
 def _static(shape: object) -> list[int | str | None] | None:
     return list(shape) if isinstance(shape, (list, tuple)) else None
-
-
-def _axis_before_reshape(node: gs.Node, axis: int) -> int | None:
-    """The input axis that is output `axis` of a shape-changing op, element for element: the
-    same size, and the same (static) number of elements after it. None when there is none."""
-    before = _static(getattr(node.inputs[0], "shape", None))
-    after = _static(getattr(node.outputs[0], "shape", None))
-    if before is None or after is None or not isinstance(after[axis], int):
-        return None
-    tail = after[axis + 1:]
-    if not all(isinstance(d, int) for d in tail):
-        return None
-    inner = math.prod(tail)  # type: ignore[arg-type]
-    for j, size in enumerate(before):
-        rest = before[j + 1:]
-        if size == after[axis] and all(isinstance(d, int) for d in rest) and \
-                math.prod(rest) == inner:  # type: ignore[arg-type]
-            return j
-    return None
 
 
 def _trace_back(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, int] | str:
@@ -85,7 +64,8 @@ def _trace_back(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, int] 
             perm = list(node.attrs.get("perm", reversed(range(len(in_shape)))))
             axis = int(perm[axis])
         elif node.op != "Identity":
-            before = _axis_before_reshape(node, axis)
+            before = matching_axis(getattr(node.outputs[0], "shape", None),
+                                   getattr(node.inputs[0], "shape", None), axis)
             if before is None:
                 return f"{node.op} '{node.name}' does not keep the channel axis whole"
             axis = before
