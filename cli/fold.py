@@ -56,7 +56,7 @@ def fold(
 
     def body() -> ExitCode:
         target = check_output_path(out, force=force, inputs=(model,))
-        folded, report = fold_model(load_onnx(model), skip=skip)
+        folded, report = fold_model(load_onnx(model), skip=skip, in_place=True)
         if as_json:
             stdout.print_json(json.dumps(report.to_dict()))
         else:

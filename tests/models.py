@@ -66,3 +66,17 @@ def tiny_hf_bert(seed: int = 0) -> torch.nn.Module:
 
 
 HF_VOCAB = 100
+
+
+def tiny_timm_vit(seed: int = 0) -> torch.nn.Module:
+    """A timm ViT (needs `timm`: the `zoo` extra) on 3x32x32 images, 2 blocks, its LayerNorms
+    swapped for UnifiedNorm: pre-norm, cls token, final norm -> head."""
+    import timm
+
+    from unfold.nn import swap_norms
+
+    torch.manual_seed(seed)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32,
+                              patch_size=8, depth=2, num_classes=10)
+    model, _ = swap_norms(model, kind="un")
+    return randomize_norms(model, seed).eval()

@@ -215,3 +215,20 @@ def test_a_hugging_face_bert_with_an_optional_attention_mask(tmp_path: Path) -> 
     model = onnx.load(tmp_path / "bert.onnx")
     assert [i.name for i in model.graph.input] == ["input_ids", "attention_mask"]
     assert not {n.op_type for n in model.graph.node} & NORM_OPS
+
+
+@pytest.mark.slow
+def test_a_timm_vit_from_a_state_dict(tmp_path: Path) -> None:
+    """A timm ViT (the `zoo` extra) with its norms swapped for UN: every norm folds."""
+    import_or_skip("timm")
+    from tests.models import tiny_timm_vit
+
+    state = tmp_path / "vit.pt"
+    torch.save(tiny_timm_vit().state_dict(), state)
+    options = InputOptions(shapes=["2x3x32x32"], float_ranges=["0,1"], dynamic="batch")
+    report = unfold.convert(state, tmp_path / "vit.onnx", arch="tests.models:tiny_timm_vit",
+                            inputs=options)
+    assert report and len(report.fold.sites) == 5
+    assert [s.status for s in report.fold.sites] == ["folded"] * 5, \
+        [(s.name, s.reasons) for s in report.fold.left]
+    assert not {n.op_type for n in onnx.load(tmp_path / "vit.onnx").graph.node} & NORM_OPS

@@ -35,12 +35,18 @@ def twin_ops(twin: onnx.ModelProto) -> Counter[str]:
 
 
 def _export(model: torch.nn.Module, args: tuple, names: list[str],
-            dynamic_shapes: tuple | None = None) -> onnx.ModelProto:
+            dynamic_shapes: tuple | None = None, dynamo: bool = True) -> onnx.ModelProto:
+    """dynamo=False: the TorchScript exporter, dynamic batch when `dynamic_shapes` is given."""
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), args, buffer, dynamo=True, input_names=names,
-                          dynamic_shapes=dynamic_shapes)
+        if dynamo:
+            torch.onnx.export(model.eval(), args, buffer, dynamo=True, input_names=names,
+                              dynamic_shapes=dynamic_shapes)
+        else:
+            torch.onnx.export(model.eval(), args, buffer, dynamo=False, input_names=names,
+                              dynamic_axes={n: {0: "batch"} for n in names}
+                              if dynamic_shapes else None)
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -155,9 +161,10 @@ SWIN = dict(img_size=32, patch_size=4, dim=16, depths=(2, 2), heads=(2, 4), wind
 
 
 def _export_swin(norm: str) -> onnx.ModelProto:
+    """With the TorchScript exporter (the other e2e tests use dynamo), dynamic batch."""
     model = _randomize_norm_statistics(swin_tiny_like(norm, **SWIN))
     return _export(model, (torch.rand(2, 3, 32, 32),), ["images"],
-                   dynamic_shapes=({0: torch.export.Dim("batch")},))
+                   dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=False)
 
 
 @pytest.mark.slow

@@ -7,17 +7,30 @@ import itertools
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of an initializer or of a Constant node's output; None for a variable."""
+    """The value of an initializer or of a Constant node's output; None for a variable. An
+    initializer's weights are read afresh each time, never cached (its TensorProto keeps them;
+    see weights.py)."""
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        values = tensor._values  # noqa: SLF001 - .values would cache a copy of every weight
+        return values.load() if isinstance(values, LazyValues) else np.asarray(values)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         value = tensor.inputs[0].attrs.get("value")
         if isinstance(value, gs.Constant):
             return np.asarray(value.values)
     return None
+
+
+# ops that read only a tensor's shape: a per-channel affine does not change what they see
+SHAPE_READERS = frozenset({"Shape", "Size"})
+
+
+def value_readers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `tensor`'s values (not just its shape)."""
+    return [n for n in tensor.outputs if n.op not in SHAPE_READERS]
 
 
 def per_channel_constant(value: np.ndarray | None, data_rank: int | None) -> np.ndarray | None:
@@ -71,10 +84,14 @@ def emit_affine(source: gs.Tensor, out: gs.Tensor, scale: np.ndarray, shift: np.
 
 def matching_axis(source: object, target: object, axis: int) -> int | None:
     """The axis of shape `target` that holds, element for element, axis `axis` of shape
-    `source` when a Reshape turns one into the other: the same size and the same (static)
-    number of elements after it. None when there is none (the axis is split or merged)."""
+    `source` when a Reshape turns one into the other: the same dims up to and including it
+    (named dims included), or the same size and the same (static) number of elements after
+    it. None when there is none (the axis is split or merged)."""
     if not isinstance(source, (list, tuple)) or not isinstance(target, (list, tuple)):
         return None
+    head = list(source[:axis + 1])
+    if len(target) > axis and list(target[:axis + 1]) == head and None not in head:
+        return axis  # the same dims up to it (symbols included): the same axis
     size, tail = source[axis], source[axis + 1:]
     if not isinstance(size, int) or not all(isinstance(d, int) for d in tail):
         return None

@@ -13,49 +13,21 @@ import onnx_graphsurgeon as gs
 from unfold.errors import UnfoldError
 from unfold.fold.batch_norm import KIND as BATCH_NORM
 from unfold.fold.batch_norm import rewrite_batch_norms
-from unfold.fold.graph import Names, emit_affine, rank
+from unfold.fold.graph import SHAPE_READERS, Names, emit_affine, rank
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
 from unfold.fold.sites import NormSite, find_sites
+from unfold.fold.weights import infer_shapes, weightless_model, write_back
 
-# A site moves at most one op per round; no real graph needs more rounds than this.
-MAX_ROUNDS = 256
-
-
-# Initializers up to this size stay in the weightless twin (shape data such as Reshape targets
-# must stay visible to data propagation); larger ones become typed inputs.
-SMALL_INITIALIZER_BYTES = 4096
-
-
-def _weightless(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The same graph with its large initializers replaced by graph inputs of the same type
-    and shape: what shape inference and the checker need, without copying the weights."""
-    graph = model.graph
-    small = [t for t in graph.initializer if len(t.raw_data) <= SMALL_INITIALIZER_BYTES
-             and t.data_location != onnx.TensorProto.EXTERNAL]
-    small_names = {t.name for t in small}
-    weights = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-               for t in graph.initializer if t.name not in small_names]
-    twin = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + weights,
-                                  list(graph.output), small)
-    light = onnx.helper.make_model(twin, opset_imports=list(model.opset_import))
-    light.ir_version = model.ir_version
-    return light
+# One move per round; a site moves past each op at most once, so no graph needs more rounds
+# than a few per node (a guard against a rule that would undo another's move).
+MAX_MOVES_PER_NODE = 4
 
 
 def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
-    """Import with every intermediate shape re-inferred (on the weightless twin): exporters
-    leave stale or shapeless value_info entries that hide ranks the pass-through rule needs."""
-    inferred = onnx.shape_inference.infer_shapes(_weightless(model), data_prop=True)
-    graph = gs.import_onnx(model)
-    tensors = graph.tensors()
-    for info in inferred.graph.value_info:
-        tensor = tensors.get(info.name)
-        if isinstance(tensor, gs.Variable) and info.type.tensor_type.HasField("shape"):
-            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in info.type.tensor_type.shape.dim]
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+    graph = gs.import_onnx(model)  # initializers stay in their TensorProtos (lazily read)
+    infer_shapes(graph, model)
     return graph
 
 
@@ -118,17 +90,23 @@ def _op_counts(model: onnx.ModelProto) -> Counter[str]:
     return Counter(node.op_type for node in model.graph.node)
 
 
-def fold_model(model: onnx.ModelProto, *,
-               skip: Collection[str] = ()) -> tuple[onnx.ModelProto, FoldReport]:
+def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
+               in_place: bool = False) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every offline norm the rules can; the report says where each went or why it
-    stayed. The result passes onnx.checker's full check."""
+    stayed. The result passes onnx.checker's full check.
+
+    `in_place=True` folds `model` itself and returns it: no copy of its weights (peak memory
+    about 1.5x the weights instead of 2.5x); the caller must not need the original."""
     unknown = set(skip) - set(RULES)
     if unknown:
         raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
+    if not in_place:
+        original, model = model, onnx.ModelProto()
+        model.CopyFrom(original)
     original_ops = _op_counts(model)
     graph = _import_with_shapes(model)
     graph.fold_constants().cleanup()
-    graph = _import_with_shapes(gs.export_onnx(graph))  # shapes the folding made static
+    infer_shapes(graph, model)  # shapes the constant folding made static
     names = Names(graph)
     reports: dict[str, SiteReport] = {}
     batch_norms = rewrite_batch_norms(graph, names)
@@ -146,7 +124,7 @@ def fold_model(model: onnx.ModelProto, *,
     # node name -> the site it carries (moved nodes keep the name of where they came from)
     origin: dict[str, str] = {n.name: site.name for site in find_sites(graph) for n in site.nodes}
     settled: set[tuple[str, ...]] = set()  # chains no rule changes any more
-    for _ in range(MAX_ROUNDS):
+    for _ in range(MAX_MOVES_PER_NODE * len(graph.nodes) + 16):
         moved = False
         for site in find_sites(graph):
             chain = tuple(n.name for n in site.nodes)
@@ -161,6 +139,8 @@ def fold_model(model: onnx.ModelProto, *,
                     other, SiteReport(name=other, kind=site.kind, channels=site.channels))
                 merged.merged_into = key
             report.reasons.clear()  # only the reasons of where it ends up count
+            for reader in [n for n in site.output.outputs if n.op in SHAPE_READERS]:
+                reader.inputs[0] = site.input  # the same shape, and no longer in the way
             outcome = Outcome()
             for rule in rules:
                 outcome = rule.apply(site, graph, names, report)
@@ -169,6 +149,10 @@ def fold_model(model: onnx.ModelProto, *,
             if outcome.moved_to:
                 origin.update((n.name, key) for n in outcome.moved_to)
                 moved = True
+                # look again from the top: the moved affine may now compose with the next
+                # norm (rule 4), which must not fold into its readers on its own first (each
+                # pending affine would be folded into every linear downstream: O(depth²))
+                break
             elif outcome.gone:
                 report.reasons.clear()  # what a rule tried before another took it
                 report.status = "partial" if outcome.left else "folded"
@@ -199,10 +183,6 @@ def fold_model(model: onnx.ModelProto, *,
             report.path.append(f"composed into '{host.name}'")
     _drop_layout_round_trips(graph)
     graph.fold_constants().cleanup().toposort()  # what the moves made constant
-    folded = gs.export_onnx(graph)
-    folded.ir_version = model.ir_version
-    del folded.opset_import[:]
-    folded.opset_import.extend(model.opset_import)
-    onnx.checker.check_model(_weightless(folded), full_check=True)
-    return folded, FoldReport(list(reports.values()), original_ops, _op_counts(folded),
-                              online)
+    write_back(graph, model)
+    onnx.checker.check_model(weightless_model(model), full_check=True)
+    return model, FoldReport(list(reports.values()), original_ops, _op_counts(model), online)

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, fold_into_conv_consumer
-from unfold.fold.graph import Names, constant_value, matching_axis
+from unfold.fold.graph import Names, constant_value, matching_axis, value_readers
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -37,9 +37,10 @@ def _trace_forward(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, gs
         return None
     axis = len(shape) - 1
     while True:
-        if tensor.name in graph_outputs or len(tensor.outputs) != 1:
+        readers = value_readers(tensor)  # Shape readers see the same shape after the fold
+        if tensor.name in graph_outputs or len(readers) != 1:
             return None
-        node = tensor.outputs[0]
+        node = readers[0]
         if node.inputs[0] is not tensor or any(t is tensor for t in node.inputs[1:]):
             return None
         if node.op == "Conv":
@@ -96,7 +97,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
             conv.inputs[2] = new_bias
         else:
             conv.inputs.append(new_bias)
-    first = site.output.outputs[0]
+    first = value_readers(site.output)[0]
     first.inputs[0] = site.input
     site.nodes[-1].outputs.clear()
     report.absorbed_by.append(conv.name)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, fold_into_producer
-from unfold.fold.graph import Names, constant_value, matching_axis
+from unfold.fold.graph import Names, constant_value, matching_axis, value_readers
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -32,9 +32,11 @@ LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze"
 
 
 def _sole_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
-    if tensor.name in graph_outputs or len(tensor.outputs) != 1:
+    """The one node that reads `tensor`'s values (Shape readers aside: the fold keeps shapes)."""
+    readers = value_readers(tensor)
+    if tensor.name in graph_outputs or len(readers) != 1:
         return None
-    return tensor.outputs[0]
+    return readers[0]
 
 
 def _static(shape: object) -> list[int | str | None] | None:
@@ -162,6 +164,8 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         linear.inputs.append(new_bias)
     # the node that made the norm's input now makes its output; the norm's nodes fall away
     maker = site.input.inputs[0]
+    for reader in [n for n in site.input.outputs if n is not site.nodes[0]]:  # Shape readers
+        reader.inputs[reader.inputs.index(site.input)] = site.output
     site.nodes[-1].outputs.clear()
     maker.outputs[maker.outputs.index(site.input)] = site.output
     report.absorbed_by.append(linear.name)
