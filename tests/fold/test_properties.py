@@ -1,6 +1,7 @@
 """Property-based: random stacks of pre-/post-norm blocks (random widths, depths, fused or
-separate q/k/v, cls-token or mean pooling), exported to ONNX, then folded. Always: outputs
-equal to the original, never more normalization ops than before, folding twice = once."""
+separate q/k/v, layout ops between blocks, cls-token or mean pooling), exported to ONNX, then
+folded. Always: outputs equal to the original, never more normalization ops than before,
+folding twice = once."""
 
 from __future__ import annotations
 
@@ -40,17 +41,32 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Layout ops between blocks: none, a token roll (Slice/Slice/Concat), tokens flattened
+    into the batch and back (Reshape pair), a swap of batch and tokens and back (Transposes)."""
+    b, n, c = x.shape
+    if kind == "roll":
+        return torch.roll(x, shifts=1, dims=1)
+    if kind == "flatten":
+        return x.reshape(b * n, c).reshape(b, n, c)
+    if kind == "transpose":
+        return x.transpose(0, 1).contiguous().transpose(0, 1)
+    return x
+
+
 class Stack(nn.Module):
-    def __init__(self, dim, heads, depth, fused, post_norm, pooling, final_norm) -> None:
+    def __init__(self, dim, heads, depth, fused, post_norm, pooling, final_norm,
+                 layout) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, heads, fused, post_norm) for _ in range(depth))
         self.final = UnifiedNorm(dim) if final_norm else nn.Identity()
         self.pooling = pooling
+        self.layout = layout
         self.head = nn.Linear(dim, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
-            x = block(x)
+            x = _layout(block(x), self.layout)
         x = self.final(x)
         x = x[:, 0] if self.pooling == "cls" else x.mean(dim=1) if self.pooling == "mean" else x
         return self.head(x)
@@ -60,6 +76,7 @@ stacks = st.fixed_dictionaries({
     "dim": st.sampled_from([8, 12, 16]), "heads": st.sampled_from([1, 2, 4]),
     "depth": st.integers(1, 3), "fused": st.booleans(), "post_norm": st.booleans(),
     "pooling": st.sampled_from(["cls", "mean", "none"]), "final_norm": st.booleans(),
+    "layout": st.sampled_from(["none", "roll", "flatten", "transpose"]),
     "seed": st.integers(0, 2**16),
 })
 
