@@ -67,7 +67,8 @@ def build_serialized(model: onnx.ModelProto, specs: Sequence[InputSpec], *,
         if tensor.name not in by_name:
             raise UnfoldError(f"no shape for the engine input {tensor.name}")
         low, opt, high = profile_shapes(by_name[tensor.name])
-        profile.set_shape(tensor.name, low, opt, high)
+        profile.set_shape(tensor.name, trt.Dims(list(low)), trt.Dims(list(opt)),
+                          trt.Dims(list(high)))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -109,7 +110,8 @@ class TrtRunner:
             self.context.set_tensor_address(name, array.data_ptr())
         outputs = {}
         for name in self.output_names:
-            shape = tuple(self.context.get_tensor_shape(name))
+            dims = self.context.get_tensor_shape(name)
+            shape = tuple(dims[i] for i in range(len(dims)))
             dtype = np.dtype(self._trt.nptype(self.engine.get_tensor_dtype(name)))
             buffer = torch.empty(shape, dtype=_torch_dtype(torch, dtype), device="cuda")
             outputs[name] = buffer
