@@ -8,6 +8,7 @@ from unfold.fold.rules import (
     concat,
     consumer_conv,
     consumer_linear,
+    embedding,
     pass_through,
     producer,
     residual_add,
@@ -15,7 +16,8 @@ from unfold.fold.rules import (
 from unfold.fold.rules._outcome import Outcome
 
 # producer first: when it applies, the norm goes without any reader being rewired
+# embedding last: only where nothing else takes the norm (see its module)
 RULES = {rule.NAME: rule for rule in (producer, consumer_linear, consumer_conv, pass_through,
-                                      concat, residual_add)}
+                                      concat, residual_add, embedding)}
 
 __all__ = ["RULES", "Outcome"]
