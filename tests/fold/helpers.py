@@ -45,3 +45,19 @@ def assert_same_outputs(original: onnx.ModelProto, folded: onnx.ModelProto,
         err = float(np.abs(a - b).max())
         assert err <= rel * scale, \
             f"output {i}: max abs error {err:.3g} > {rel} x output scale {scale:.3g}"
+
+
+def replace_initializer(m: onnx.ModelProto, name: str, value: np.ndarray) -> None:
+    """Give the initializer `name` of `m` a new value (float32)."""
+    for init in m.graph.initializer:
+        if init.name == name:
+            init.CopyFrom(const(name, value))
+            return
+    raise KeyError(name)
+
+
+def zero_one_scale(m: onnx.ModelProto, channel: int, name: str = "norm.scale") -> None:
+    """Set one channel of a norm's scale to 0: a fold that divides by it must refuse."""
+    scale = next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == name).copy()
+    scale[channel] = 0.0
+    replace_initializer(m, name, scale)

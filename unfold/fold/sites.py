@@ -42,6 +42,16 @@ class NormSite:
     def channels(self) -> int:
         return self.affine.channels
 
+    def remove_into_input_maker(self) -> None:
+        """Once the affine lives in what produces the norm's input (rules 2 and 6): that node
+        produces the norm's output instead (its other readers, Shape ops, follow), and the
+        norm's own nodes fall away."""
+        maker = self.input.inputs[0]
+        for reader in [n for n in self.input.outputs if n is not self.nodes[0]]:
+            reader.inputs[reader.inputs.index(self.input)] = self.output
+        self.nodes[-1].outputs.clear()
+        maker.outputs[maker.outputs.index(self.input)] = self.output
+
 
 @dataclass
 class _Step:

@@ -10,7 +10,7 @@ from onnx import helper
 
 from unfold.fold import fold_model
 
-from ..helpers import RNG, assert_same_outputs, const, model, norm_constants
+from ..helpers import RNG, assert_same_outputs, const, model, norm_constants, zero_one_scale
 
 N = helper.make_node
 NORM = [N("Mul", ["x", "norm.scale"], ["scaled"], name="norm_mul"),
@@ -92,11 +92,7 @@ def test_does_not_move_past_a_concat_of_channels_or_of_another_tensor() -> None:
 
 def test_refuses_a_constant_part_when_the_scale_has_a_zero() -> None:
     m = _cls_token(expand=False)
-    for init in m.graph.initializer:
-        if init.name == "norm.scale":
-            scale = onnx.numpy_helper.to_array(init).copy()
-            scale[3] = 0.0
-            init.CopyFrom(const("norm.scale", scale))
+    zero_one_scale(m, 3)
     folded, report = fold_model(m)
     (site,) = report.sites
     assert site.status == "stayed"

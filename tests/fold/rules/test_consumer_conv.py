@@ -11,7 +11,7 @@ from onnx import helper
 
 from unfold.fold import fold_model
 
-from ..helpers import RNG, assert_same_outputs, const, model, norm_constants
+from ..helpers import RNG, assert_same_outputs, const, model, norm_constants, zero_one_scale
 
 N = helper.make_node
 C = 8
@@ -68,11 +68,7 @@ def test_a_padding_conv_takes_only_the_scale(group: int) -> None:
 
 def test_a_padding_conv_with_a_zero_scale_keeps_the_norm() -> None:
     m = _tokens_to_conv([1, 1, 1, 1])
-    for init in m.graph.initializer:
-        if init.name == "norm.scale":
-            scale = onnx.numpy_helper.to_array(init).copy()
-            scale[0] = 0.0
-            init.CopyFrom(const("norm.scale", scale))
+    zero_one_scale(m, 0)
     folded, report = fold_model(m)
     (site,) = report.sites
     assert site.status == "stayed"

@@ -10,7 +10,14 @@ from onnx import helper
 
 from unfold.fold import fold_model
 
-from ..helpers import RNG, assert_same_outputs, const, model, norm_constants
+from ..helpers import (
+    RNG,
+    assert_same_outputs,
+    const,
+    model,
+    norm_constants,
+    replace_initializer,
+)
 
 N = helper.make_node
 NORM = [N("Mul", ["t", "norm.scale"], ["scaled"], name="norm_mul"),
@@ -89,11 +96,8 @@ def test_does_not_apply_where_it_would_be_wrong(extra_reader: bool, reason: str 
 
 def test_a_scale_that_overflows_the_weights_is_not_folded() -> None:
     m = _patch_embed([0, 0, 0, 0])
-    for init in m.graph.initializer:
-        if init.name == "norm.scale":
-            init.CopyFrom(const("norm.scale", np.full(8, 3e38)))
-        if init.name == "W":
-            init.CopyFrom(const("W", np.full((8, 3, 2, 2), 10.0)))
+    replace_initializer(m, "norm.scale", np.full(8, 3e38))
+    replace_initializer(m, "W", np.full((8, 3, 2, 2), 10.0))
     folded, report = fold_model(m)
     (site,) = report.sites
     assert site.status == "stayed"

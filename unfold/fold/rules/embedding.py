@@ -105,11 +105,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         node.inputs[slot] = gs.Constant(names.new(node.inputs[slot].name), value)
         if is_table:
             tables.append(node.name)
-    maker = site.input.inputs[0]
-    for reader in [n for n in site.input.outputs if n is not site.nodes[0]]:  # Shape readers
-        reader.inputs[reader.inputs.index(site.input)] = site.output
-    site.nodes[-1].outputs.clear()
-    maker.outputs[maker.outputs.index(site.input)] = site.output
+    site.remove_into_input_maker()
     report.absorbed_by += tables
     report.path.append("folded into the embedding tables " +
                        ", ".join(f"'{t}'" for t in tables))

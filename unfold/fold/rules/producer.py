@@ -162,12 +162,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         bias_slot[0].inputs[bias_slot[1]] = new_bias
     elif can_add_bias:
         linear.inputs.append(new_bias)
-    # the node that made the norm's input now makes its output; the norm's nodes fall away
-    maker = site.input.inputs[0]
-    for reader in [n for n in site.input.outputs if n is not site.nodes[0]]:  # Shape readers
-        reader.inputs[reader.inputs.index(site.input)] = site.output
-    site.nodes[-1].outputs.clear()
-    maker.outputs[maker.outputs.index(site.input)] = site.output
+    site.remove_into_input_maker()
     report.absorbed_by.append(linear.name)
     report.path.append(f"folded into its producer {linear.op} '{linear.name}'")
     report.max_abs_weight_before = max(report.max_abs_weight_before,
