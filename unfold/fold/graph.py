@@ -104,6 +104,42 @@ def matching_axis(source: object, target: object, axis: int) -> int | None:
     return None
 
 
+# ops that move data around without mixing it: a channel axis can be followed through them
+LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+
+def channel_axis_across(node: gs.Node, axis: int, *, forward: bool) -> int | None:
+    """Where a layout op puts axis `axis`: of its output, given the axis of its input
+    (`forward`), or of its input, given the axis of its output. None when the axis does not
+    survive whole (or a shape is unknown)."""
+    before, after = (getattr(node.inputs[0], "shape", None),
+                     getattr(node.outputs[0], "shape", None))
+    if node.op == "Identity":
+        return axis
+    if node.op == "Transpose":
+        if not isinstance(before, (list, tuple)):
+            return None
+        perm = [int(p) for p in node.attrs.get("perm", reversed(range(len(before))))]
+        return perm.index(axis) if forward else perm[axis]
+    return matching_axis(before, after, axis) if forward else \
+        matching_axis(after, before, axis)
+
+
+def bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
+    """The Add(c) that follows a MatMul as the only reader of its values, with c a (C_out,)
+    constant, as (the Add, the slot of c)."""
+    out = matmul.outputs[0]
+    readers = value_readers(out)
+    if out.name in graph_outputs or len(readers) != 1 or readers[0].op != "Add":
+        return None
+    add = readers[0]
+    for index, tensor in enumerate(add.inputs):
+        value = constant_value(tensor)
+        if tensor is not out and value is not None and value.ndim == 1:
+            return add, index
+    return None
+
+
 def rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return len(shape) if shape is not None else None

@@ -17,16 +17,19 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, fold_into_conv_consumer
-from unfold.fold.graph import Names, constant_value, matching_axis, value_readers
+from unfold.fold.graph import (
+    LAYOUT_OPS,
+    Names,
+    channel_axis_across,
+    constant_value,
+    value_readers,
+)
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
 
 NAME = "consumer-conv"
 ALGEBRA = "Conv(W, a⊙x + b) = Conv(W·a, x) + ΣW b; with padding, only W·a (b⊘a stays)"
-
-LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
 
 def _trace_forward(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, gs.Tensor] | None:
     """(the Conv that reads the norm through layout ops only with the norm's channels on its
@@ -47,19 +50,10 @@ def _trace_forward(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, gs
             return (node, tensor) if axis == 1 else None
         if node.op not in LAYOUT_OPS:
             return None
-        out = node.outputs[0]
-        if node.op == "Transpose":
-            perm = list(node.attrs.get("perm", reversed(range(len(shape)))))
-            axis = perm.index(axis)
-        elif node.op != "Identity":
-            moved = matching_axis(getattr(tensor, "shape", None), getattr(out, "shape", None),
-                                  axis)
-            if moved is None:
-                return None
-            axis = moved
-        tensor, shape = out, getattr(out, "shape", None)
-        if shape is None:
+        moved = channel_axis_across(node, axis, forward=True)
+        if moved is None:
             return None
+        tensor, axis = node.outputs[0], moved
 
 
 def _pads_nothing(conv: gs.Node) -> bool:

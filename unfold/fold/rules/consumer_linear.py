@@ -14,7 +14,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldedLinear, FoldRejected, fold_into_gemm, fold_into_matmul
-from unfold.fold.graph import Names, constant_value
+from unfold.fold.graph import Names, bias_add, constant_value
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -43,19 +43,6 @@ def _why_not(node: gs.Node, site: NormSite) -> str | None:
     return None
 
 
-def _bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
-    """The Add(c) that follows a MatMul as its only reader, with c a (C_out,) constant."""
-    out = matmul.outputs[0]
-    if out.name in graph_outputs or len(out.outputs) != 1 or out.outputs[0].op != "Add":
-        return None
-    add = out.outputs[0]
-    for index, tensor in enumerate(add.inputs):
-        value = constant_value(tensor)
-        if tensor is not out and value is not None and value.ndim == 1:
-            return add, index
-    return None
-
-
 def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> Outcome:
     """Fold `site` into every reader that can take it; gone when all of them did."""
     graph_outputs = {t.name for t in graph.outputs}
@@ -77,7 +64,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
                 continue
             bias_slot = (node, 2) if len(node.inputs) > 2 else None
         else:
-            bias_slot = _bias_add(node, graph_outputs)
+            bias_slot = bias_add(node, graph_outputs)
             bias = constant_value(bias_slot[0].inputs[bias_slot[1]]) if bias_slot else None
         if bias is not None and bias.ndim != 1:
             bias = None

@@ -20,16 +20,21 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, fold_into_producer
-from unfold.fold.graph import Names, constant_value, matching_axis, value_readers
+from unfold.fold.graph import (
+    LAYOUT_OPS,
+    Names,
+    bias_add,
+    channel_axis_across,
+    constant_value,
+    rank,
+    value_readers,
+)
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
 
 NAME = "producer"
 ALGEBRA = "A(x ⊛ W + c) = x ⊛ (W·a) + (a⊙c + b), back through layout ops"
-
-LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
 
 def _sole_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
     """The one node that reads `tensor`'s values (Shape readers aside: the fold keeps shapes)."""
@@ -39,68 +44,39 @@ def _sole_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
     return readers[0]
 
 
-def _static(shape: object) -> list[int | str | None] | None:
-    return list(shape) if isinstance(shape, (list, tuple)) else None
-
-
-def _trace_back(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, int] | str:
+def _trace_back(site: NormSite, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
     """(the node that produces the norm's input through layout ops only, the channel axis of
-    its output), or why there is none."""
+    its output), or None."""
     tensor, reader = site.input, site.nodes[0]
-    shape = _static(getattr(tensor, "shape", None))
-    if shape is None:
-        return f"the rank of '{tensor.name}' is unknown"
-    axis = len(shape) - 1
+    axis = rank(tensor)
+    if axis is None:
+        return None
+    axis -= 1
     while True:
-        if _sole_reader(tensor, graph_outputs) is not reader:
-            return f"'{tensor.name}' is read elsewhere too"
-        if len(tensor.inputs) != 1:
-            return f"'{tensor.name}' is a graph input or constant"
+        if _sole_reader(tensor, graph_outputs) is not reader or len(tensor.inputs) != 1:
+            return None
         node = tensor.inputs[0]
         if node.op not in LAYOUT_OPS:
             return node, axis
-        if node.op == "Transpose":
-            in_shape = _static(getattr(node.inputs[0], "shape", None))
-            if in_shape is None:
-                return f"the rank of '{node.inputs[0].name}' is unknown"
-            perm = list(node.attrs.get("perm", reversed(range(len(in_shape)))))
-            axis = int(perm[axis])
-        elif node.op != "Identity":
-            before = matching_axis(getattr(node.outputs[0], "shape", None),
-                                   getattr(node.inputs[0], "shape", None), axis)
-            if before is None:
-                return f"{node.op} '{node.name}' does not keep the channel axis whole"
-            axis = before
-        tensor, reader = node.inputs[0], node
-
-
-def _bias_add(matmul_out: gs.Tensor, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
-    """The MatMul's bias Add (its only reader, a (C,) constant), as (node, constant slot)."""
-    add = _sole_reader(matmul_out, graph_outputs)
-    if add is None or add.op != "Add":
-        return None
-    for slot, tensor in enumerate(add.inputs):
-        value = constant_value(tensor)
-        if tensor is not matmul_out and value is not None and value.ndim == 1:
-            return add, slot
-    return None
+        before = channel_axis_across(node, axis, forward=False)
+        if before is None:
+            return None
+        tensor, reader, axis = node.inputs[0], node, before
 
 
 def _linear(node: gs.Node, axis: int, graph_outputs: set[str]):
     """(linear node, weight's output-channel axis, (bias node, slot) or None, may add a bias) for
     the producer `node` with channel axis `axis`; a reason when it is a linear op that cannot
     take the norm; None when it is no linear op at all."""
-    rank = len(_static(getattr(node.outputs[0], "shape", None)) or [])
+    out_rank = rank(node.outputs[0]) or 0
     matmul_bias = None
     if node.op == "Add" and len(node.inputs) == 2:  # MatMul -> Add(bias)
-        for slot, tensor in enumerate(node.inputs):
-            data = node.inputs[1 - slot]
-            value = constant_value(tensor)
-            if value is not None and value.ndim == 1 and len(data.inputs) == 1 and \
-                    data.inputs[0].op == "MatMul" and _bias_add(data, graph_outputs) == \
-                    (node, slot):
-                matmul_bias, node = (node, slot), data.inputs[0]
-                break
+        for data in node.inputs:
+            if len(data.inputs) == 1 and data.inputs[0].op == "MatMul":
+                found = bias_add(data.inputs[0], graph_outputs)
+                if found is not None and found[0] is node:
+                    matmul_bias, node = found, data.inputs[0]
+                    break
     what = f"its producer {node.op} '{node.name}'"
     if node.op == "Conv":
         if axis != 1:
@@ -114,7 +90,7 @@ def _linear(node: gs.Node, axis: int, graph_outputs: set[str]):
         weight = constant_value(node.inputs[1])
         if weight is None or weight.ndim != 2:
             return f"{what} has no constant 2-D weight"
-        if axis != rank - 1:
+        if axis != out_rank - 1:
             return f"{what} has its channels on the last axis, the norm on axis {axis}"
         return node, 1, matmul_bias, False
     if node.op == "Gemm":
@@ -134,7 +110,7 @@ def _linear(node: gs.Node, axis: int, graph_outputs: set[str]):
 def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> Outcome:
     graph_outputs = {t.name for t in graph.outputs}
     traced = _trace_back(site, graph_outputs)
-    if isinstance(traced, str):
+    if traced is None:
         return Outcome()  # the usual case (a norm on the residual stream): nothing to say
     found = _linear(*traced, graph_outputs)
     if found is None:
