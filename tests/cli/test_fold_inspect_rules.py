@@ -128,7 +128,8 @@ def test_unknown_skip(tmp_path: Path) -> None:
     _assert_user_error(_invoke("fold", _write(tmp_path), "--out", tmp_path / "o.onnx",
                                "--skip", "nope"), 2,
                        "unknown rule(s) ['nope']; valid: producer, consumer-linear, "
-                       "consumer-conv, pass-through, concat, residual-add, embedding")
+                       "consumer-conv, pass-through, concat, residual-add, pending-shift, "
+                       "embedding")
 
 
 def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
@@ -154,5 +155,5 @@ def test_rules_lists_the_registry() -> None:
     result = _invoke("rules")
     assert result.exit_code == 0
     for name in ("producer", "consumer-linear", "consumer-conv", "pass-through", "concat",
-                 "residual-add", "embedding"):
+                 "residual-add", "pending-shift", "embedding"):
         assert name in result.stdout

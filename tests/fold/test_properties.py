@@ -1,5 +1,6 @@
 """Property-based: random stacks of pre-/post-norm blocks (random widths, depths, fused or
-separate q/k/v, layout ops between blocks, cls-token or mean pooling), exported to ONNX, then
+separate q/k/v, layout ops between blocks, cls-token or mean pooling, a stem whose norm feeds a
+bias-less linear: its shift becomes pending, like Swin's patch merging), exported to ONNX, then
 folded. Always: outputs equal to the original, never more normalization ops than before,
 folding twice = once."""
 
@@ -56,8 +57,10 @@ def _layout(x: torch.Tensor, kind: str) -> torch.Tensor:
 
 class Stack(nn.Module):
     def __init__(self, dim, heads, depth, fused, post_norm, pooling, final_norm,
-                 layout) -> None:
+                 layout, stem) -> None:
         super().__init__()
+        self.stem = nn.Sequential(UnifiedNorm(dim), nn.Linear(dim, dim, bias=False)) if stem \
+            else nn.Identity()
         self.blocks = nn.ModuleList(Block(dim, heads, fused, post_norm) for _ in range(depth))
         self.final = UnifiedNorm(dim) if final_norm else nn.Identity()
         self.pooling = pooling
@@ -65,6 +68,7 @@ class Stack(nn.Module):
         self.head = nn.Linear(dim, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
         for block in self.blocks:
             x = _layout(block(x), self.layout)
         x = self.final(x)
@@ -77,7 +81,7 @@ stacks = st.fixed_dictionaries({
     "depth": st.integers(1, 3), "fused": st.booleans(), "post_norm": st.booleans(),
     "pooling": st.sampled_from(["cls", "mean", "none"]), "final_norm": st.booleans(),
     "layout": st.sampled_from(["none", "roll", "flatten", "transpose"]),
-    "seed": st.integers(0, 2**16),
+    "stem": st.booleans(), "seed": st.integers(0, 2**16),
 })
 
 

@@ -125,6 +125,43 @@ def channel_axis_across(node: gs.Node, axis: int, *, forward: bool) -> int | Non
         matching_axis(after, before, axis)
 
 
+def reshape_last_dim(node: gs.Node) -> int | None:
+    """The last dim of a Reshape's output, where it is known: from a constant target, from
+    shape inference, or from torch's flatten idiom, which targets Concat(Shape(x)[:k], [-1]),
+    making it the product of x's (static) dims from k on. (The Shape may read another tensor
+    of x's shape: the fold points Shape readers past the affines it moves.)"""
+    target = constant_value(node.inputs[1])
+    if target is not None and target.size and int(target.reshape(-1)[-1]) > 0:
+        return int(target.reshape(-1)[-1])
+    out_shape = getattr(node.outputs[0], "shape", None)
+    if out_shape and isinstance(out_shape[-1], int):
+        return out_shape[-1]
+    concat = node.inputs[1].inputs[0] if len(node.inputs[1].inputs) == 1 else None
+    if concat is None or concat.op != "Concat" or len(concat.inputs) != 2:
+        return None
+    head, tail = concat.inputs
+    slice_ = head.inputs[0] if len(head.inputs) == 1 else None
+    tail_value = constant_value(tail)
+    if slice_ is None or slice_.op != "Slice" or tail_value is None or \
+            tail_value.reshape(-1).tolist() != [-1] or len(slice_.inputs) not in (3, 4):
+        return None
+    shape_op = slice_.inputs[0].inputs[0] if len(slice_.inputs[0].inputs) == 1 else None
+    starts, ends = constant_value(slice_.inputs[1]), constant_value(slice_.inputs[2])
+    axes = constant_value(slice_.inputs[3]) if len(slice_.inputs) == 4 else None
+    in_shape = getattr(node.inputs[0], "shape", None)
+    if shape_op is None or shape_op.op != "Shape" or in_shape is None or \
+            list(getattr(shape_op.inputs[0], "shape", None) or []) != list(in_shape) \
+            or shape_op.attrs.get("start", 0) != 0 or "end" in shape_op.attrs or \
+            starts is None or ends is None or starts.reshape(-1).tolist() != [0] or \
+            (axes is not None and axes.reshape(-1).tolist() != [0]):
+        return None
+    k = int(ends.reshape(-1)[0])
+    if not 0 <= k < len(in_shape) or None in list(in_shape[:k]):
+        return None  # (an unknown dim is no proof that the two shapes agree)
+    rest = in_shape[k:]
+    return int(np.prod(rest)) if all(isinstance(d, int) for d in rest) else None
+
+
 def bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
     """The Add(c) that follows a MatMul as the only reader of its values, with c a (C_out,)
     constant, as (the Add, the slot of c)."""

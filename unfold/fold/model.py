@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Collection
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
@@ -17,7 +18,8 @@ from unfold.fold.graph import SHAPE_READERS, Names, emit_affine, rank
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
-from unfold.fold.sites import NormSite, find_sites
+from unfold.fold.rules.pending_shift import REASON as PENDING_SHIFT_REASON
+from unfold.fold.sites import LINEAR_PRODUCERS, NormSite, find_sites
 from unfold.fold.weights import infer_shapes, weightless_model, write_back
 
 # One move per round; a site moves past each op at most once, so no graph needs more rounds
@@ -70,7 +72,7 @@ def _drop_layout_round_trips(graph: gs.Graph) -> None:
         second.outputs.clear()
 
 
-COMPACT_FORMS = (("Mul", "Add"), ("Mul",))
+COMPACT_FORMS = (("Mul", "Add"), ("Mul",), ("Add",))
 
 
 def _compact(site: NormSite, graph: gs.Graph, names: Names) -> bool:
@@ -84,6 +86,36 @@ def _compact(site: NormSite, graph: gs.Graph, names: Names) -> bool:
     emit_affine(site.input, site.output, affine.scale, affine.shift, site.dtype, graph, names,
                 base=site.name)
     return True
+
+
+def _settled_status(site: NormSite, graph: gs.Graph, report: SiteReport) -> str:
+    """How a site that no rule moves any more ends."""
+    if site.output.name in {t.name for t in graph.outputs}:
+        return "materialized"  # once; any other reader of the output reads that same value
+    producer = site.input.inputs[0] if len(site.input.inputs) == 1 else None
+    if len(site.nodes) == 1 and site.nodes[0].op == "Add" and producer is not None and \
+            producer.op in LINEAR_PRODUCERS and np.all(site.affine.scale == 1.0):
+        # what other rules said of a norm that is gone no longer matters; why its shift
+        # did not go on does
+        report.reasons[:] = [r for r in report.reasons if r.startswith(PENDING_SHIFT_REASON)]
+        report.path.append(f"its shift stays as the bias of {producer.op} '{producer.name}'")
+        return "folded"  # a pending shift after a bias-less linear: that linear's bias now
+    return "partial" if report.absorbed_by else "stayed"
+
+
+def _end(report: SiteReport, ended: dict[str, list[str]], status: str) -> None:
+    """A piece of a site ended (a norm folded into a bias-less q, k and v leaves three pending
+    shifts): the site's status sums up all its pieces."""
+    statuses = ended.setdefault(report.name, [])
+    statuses.append(status)
+    if set(statuses) <= {"folded"}:
+        report.status = "folded"
+    elif set(statuses) <= {"folded", "materialized"}:
+        report.status = "materialized"
+    elif set(statuses) == {"stayed"}:
+        report.status = "stayed"
+    else:
+        report.status = "partial"
 
 
 def _op_counts(model: onnx.ModelProto) -> Counter[str]:
@@ -124,9 +156,10 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
     # node name -> the site it carries (moved nodes keep the name of where they came from)
     origin: dict[str, str] = {n.name: site.name for site in find_sites(graph) for n in site.nodes}
     settled: set[tuple[str, ...]] = set()  # chains no rule changes any more
+    ended: dict[str, list[str]] = {}  # site -> how each of its pieces ended
     for _ in range(MAX_MOVES_PER_NODE * len(graph.nodes) + 16):
         moved = False
-        for site in find_sites(graph):
+        for site in find_sites(graph, carried={name for name in origin if name}):
             chain = tuple(n.name for n in site.nodes)
             if chain in settled:
                 continue
@@ -144,7 +177,7 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
             outcome = Outcome()
             for rule in rules:
                 outcome = rule.apply(site, graph, names, report)
-                if outcome.gone:
+                if outcome.gone or outcome.moved_to:
                     break
             if outcome.moved_to:
                 origin.update((n.name, key) for n in outcome.moved_to)
@@ -153,22 +186,19 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
                 # norm (rule 4), which must not fold into its readers on its own first (each
                 # pending affine would be folded into every linear downstream: O(depth²))
                 break
-            elif outcome.gone:
+            if outcome.gone:
                 report.reasons.clear()  # what a rule tried before another took it
-                report.status = "partial" if outcome.left else "folded"
                 if outcome.left:
                     report.reasons.append(outcome.left)
+                _end(report, ended, "partial" if outcome.left else "folded")
             else:
                 settled.add(chain)
-                # at a graph output the affine is materialized once; any other reader
-                # of the output reads that same value
-                at_output = site.output.name in {t.name for t in graph.outputs}
-                report.status = ("materialized" if at_output
-                                 else "partial" if report.absorbed_by else "stayed")
+                _end(report, ended, _settled_status(site, graph, report))
         graph.cleanup().toposort()
         if not moved:
             break
-    for site in find_sites(graph):  # what stayed: one Mul and one Add each, no more
+    for site in find_sites(graph, carried={name for name in origin if name}):
+        # what stayed: one Mul and one Add each, no more
         if _compact(site, graph, names):
             key = origin.get(site.nodes[0].name, site.name)
             if key in reports:

@@ -8,11 +8,14 @@ authors' eval form exports once its constant Sqrt/Div subgraph is folded (Div, M
 how hand-written Sub/Div/Mul/Add norms and LayerScale constants look.
 
 Not sites: an Add of a per-channel constant right after a MatMul/Gemm/Conv (that is the linear's
-bias), and chains whose constants are all scalars (attention's 1/sqrt(d) scaling).
+bias), and chains whose constants are all scalars (attention's 1/sqrt(d) scaling), unless the
+fold itself made the chain: a norm's shift left behind by a bias-less linear (rule 1) is a
+*pending shift*, a site of one Add that the fold carries on (rules 3, 5 and 8).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -99,8 +102,38 @@ def _only_reader(tensor: gs.Tensor, graph_outputs: set[str]) -> gs.Node | None:
     return tensor.outputs[0]
 
 
-def find_sites(graph: gs.Graph) -> list[NormSite]:
-    """Every offline affine chain of the graph, in topological order of their first node."""
+def _chain_from(step: _Step, step_of: Callable[[gs.Node], _Step | None],
+                graph_outputs: set[str]) -> list[_Step]:
+    """The chain that starts at `step`: each next step the only reader of the one before."""
+    chain = [step]
+    while True:
+        reader = _only_reader(chain[-1].node.outputs[0], graph_outputs)
+        following = step_of(reader) if reader is not None else None
+        if following is None or following.data is not chain[-1].node.outputs[0]:
+            return chain
+        chain.append(following)
+
+
+def site_starting_at(node: gs.Node, graph: gs.Graph) -> NormSite | None:
+    """The offline affine chain whose first node is `node` (as far as its single readers go),
+    or None when `node` is no per-channel affine step."""
+    first = _affine_step(node)
+    if first is None:
+        return None
+    return _site(_chain_from(first, _affine_step, {t.name for t in graph.outputs}))
+
+
+def _site(chain: list[_Step]) -> NormSite:
+    return NormSite(
+        nodes=[s.node for s in chain], input=chain[0].data, output=chain[-1].node.outputs[0],
+        affine=_compose(chain), kind="offline affine (" + "/".join(
+            dict.fromkeys(s.node.op for s in chain)) + ")", dtype=chain[0].dtype)
+
+
+def find_sites(graph: gs.Graph, carried: Set[str] = frozenset()) -> list[NormSite]:
+    """Every offline affine chain of the graph, in topological order of their first node.
+    `carried`: names of nodes the fold made to carry a site; a chain of only those is a site
+    even where it looks like a bias (a pending shift)."""
     graph_outputs = {t.name for t in graph.outputs}
     steps = {id(n): s for n in graph.nodes if (s := _affine_step(n)) is not None}
     taken: set[int] = set()
@@ -116,14 +149,11 @@ def find_sites(graph: gs.Graph) -> list[NormSite]:
                     or _only_reader(start.data, graph_outputs) is not start.node):
                 break
             start = steps[id(producer)]
-        chain = [start]
-        while True:
-            reader = _only_reader(chain[-1].node.outputs[0], graph_outputs)
-            if reader is None or id(reader) not in steps or steps[id(reader)].data is not \
-                    chain[-1].node.outputs[0]:
-                break
-            chain.append(steps[id(reader)])
+        chain = _chain_from(start, lambda n: steps.get(id(n)), graph_outputs)
         taken.update(id(s.node) for s in chain)
+        if all(s.node.name in carried for s in chain):
+            sites.append(_site(chain))
+            continue
         # an Add right after a linear op is that op's bias, not part of a norm
         while chain and chain[0].node.op == "Add" and chain[0].data.inputs and \
                 chain[0].data.inputs[0].op in LINEAR_PRODUCERS:
@@ -132,10 +162,7 @@ def find_sites(graph: gs.Graph) -> list[NormSite]:
             continue
         if not any(s.node.op in ("Mul", "Div") for s in chain):
             continue
-        sites.append(NormSite(
-            nodes=[s.node for s in chain], input=chain[0].data, output=chain[-1].node.outputs[0],
-            affine=_compose(chain), kind="offline affine (" + "/".join(
-                dict.fromkeys(s.node.op for s in chain)) + ")", dtype=chain[0].dtype))
+        sites.append(_site(chain))
     return sites
 
 

@@ -84,3 +84,48 @@ def test_refuses_ops_that_touch_the_channel_axis(case: str) -> None:
     assert any(reason in r for r in site.reasons), site.reasons
     assert report.ops_after == report.ops_before
     assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 5, 8)).astype(np.float32)})
+
+
+MERGES = {
+    "reshape_two_tokens_side_by_side": (
+        [N("Reshape", ["normed", "shape"], ["moved"])], [_int64("shape", [0, 2, 16])],
+        ["N", 4, 8], ["N", 2, 3]),
+    "flatten_tokens_and_channels": (
+        [N("Flatten", ["normed"], ["moved"], axis=1)], [], ["N", 2, 8], ["N", 3]),
+    "torch_flatten_idiom_with_a_dynamic_batch": (  # x.flatten(2): Concat(Shape(x)[:2], [-1])
+        [N("Shape", ["normed"], ["shape"]), N("Slice", ["shape", "s", "e"], ["head_dims"]),
+         N("Concat", ["head_dims", "minus_one"], ["target"], axis=0),
+         N("Reshape", ["normed", "target"], ["moved"])],
+        [_int64("s", [0]), _int64("e", [2]), _int64("minus_one", [-1])],
+        ["N", 3, 2, 8], ["N", 3, 3]),
+}
+
+
+@pytest.mark.parametrize("case", list(MERGES))
+def test_moves_past_a_merge_of_channel_vectors_with_the_affine_tiled(case: str) -> None:
+    """Patch merging: k channel vectors side by side on the last axis take a and b tiled."""
+    between, extra, x_shape, out_shape = MERGES[case]
+    inits = norm_constants(8) + [const("W", RNG.normal(size=(16, 3))),
+                                 const("c", RNG.normal(size=3))] + extra
+    m = model(NORM + between + HEAD, inits, {"x": x_shape}, {"y": out_shape})
+    folded, report = fold_model(m)
+    (site,) = report.sites
+    assert site.status == "folded", site.reasons
+    assert "(2 channel vectors side by side)" in site.path[0], site.path
+    assert site.absorbed_by == ["head"]
+    assert report.ops_after["Mul"] == 0 and report.ops_after["Add"] == 1
+    x = RNG.normal(size=[3 if d == "N" else d for d in x_shape]).astype(np.float32)
+    assert_same_outputs(m, folded, {"x": x})
+
+
+def test_no_merge_when_the_last_dim_is_no_multiple_of_the_channels() -> None:
+    """(2, 3, 8) -> (2, 2, 12): channel j of an output row is not j mod 8 for every row."""
+    m = model(NORM + [N("Reshape", ["normed", "shape"], ["moved"], name="merge")],
+              norm_constants(8) + [_int64("shape", [0, 2, 12])], {"x": [2, 3, 8]},
+              {"moved": [2, 2, 12]})
+    folded, report = fold_model(m)
+    (site,) = report.sites
+    assert site.status == "stayed"
+    assert "cannot move past Reshape 'merge': its output's last dimension is 12, not the 8 " \
+        "channels" in site.reasons, site.reasons
+    assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 3, 8)).astype(np.float32)})

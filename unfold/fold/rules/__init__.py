@@ -10,14 +10,16 @@ from unfold.fold.rules import (
     consumer_linear,
     embedding,
     pass_through,
+    pending_shift,
     producer,
     residual_add,
 )
 from unfold.fold.rules._outcome import Outcome
 
 # producer first: when it applies, the norm goes without any reader being rewired
+# pending-shift after the single-reader rules: it handles a shift with several readers
 # embedding last: only where nothing else takes the norm (see its module)
 RULES = {rule.NAME: rule for rule in (producer, consumer_linear, consumer_conv, pass_through,
-                                      concat, residual_add, embedding)}
+                                      concat, residual_add, pending_shift, embedding)}
 
 __all__ = ["RULES", "Outcome"]

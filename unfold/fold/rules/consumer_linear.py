@@ -6,6 +6,9 @@ Gemm transB: W' = W·a on B's columns, c' = W b + c
 Conditions:  W constant, 2-D; the norm's output is the op's first input; Gemm with alpha =
              beta = 1 and transA = 0. Every reader gets its own copy of the weights (q, k and v
              each); a reader that cannot absorb keeps the norm, for that reader only.
+A MatMul without a bias Add leaves b @ W as an Add of its own after it: a *pending shift*,
+which the driver hands on (rules 3, 5) like any moved affine; where it stays, it is that
+MatMul's bias (the no-norm twin's MatMul has none: one Add more).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
     graph_outputs = {t.name for t in graph.outputs}
     readers = list(site.output.outputs)
     affine = site.affine
+    pending: list[gs.Node] = []
     for node in readers:
         reason = _why_not(node, site)
         if reason is not None:
@@ -86,8 +90,9 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
             out = node.outputs[0]
             pre = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
             node.outputs[0] = pre
-            graph.nodes.append(gs.Node("Add", names.new(f"{node.name}_shift"),
-                                       inputs=[pre, new_bias], outputs=[out]))
+            pending.append(gs.Node("Add", names.new(f"{node.name}_shift"),
+                                   inputs=[pre, new_bias], outputs=[out]))
+            graph.nodes.append(pending[-1])
         node.inputs[0] = site.input
         report.absorbed_by.append(node.name)
         report.max_abs_weight_before = max(report.max_abs_weight_before,
@@ -99,4 +104,4 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
     gone = not site.output.outputs and site.output.name not in graph_outputs
     if gone:
         site.nodes[-1].outputs.clear()
-    return Outcome(gone=gone)
+    return Outcome(gone=gone, moved_to=pending)

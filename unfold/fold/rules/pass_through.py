@@ -9,13 +9,17 @@ Conditions:  R is the norm's only reader, reads it as its data input, and keeps 
              Transpose with perm[-1] = last; Reshape whose target's last dim is C; Flatten at
              the last axis. Per-position selection, reshuffling and averaging of whole channel
              vectors all commute with a⊙x + b (averaging because the weights sum to one).
+Merging:     a Reshape or Flatten whose output's last dim is k·C (Swin's patch merging: 2x2
+             neighbours' channels side by side) takes a and b tiled k times: in row-major order
+             each output row starts at a multiple of C, so its element j is channel j mod C.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import Names, constant_value, place_affine_after, rank
+from unfold.fold.graph import Names, constant_value, place_affine_after, rank, reshape_last_dim
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -77,13 +81,7 @@ def keeps_channel_axis(node: gs.Node, site: NormSite) -> str | None:
         perm = list(node.attrs.get("perm", reversed(range(r))))
         return "it moves the channel axis" if perm[-1] != last else None
     if op == "Reshape":
-        target = constant_value(node.inputs[1])
-        out_shape = getattr(node.outputs[0], "shape", None)
-        last_dim = None
-        if target is not None and target.size and int(target.reshape(-1)[-1]) > 0:
-            last_dim = int(target.reshape(-1)[-1])
-        elif out_shape and isinstance(out_shape[-1], int):
-            last_dim = out_shape[-1]
+        last_dim = reshape_last_dim(node)
         if last_dim is None:
             return "its target's last dimension is not known"
         return f"its output's last dimension is {last_dim}, not the {site.channels} channels" \
@@ -92,6 +90,24 @@ def keeps_channel_axis(node: gs.Node, site: NormSite) -> str | None:
         axis = int(node.attrs.get("axis", 1)) % r if r else 0
         return None if axis == last else "it merges the channel axis with others"
     raise AssertionError(f"{op} is in MOVABLE_OPS without a condition")
+
+
+def merged_copies(node: gs.Node, site: NormSite) -> int | None:
+    """k when the Reshape or Flatten `node` puts k whole channel vectors side by side on its
+    output's last axis (k > 1, known), else None."""
+    if node.op not in ("Reshape", "Flatten") or site.channels == 1:
+        return None
+    last = reshape_last_dim(node) if node.op == "Reshape" else None
+    if node.op == "Flatten":
+        in_shape, r = getattr(node.inputs[0], "shape", None), rank(site.output)
+        axis = int(node.attrs.get("axis", 1))
+        if in_shape is None or r is None or not -r <= axis < r:
+            return None
+        tail = in_shape[axis % r:]
+        last = int(np.prod(tail)) if all(isinstance(d, int) for d in tail) else None
+    if not isinstance(last, int) or last <= site.channels or last % site.channels:
+        return None
+    return last // site.channels
 
 
 def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> Outcome:
@@ -105,7 +121,8 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
     if node.inputs[0] is not site.output or any(t is site.output for t in node.inputs[1:]):
         return Outcome()
     reason = keeps_channel_axis(node, site)
-    if reason is not None:
+    copies = merged_copies(node, site) if reason is not None else 1
+    if copies is None:
         report.reasons.append(f"cannot move past {node.op} '{node.name}': {reason}")
         return Outcome()
     if node.op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
@@ -114,7 +131,9 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
 
     node.inputs[0] = site.input
     site.nodes[-1].outputs.clear()
-    new_nodes = place_affine_after(node, site.affine.scale, site.affine.shift, site.dtype, graph,
-                                   names, base=f"{report.name}_after_{node.name}")
-    report.path.append(f"moved past {node.op} '{node.name}'")
+    new_nodes = place_affine_after(node, np.tile(site.affine.scale, copies),
+                                   np.tile(site.affine.shift, copies), site.dtype, graph, names,
+                                   base=f"{report.name}_after_{node.name}")
+    report.path.append(f"moved past {node.op} '{node.name}'" +
+                       (f" ({copies} channel vectors side by side)" if copies > 1 else ""))
     return Outcome(gone=True, moved_to=new_nodes)
