@@ -1,14 +1,14 @@
-"""Fold time and peak memory of `unfold.fold.fold_model` on big models: a ViT-B/16-sized
+"""Fold time and peak memory of `unfold fold` on big models: a ViT-B/16-sized
 pre-norm ViT (86M parameters) and a BERT-base-sized post-norm encoder, with UnifiedNorm.
 
     python benchmarks/fold_time.py            # both, exported with torch.onnx (dynamo)
     python benchmarks/fold_time.py --model vit_base
 
 Each model is exported once (not timed), then folded in a fresh process so the peak memory
-(VmHWM, this process's own peak resident set) is the fold's: loading the ONNX file, folding in
-place, checking and writing the result, as `unfold fold` does. The goal (issue 4): seconds,
-and peak memory under twice the weights (reported over the process's resident memory after
-its imports, and in total).
+(VmHWM, this process's own peak resident set) is the fold's: loading the ONNX file with its
+weights apart, folding, checking and writing the result, as `unfold fold` does. The goal
+(issue 4): seconds, and peak memory under twice the weights (reported over the process's
+resident memory after its imports, and in total).
 """
 
 from __future__ import annotations
@@ -48,17 +48,17 @@ def export(name: str, path: Path) -> None:
 
 
 def fold_child(path: Path) -> None:
-    """Runs in a fresh process: load, fold in place, write (as `unfold fold` does); prints one
+    """Runs in a fresh process: load, fold, write (as `unfold fold` does); prints one
     JSON line. `base_mib` is the process's resident memory after its imports, before the
     model: what the fold itself adds is peak - base."""
-    from unfold.fold import fold_model
-    from unfold.onnx_files import load_onnx, save_onnx_atomic
+    from unfold.fold import fold_parts
+    from unfold.onnx_files import load_onnx_parts, save_onnx_atomic
 
     base = peak_rss_mib()
     start = time.perf_counter()
-    model = load_onnx(path)
+    parts = load_onnx_parts(path)
     loaded = time.perf_counter()
-    folded, report = fold_model(model, in_place=True)
+    folded, report = fold_parts(parts)
     done = time.perf_counter()
     save_onnx_atomic(folded, path.with_name(path.stem + "-folded.onnx"))
     written = time.perf_counter()

@@ -11,9 +11,9 @@ from rich.table import Table
 
 from cli._common import run_command, stdout
 from unfold.errors import ExitCode
-from unfold.fold import FoldReport, fold_model
+from unfold.fold import FoldReport, fold_parts
 from unfold.fold.rules import RULES
-from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
+from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
 
 SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."
 
@@ -56,7 +56,7 @@ def fold(
 
     def body() -> ExitCode:
         target = check_output_path(out, force=force, inputs=(model,))
-        folded, report = fold_model(load_onnx(model), skip=skip, in_place=True)
+        folded, report = fold_parts(load_onnx_parts(model), skip=skip)
         if as_json:
             stdout.print_json(json.dumps(report.to_dict()))
         else:

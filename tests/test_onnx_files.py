@@ -15,8 +15,15 @@ from onnx import helper
 import unfold.onnx_files as onnx_files
 from tests.fold.helpers import RNG, assert_same_outputs, const, model, norm_constants
 from unfold.errors import UnfoldError
-from unfold.fold import fold_model
-from unfold.onnx_files import load_onnx, read_streaming, save_onnx_atomic, write_streaming
+from unfold.fold import ModelParts, fold_model, fold_parts
+from unfold.onnx_files import (
+    load_onnx,
+    load_onnx_parts,
+    read_parts,
+    read_streaming,
+    save_onnx_atomic,
+    write_streaming,
+)
 
 N = helper.make_node
 
@@ -46,7 +53,7 @@ def test_streaming_reads_what_onnx_load_reads(tmp_path: Path) -> None:
     m = _norm_then_linear()
     path = tmp_path / "m.onnx"
     onnx.save_model(m, str(path))
-    assert read_streaming(path) == onnx.load(str(path)) == m
+    assert read_streaming(path) == read_parts(path).to_model() == onnx.load(str(path)) == m
 
 
 @pytest.mark.parametrize("cut", [1, 100, -1])
@@ -91,3 +98,62 @@ def test_folding_in_place_changes_the_given_model_only_when_asked() -> None:
     assert folded is m
     assert not {"Mul"} & {n.op_type for n in m.graph.node}
     assert_same_outputs(copy, folded, {"x": RNG.normal(size=(3, 64)).astype(np.float32)})
+
+
+def test_parts_fold_file_to_file_with_external_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `unfold fold` does: the weights apart from load to write; the new ones (arrays)
+    and the kept ones (TensorProtos) both go to the data file."""
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    m = _norm_then_linear()
+    big = tmp_path / "big.onnx"
+    save_onnx_atomic(m, big)
+    parts = load_onnx_parts(big)
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in parts.weights.values()), \
+        "the external data is read in"
+    folded, report = fold_parts(parts)
+    assert [s.status for s in report.sites] == ["folded"]
+    assert any(isinstance(w, np.ndarray) for w in folded.weights.values())
+    out = tmp_path / "folded.onnx"
+    save_onnx_atomic(folded, out)
+    stored = onnx.load(str(out), load_external_data=False)
+    assert {t.name for t in stored.graph.initializer
+            if t.data_location == onnx.TensorProto.EXTERNAL} == {
+        name for name, w in load_onnx_parts(out).weights.items() if w.ByteSize() >= 1024}
+    feeds = {"x": RNG.normal(size=(3, 64)).astype(np.float32)}
+    assert_same_outputs(m, onnx.load(str(out)), feeds)  # onnx's own reader agrees
+
+
+def test_weights_in_typed_fields_and_constant_node_values_are_written(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """helper.make_tensor fills float_data, not raw_data; a Constant node's value becomes an
+    initializer whose TensorProto has another name. Both in the file and in external data."""
+    table = RNG.normal(size=(16, 64)).astype(np.float32)
+    nodes = [N("Constant", [], ["table"], value=helper.make_tensor(
+                 "", onnx.TensorProto.FLOAT, table.shape, table.reshape(-1).tolist())),
+             N("Add", ["x", "table"], ["t"]),
+             N("Mul", ["t", "norm.scale"], ["s"], name="norm_mul"),
+             N("Add", ["s", "norm.shift"], ["n"], name="norm_add"),
+             N("MatMul", ["n", "W"], ["y"], name="fc")]
+    weight = helper.make_tensor("W", onnx.TensorProto.FLOAT, (64, 8),
+                                RNG.normal(size=64 * 8).tolist())
+    m = model(nodes, norm_constants(64) + [weight], {"x": ["N", 16, 64]}, {"y": ["N", 16, 8]})
+    feeds = {"x": RNG.normal(size=(2, 16, 64)).astype(np.float32)}
+    for limit in (onnx_files.PROTOBUF_LIMIT, 4096):
+        monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", limit)
+        path = tmp_path / f"typed-{limit}.onnx"
+        save_onnx_atomic(m, path)
+        assert_same_outputs(m, onnx.load(str(path)), feeds)
+        folded, _ = fold_parts(load_onnx_parts(path))
+        assert "table" in folded.weights, "the Constant node's value, now an initializer"
+        out = tmp_path / f"typed-{limit}-folded.onnx"
+        save_onnx_atomic(folded, out)
+        assert_same_outputs(m, onnx.load(str(out)), feeds)
+
+
+def test_streaming_writes_parts_as_their_model() -> None:
+    m = _norm_then_linear()
+    folded, _ = fold_parts(ModelParts.viewing(m))
+    buffer = io.BytesIO()
+    write_streaming(folded, buffer)
+    assert onnx.load_from_string(buffer.getvalue()) == folded.to_model()

@@ -6,39 +6,81 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import numpy as np
 import onnx
 import onnx.external_data_helper
+import onnx.numpy_helper
 
 from unfold.errors import UnfoldError
-from unfold.fold.weights import proto_nbytes, weightless_model
+from unfold.fold.weights import (
+    ModelParts,
+    proto_nbytes,
+    weight_nbytes,
+    weight_proto,
+    weightless_model,
+    without_field,
+)
 
 PROTOBUF_LIMIT = 2**31 - 1
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
     """Load and check an ONNX model (external data from beside it)."""
-    path = Path(path)
-    if not path.exists():
-        raise UnfoldError(f"{path}: no such file")
-    if path.is_dir():
-        raise UnfoldError(f"{path} is a directory; give an .onnx file")
+    path = _existing_file(path)
     try:
         model = read_streaming(path)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except Exception as exc:  # protobuf raises DecodeError and friends
-        raise UnfoldError(f"{path} is not an ONNX model (or is truncated): "
-                          f"{type(exc).__name__}: {exc}") from None
-    if not model.graph.node and not model.graph.output:
+        raise _unreadable(path, exc) from None
+    _check(path, ModelParts.viewing(model))
+    return model
+
+
+def _existing_file(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise UnfoldError(f"{path}: no such file")
+    if path.is_dir():
+        raise UnfoldError(f"{path} is a directory; give an .onnx file")
+    return path
+
+
+def _unreadable(path: Path, exc: Exception) -> UnfoldError:
+    return UnfoldError(f"{path} is not an ONNX model (or is truncated): "
+                       f"{type(exc).__name__}: {exc}")
+
+
+def _check(path: Path, parts: ModelParts) -> None:
+    graph = parts.skeleton.graph
+    if not graph.node and not graph.output:
         raise UnfoldError(f"{path} holds no ONNX graph (is it an ONNX file?)")
     try:  # on a weightless copy: checking the model itself serializes every weight once more
-        onnx.checker.check_model(weightless_model(model), full_check=True)
+        onnx.checker.check_model(weightless_model(parts), full_check=True)
     except Exception as exc:
         raise UnfoldError(f"{path} fails onnx.checker: {exc}") from None
-    return model
+
+
+def load_onnx_parts(path: str | Path) -> ModelParts:
+    """Load and check an ONNX model, its weights apart (for `unfold.fold.fold_parts`)."""
+    path = _existing_file(path)
+    try:
+        parts = read_parts(path)
+        for tensor in parts.weights.values():
+            if isinstance(tensor, onnx.TensorProto) and \
+                    tensor.data_location == onnx.TensorProto.EXTERNAL:
+                onnx.external_data_helper.load_external_data_for_tensor(tensor,
+                                                                        str(path.parent))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise _unreadable(path, exc) from None
+    _check(path, parts)
+    return parts
 
 
 def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
@@ -65,7 +107,7 @@ def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] 
     return out
 
 
-def save_onnx_atomic(model: onnx.ModelProto, out: str | Path) -> Path:
+def save_onnx_atomic(model: onnx.ModelProto | ModelParts, out: str | Path) -> Path:
     """Write to a temporary file beside `out`, then rename: readers never see a partial file
     and an interrupted run leaves nothing. Over 2 GiB the weights go to `out.name + '.data'`."""
     out = Path(out)
@@ -96,26 +138,13 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
-def _without(message, skip: str):
-    """A copy of `message` without its field `skip` (which is not copied at all)."""
-    shell = type(message)()
-    for field, value in message.ListFields():
-        if field.name == skip:
-            continue
-        if hasattr(value, "extend"):  # a repeated field
-            getattr(shell, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(shell, field.name).CopyFrom(value)
-        else:
-            setattr(shell, field.name, value)
-    return shell
-
-
-def serialized_size_at_least(model: onnx.ModelProto) -> int:
+def serialized_size_at_least(model: onnx.ModelProto | ModelParts) -> int:
     """A lower bound of model.ByteSize() that never serializes the weights (upb computes
     ByteSize by encoding: a second copy of the whole model)."""
-    return sum(proto_nbytes(t) for t in model.graph.initializer
-               if t.data_location != onnx.TensorProto.EXTERNAL)
+    weights = model.weights.values() if isinstance(model, ModelParts) else \
+        model.graph.initializer
+    return sum(weight_nbytes(w) for w in weights if not isinstance(w, onnx.TensorProto)
+               or w.data_location != onnx.TensorProto.EXTERNAL)
 
 
 class _Reader:
@@ -159,13 +188,35 @@ class _Reader:
         raise ValueError(f"unsupported protobuf wire type {wire_type}")
 
 
+def read_parts(path: str | Path) -> ModelParts:
+    """The model in `path`, its initializers parsed one at a time, each into a TensorProto of
+    its own (onnx.load reads the whole file into one bytes object and parses that: twice the
+    weights at once; and inside one ModelProto a weight is never freed before the model)."""
+    weights: dict[str, onnx.TensorProto | np.ndarray] = {}
+
+    def keep_apart(data: bytes) -> None:
+        tensor = onnx.TensorProto()
+        tensor.ParseFromString(data)
+        weights[tensor.name] = tensor
+
+    return ModelParts(_read(path, keep_apart), weights)
+
+
 def read_streaming(path: str | Path) -> onnx.ModelProto:
-    """onnx.load without its second copy of the weights: onnx.load reads the whole file into
-    one bytes object and parses that (2x the weights at once); this parses the graph's
-    initializers one at a time and everything else as usual."""
+    """onnx.load without its second copy of the weights: the initializers are parsed into the
+    model one at a time."""
     model = onnx.ModelProto()
-    graph_field = model.DESCRIPTOR.fields_by_name["graph"].number
-    initializer_field = model.graph.DESCRIPTOR.fields_by_name["initializer"].number
+    skeleton = _read(path, lambda data: model.graph.initializer.add().ParseFromString(data))
+    model.MergeFrom(skeleton)  # the initializers stay first: the order onnx.load gives
+    return model
+
+
+def _read(path: str | Path, take_initializer: Callable[[bytes], object]) -> onnx.ModelProto:
+    """The model in `path` without its initializers, each of which goes to
+    `take_initializer` as its serialized bytes, one at a time."""
+    skeleton = onnx.ModelProto()
+    graph_field = skeleton.DESCRIPTOR.fields_by_name["graph"].number
+    initializer_field = skeleton.graph.DESCRIPTOR.fields_by_name["initializer"].number
     head = bytearray()
     with open(path, "rb") as file:
         reader = _Reader(file)
@@ -179,42 +230,125 @@ def read_streaming(path: str | Path) -> onnx.ModelProto:
             while file.tell() < end:
                 inner = reader.varint() or 0
                 if inner >> 3 == initializer_field and inner & 7 == 2:
-                    model.graph.initializer.add().ParseFromString(
-                        reader.exactly(reader.varint() or 0))
+                    take_initializer(reader.exactly(reader.varint() or 0))
                 else:
                     rest += _varint(inner) + reader.payload(inner & 7)
             if file.tell() != end:
                 raise ValueError("malformed: a field runs past the end of the graph")
-            model.graph.MergeFromString(bytes(rest))
-    model.MergeFromString(bytes(head))
-    return model
+            skeleton.graph.MergeFromString(bytes(rest))
+    skeleton.MergeFromString(bytes(head))
+    return skeleton
 
 
-def write_streaming(model: onnx.ModelProto, file: BinaryIO) -> None:
+def write_streaming(model: onnx.ModelProto | ModelParts, file: BinaryIO,
+                    external: tuple[BinaryIO, str] | None = None) -> None:
     """Serialize `model` as onnx.save_model does (the same message, fields in another order),
-    one initializer at a time: SerializeToString would hold a second copy of every weight."""
-    graph_field = model.DESCRIPTOR.fields_by_name["graph"].number
-    initializer_field = model.graph.DESCRIPTOR.fields_by_name["initializer"].number
-    head = _without(model, "graph").SerializeToString()
-    rest = _without(model.graph, "initializer").SerializeToString()
+    one initializer at a time: SerializeToString would hold a second copy of every weight.
+    With `external` (the data file, its name beside the model) the weights of at least
+    EXTERNAL_MIN_BYTES go there instead, as onnx's external data."""
+    parts = model if isinstance(model, ModelParts) else ModelParts.viewing(model)
+    skeleton = parts.skeleton
+    graph_field = skeleton.DESCRIPTOR.fields_by_name["graph"].number
+    initializer_field = skeleton.graph.DESCRIPTOR.fields_by_name["initializer"].number
+    head = without_field(skeleton, "graph").SerializeToString()
+    rest = without_field(skeleton.graph, "initializer").SerializeToString()
     tag = _varint(initializer_field << 3 | 2)
-    parts = [_tensor_parts(t) for t in model.graph.initializer]
-    sizes = [len(shell) + (len(_raw_key(raw)) + raw if raw else 0) for shell, raw in parts]
-    graph_size = len(rest) + sum(len(tag) + len(_varint(n)) + n for n in sizes)
+    layout = _external_layout(parts, external[1]) if external else {}
+    sizes = {name: _tensor_size(name, w, layout.get(name)) for name, w in parts.weights.items()}
+    graph_size = len(rest) + sum(len(tag) + len(_varint(n)) + n for n in sizes.values())
     file.write(head)
-    if model.HasField("graph"):
-        file.write(_varint(graph_field << 3 | 2) + _varint(graph_size) + rest)
-        for tensor, (shell, raw), size in zip(model.graph.initializer, parts, sizes,
-                                              strict=True):
-            data = tensor.raw_data if raw else b""  # one tensor's bytes at a time
+    if not skeleton.HasField("graph") and not parts.weights:
+        return
+    file.write(_varint(graph_field << 3 | 2) + _varint(graph_size) + rest)
+    for name, weight in parts.weights.items():
+        file.write(tag + _varint(sizes[name]))
+        if name in layout:
+            file.write(_external_stub(name, weight, layout[name]).SerializeToString())
+            data_file = external[0]  # type: ignore[index]  # layout is empty without it
+            data_file.seek(int(layout[name][1].value))
+            data_file.write(_raw_bytes(weight))
+            continue
+        shell, raw = _shell(name, weight)
+        file.write(shell.SerializeToString())
+        if raw:
+            data = _raw_bytes(weight)  # one tensor's bytes at a time
             if len(data) != raw:
-                raise ValueError(f"initializer {tensor.name!r} holds {len(data)} bytes of raw "
-                                 f"data; its dims and type say {raw}")
-            file.write(tag + _varint(size) + shell)
-            if raw:
-                file.write(_raw_key(raw))
-                file.write(data)
+                raise ValueError(f"initializer {name!r} holds {len(data)} bytes of raw data; "
+                                 f"its dims and type say {raw}")
+            file.write(_raw_key(raw))
+            file.write(data)
             del data
+
+
+# below this, a weight stays inside the .onnx file (onnx.save_model's default threshold)
+EXTERNAL_MIN_BYTES = 1024
+# offsets in the data file are multiples of this (onnx aligns for memory mapping alike)
+EXTERNAL_ALIGN = 4096
+
+
+def _external_layout(parts: ModelParts, data_name: str) -> dict[str, list]:
+    """name -> external_data entries (location, offset, length) of the weights that go to
+    the data file, laid out one after the other."""
+    layout, offset = {}, 0
+    for name, weight in parts.weights.items():
+        size = weight_nbytes(weight)
+        if size < EXTERNAL_MIN_BYTES or _is_packed(weight):
+            continue
+        offset = -(-offset // EXTERNAL_ALIGN) * EXTERNAL_ALIGN
+        layout[name] = [onnx.StringStringEntryProto(key=k, value=str(v)) for k, v in
+                        (("location", data_name), ("offset", offset), ("length", size))]
+        offset += size
+    return layout
+
+
+def _is_packed(weight: onnx.TensorProto | np.ndarray) -> bool:
+    return isinstance(weight, onnx.TensorProto) and weight.data_type in PACKED_TYPES
+
+
+def _raw_bytes(weight: onnx.TensorProto | np.ndarray) -> bytes:
+    """The values as raw_data holds them (little-endian, row-major)."""
+    if isinstance(weight, np.ndarray):
+        return np.ascontiguousarray(weight, dtype=weight.dtype.newbyteorder("<")).tobytes()
+    if weight.HasField("raw_data"):
+        return weight.raw_data
+    return onnx.numpy_helper.to_array(weight).tobytes()  # values in typed fields
+
+
+def _external_stub(name: str, weight: onnx.TensorProto | np.ndarray,
+                   entries: list) -> onnx.TensorProto:
+    """The initializer as the .onnx file holds it when its values are in the data file."""
+    stub = onnx.TensorProto(name=name, data_location=onnx.TensorProto.EXTERNAL)
+    if isinstance(weight, np.ndarray):
+        stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(weight.dtype)
+        stub.dims.extend(weight.shape)
+    else:
+        stub.data_type = weight.data_type
+        stub.dims.extend(weight.dims)
+    stub.external_data.extend(entries)
+    return stub
+
+
+def _shell(name: str, weight: onnx.TensorProto | np.ndarray) -> tuple[onnx.TensorProto, int]:
+    """(the initializer without its raw_data, the raw_data's length: 0 when it has none),
+    never copying the values."""
+    if isinstance(weight, np.ndarray):
+        if weight.dtype.kind not in "biufc":  # strings, objects: no raw data
+            return weight_proto(name, weight), 0
+        return onnx.TensorProto(name=name, dims=weight.shape, data_type=(
+            onnx.helper.np_dtype_to_tensor_dtype(weight.dtype))), weight.nbytes
+    if not weight.HasField("raw_data") or weight.data_type in PACKED_TYPES:
+        return weight_proto(name, weight), 0
+    shell = without_field(weight, "raw_data")
+    shell.name = name
+    return shell, proto_nbytes(weight)
+
+
+def _tensor_size(name: str, weight: onnx.TensorProto | np.ndarray, external: list | None) -> int:
+    """The serialized size of the initializer, without serializing its values."""
+    if external is not None:
+        return _external_stub(name, weight, external).ByteSize()
+    shell, raw = _shell(name, weight)
+    return shell.ByteSize() + (len(_raw_key(raw)) + raw if raw else 0)
 
 
 RAW_DATA_FIELD = onnx.TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
@@ -230,30 +364,17 @@ def _raw_key(length: int) -> bytes:
     return _varint(RAW_DATA_FIELD << 3 | 2) + _varint(length)
 
 
-def _tensor_parts(tensor: onnx.TensorProto) -> tuple[bytes, int]:
-    """(the tensor serialized without its raw_data, the raw_data's length: 0 when it has none)
-    without copying the raw data (its length follows from dims and type)."""
-    if not tensor.HasField("raw_data") or tensor.data_type in PACKED_TYPES:
-        return tensor.SerializeToString(), 0
-    return _without(tensor, "raw_data").SerializeToString(), proto_nbytes(tensor)
-
-
-def _write(model: onnx.ModelProto, out: Path, tmp_path: Path, data_name: str,
+def _write(model: onnx.ModelProto | ModelParts, out: Path, tmp_path: Path, data_name: str,
            external: bool) -> None:
     if not external:
         with open(tmp_path, "wb") as file:
             write_streaming(model, file)
         os.replace(tmp_path, out)
         return
-    onnx.save_model(model, str(tmp_path), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location=data_name + ".tmp")
-    # the .onnx refers to its data by file name: point it at the final name, then rename
-    # the data and the model last, so that a reader never pairs a new model with old data
-    written = onnx.load(str(tmp_path), load_external_data=False)
-    for tensor in written.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = data_name
-    onnx.save_model(written, str(tmp_path))
-    os.replace(out.parent / (data_name + ".tmp"), out.parent / data_name)
+    # the .onnx names its data file by its final name; the data is renamed into place
+    # first and the model last, so a reader never pairs a new model with old data
+    data_tmp = out.parent / (data_name + ".tmp")
+    with open(tmp_path, "wb") as file, open(data_tmp, "wb") as data:
+        write_streaming(model, file, external=(data, data_name))
+    os.replace(data_tmp, out.parent / data_name)
     os.replace(tmp_path, out)

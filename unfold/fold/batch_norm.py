@@ -22,7 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import ChannelAffine, FoldRejected, fold_into_producer
-from unfold.fold.graph import Names, constant_value, rank
+from unfold.fold.graph import Names, constant_value, rank, replace_weight
 
 KIND = "BatchNormalization"
 
@@ -77,7 +77,7 @@ def _into_conv(node: gs.Node, affine: ChannelAffine, graph_outputs: set[str],
     if weight is None or (len(conv.inputs) > 2 and bias is None):
         return None
     folded = fold_into_producer(affine, weight, bias, output_axis=0)  # may raise FoldRejected
-    conv.inputs[1] = gs.Constant(names.new(conv.inputs[1].name), folded.weight)
+    replace_weight(conv, 1, folded.weight, names)
     new_bias = gs.Constant(names.new(f"{conv.name}_bias"), folded.bias)
     if len(conv.inputs) > 2:
         conv.inputs[2] = new_bias

@@ -24,6 +24,17 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def replace_weight(node: gs.Node, slot: int, value: np.ndarray, names: Names) -> None:
+    """node.inputs[slot] = a new constant holding `value`, named after the one it replaces.
+    The replaced constant lets its values go when no node reads it any more: onnx-graphsurgeon
+    tensors sit in reference cycles, so a replaced weight would otherwise stay in memory until
+    Python's next full garbage collection (a post-norm fold replaces nearly every weight)."""
+    old = node.inputs[slot]
+    node.inputs[slot] = gs.Constant(names.new(old.name), value)
+    if isinstance(old, gs.Constant) and not old.outputs:
+        old.values = np.empty(0, dtype=old.dtype)
+
+
 # ops that read only a tensor's shape: a per-channel affine does not change what they see
 SHAPE_READERS = frozenset({"Shape", "Size"})
 

@@ -4,6 +4,7 @@ Div-by-Sqrt eval form) are folded first, so the sites see plain constants."""
 
 from __future__ import annotations
 
+import gc
 from collections import Counter
 from collections.abc import Collection
 
@@ -20,17 +21,17 @@ from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
 from unfold.fold.rules.pending_shift import REASON as PENDING_SHIFT_REASON
 from unfold.fold.sites import LINEAR_PRODUCERS, NormSite, find_sites
-from unfold.fold.weights import infer_shapes, weightless_model, write_back
+from unfold.fold.weights import (
+    ModelParts,
+    import_parts,
+    infer_shapes,
+    parts_of,
+    weightless_model,
+)
 
 # One move per round; a site moves past each op at most once, so no graph needs more rounds
 # than a few per node (a guard against a rule that would undo another's move).
 MAX_MOVES_PER_NODE = 4
-
-
-def _import_with_shapes(model: onnx.ModelProto) -> gs.Graph:
-    graph = gs.import_onnx(model)  # initializers stay in their TensorProtos (lazily read)
-    infer_shapes(graph, model)
-    return graph
 
 
 def _is_round_trip(first: gs.Node, second: gs.Node) -> bool:
@@ -118,27 +119,36 @@ def _end(report: SiteReport, ended: dict[str, list[str]], status: str) -> None:
         report.status = "partial"
 
 
-def _op_counts(model: onnx.ModelProto) -> Counter[str]:
-    return Counter(node.op_type for node in model.graph.node)
-
-
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
                in_place: bool = False) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every offline norm the rules can; the report says where each went or why it
     stayed. The result passes onnx.checker's full check.
 
-    `in_place=True` folds `model` itself and returns it: no copy of its weights (peak memory
-    about 1.5x the weights instead of 2.5x); the caller must not need the original."""
+    `in_place=True` folds `model` itself and returns it: no copy of its weights; the caller
+    must not need the original. (`fold_parts` on a file's parts needs less memory still.)"""
+    folded, report = fold_parts(ModelParts.viewing(model), skip=skip)
+    if in_place:
+        folded.into(model)
+        return model, report
+    return folded.to_model(), report
+
+
+def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelParts,
+                                                                         FoldReport]:
+    """fold_model on a model whose weights are apart (`onnx_files.load_onnx_parts`): each
+    weight a fold replaces is freed as it goes, so the peak stays near the weights' size.
+    Takes the weights out of `parts`; the result holds the kept ones and the new ones."""
     unknown = set(skip) - set(RULES)
     if unknown:
         raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
-    if not in_place:
-        original, model = model, onnx.ModelProto()
-        model.CopyFrom(original)
-    original_ops = _op_counts(model)
-    graph = _import_with_shapes(model)
+    original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
+    graph = import_parts(parts)
+    infer_shapes(graph, parts.skeleton)
     graph.fold_constants().cleanup()
-    infer_shapes(graph, model)  # shapes the constant folding made static
+    infer_shapes(graph, parts.skeleton)  # shapes the constant folding made static
+    # Both made copies of the graph, now garbage in reference cycles that share every
+    # weight: until they go, no weight the rules replace could be freed.
+    gc.collect()
     names = Names(graph)
     reports: dict[str, SiteReport] = {}
     batch_norms = rewrite_batch_norms(graph, names)
@@ -213,6 +223,13 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
             report.path.append(f"composed into '{host.name}'")
     _drop_layout_round_trips(graph)
     graph.fold_constants().cleanup().toposort()  # what the moves made constant
-    write_back(graph, model)
-    onnx.checker.check_model(weightless_model(model), full_check=True)
-    return model, FoldReport(list(reports.values()), original_ops, _op_counts(model), online)
+    folded = parts_of(graph, parts)
+    for node in graph.nodes:  # let go of every weight the result does not hold, now
+        node.inputs.clear()
+        node.outputs.clear()
+    graph.nodes.clear()
+    del graph
+    gc.collect()
+    onnx.checker.check_model(weightless_model(folded), full_check=True)
+    ops_after = Counter(node.op_type for node in folded.skeleton.graph.node)
+    return folded, FoldReport(list(reports.values()), original_ops, ops_after, online)

@@ -1,22 +1,26 @@
 """Keeping the weights where they are. The rules work on onnx-graphsurgeon's view of the graph,
 but a ViT-B or BERT-base carries 330-420 MiB of weights and the fold touches about half of
-them; copying them all (an export to a new ModelProto, a re-import, numpy copies of every
-weight read) cost 7-8x the weights in memory. Here instead:
+them (a post-norm model nearly all); copying them all (an export to a new ModelProto, a
+re-import, numpy copies of every weight read) cost 7-8x the weights in memory. Here instead:
 
+- a model is `ModelParts`: its skeleton, and its weights apart, each a TensorProto of its own
+  when read from a file (`onnx_files.read_parts`), so that one the fold replaces is freed
+  (inside one ModelProto, upb frees no weight before the whole model);
 - a weight is read without being cached (`constant_value`): the TensorProto keeps it;
 - shapes are re-inferred on a weightless copy of the graph (its large constants as typed
   inputs), never on an export of the whole model;
-- the result is written back into the model the graph came from: its node list is replaced,
-  the initializers the fold no longer uses are dropped, the weights it made are added one by
-  one, and every untouched weight stays in its TensorProto.
+- the result is parts again: the untouched weights the same TensorProtos, the new ones numpy
+  arrays, turned into TensorProtos one at a time as they are written (or moved into a
+  ModelProto by `ModelParts.into` / `to_model`, for `fold_model`).
 """
 
 from __future__ import annotations
 
-import gc
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
@@ -31,20 +35,166 @@ def proto_nbytes(tensor: onnx.TensorProto) -> int:
     return int(np.prod(tensor.dims, dtype=np.int64)) * itemsize
 
 
-def weightless_model(model: onnx.ModelProto) -> onnx.ModelProto:
+def without_field(message, skip: str):
+    """A copy of the protobuf `message` without its field `skip` (which is not copied at all)."""
+    shell = type(message)()
+    for field, value in message.ListFields():
+        if field.name == skip:
+            continue
+        if hasattr(value, "extend"):  # a repeated field
+            getattr(shell, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(shell, field.name).CopyFrom(value)
+        else:
+            setattr(shell, field.name, value)
+    return shell
+
+
+Weight = onnx.TensorProto | np.ndarray
+
+
+def weight_nbytes(weight: Weight) -> int:
+    return int(weight.nbytes) if isinstance(weight, np.ndarray) else proto_nbytes(weight)
+
+
+def weight_proto(name: str, weight: Weight) -> onnx.TensorProto:
+    """`weight` as a TensorProto named `name` (an array is copied into a new one, and so is a
+    TensorProto of another name: the value of a Constant node the fold made an initializer)."""
+    if isinstance(weight, onnx.TensorProto):
+        if weight.name == name:
+            return weight
+        renamed = onnx.TensorProto()
+        renamed.CopyFrom(weight)
+        renamed.name = name
+        return renamed
+    return onnx.numpy_helper.from_array(np.ascontiguousarray(weight), name)
+
+
+@dataclass
+class ModelParts:
+    """An ONNX model with its weights apart. `skeleton` is the ModelProto without
+    initializers; `weights` maps every initializer's name to its TensorProto, or to a numpy
+    array the fold made. A TensorProto parsed on its own (`onnx_files.read_parts`) owns its
+    memory: one the fold replaces is freed then. Inside a ModelProto it would not be: upb keeps
+    every message of a model in one arena until the whole model goes."""
+
+    skeleton: onnx.ModelProto
+    weights: dict[str, Weight]
+
+    @classmethod
+    def viewing(cls, model: onnx.ModelProto) -> ModelParts:
+        """The parts of `model`, its weights not copied (they stay in `model`)."""
+        skeleton = without_field(model, "graph")
+        if model.HasField("graph"):
+            skeleton.graph.CopyFrom(without_field(model.graph, "initializer"))
+        return cls(skeleton, {t.name: t for t in model.graph.initializer})
+
+    def to_model(self) -> onnx.ModelProto:
+        """One ModelProto, the weights moved into it one at a time (`weights` ends empty)."""
+        model = onnx.ModelProto()
+        model.CopyFrom(self.skeleton)
+        for name in list(self.weights):
+            _append(model.graph, name, self.weights.pop(name))
+        return model
+
+    def into(self, model: onnx.ModelProto) -> None:
+        """Make `model` these parts, in place: the weights it holds already stay where they
+        are, the others are added one at a time (`weights` ends empty)."""
+        held = {id(t) for t in model.graph.initializer}
+        kept = {name for name, w in self.weights.items() if id(w) in held}
+        target = model.graph
+        # drop what the fold no longer reads, from the back so the indices stay valid
+        for index in reversed(range(len(target.initializer))):
+            if target.initializer[index].name not in kept:
+                del target.initializer[index]
+        for name in [n for n in self.weights if n not in kept]:
+            _append(target, name, self.weights.pop(name))
+        self.weights.clear()
+        for field in ("node", "input", "output", "value_info"):
+            del getattr(target, field)[:]
+            getattr(target, field).extend(getattr(self.skeleton.graph, field))
+
+
+def _append(graph: onnx.GraphProto, name: str, weight: Weight) -> None:
+    """Add `weight` to the graph's initializers: an array's bytes straight into the model's
+    message (no TensorProto of its own first: one copy fewer)."""
+    if isinstance(weight, onnx.TensorProto) or weight.dtype.kind not in "biufc":
+        graph.initializer.append(weight_proto(name, weight))
+        return
+    tensor = graph.initializer.add()
+    tensor.name = name
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(weight.dtype)
+    tensor.dims.extend(weight.shape)
+    tensor.raw_data = np.ascontiguousarray(weight, dtype=weight.dtype.newbyteorder("<")).tobytes()
+
+
+def weightless_model(model: onnx.ModelProto | ModelParts) -> onnx.ModelProto:
     """The same graph with its large initializers replaced by graph inputs of the same type
     and shape: what shape inference and the checker need, without copying the weights."""
-    graph = model.graph
-    small = [t for t in graph.initializer if proto_nbytes(t) <= SMALL_INITIALIZER_BYTES
-             and t.data_location != onnx.TensorProto.EXTERNAL]
+    parts = model if isinstance(model, ModelParts) else ModelParts.viewing(model)
+    graph = parts.skeleton.graph
+    small = [weight_proto(name, w) for name, w in parts.weights.items() if _is_small(w)]
     small_names = {t.name for t in small}
-    weights = [onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
-               for t in graph.initializer if t.name not in small_names]
+    weights = [onnx.helper.make_tensor_value_info(
+        name, onnx.helper.np_dtype_to_tensor_dtype(w.dtype) if isinstance(w, np.ndarray)
+        else w.data_type, list(w.shape if isinstance(w, np.ndarray) else w.dims))
+        for name, w in parts.weights.items() if name not in small_names]
     twin = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + weights,
                                   list(graph.output), small)
-    light = onnx.helper.make_model(twin, opset_imports=list(model.opset_import))
-    light.ir_version = model.ir_version
+    light = onnx.helper.make_model(twin, opset_imports=list(parts.skeleton.opset_import))
+    light.ir_version = parts.skeleton.ir_version
+    light.functions.extend(parts.skeleton.functions)
     return light
+
+
+def _is_small(weight: Weight) -> bool:
+    if isinstance(weight, onnx.TensorProto) and \
+            weight.data_location == onnx.TensorProto.EXTERNAL:
+        return False
+    return weight_nbytes(weight) <= SMALL_INITIALIZER_BYTES
+
+
+def import_parts(parts: ModelParts) -> gs.Graph:
+    """The onnx-graphsurgeon graph of `parts`, its large weights gs.Constants over the given
+    TensorProtos (read lazily, never copied) or arrays. Takes the weights out of `parts`."""
+    weights, parts.weights = parts.weights, {}
+    graph = gs.import_onnx(weightless_model(ModelParts(parts.skeleton, weights)))
+    constants = {}
+    for name, weight in weights.items():
+        if not _is_small(weight):
+            constants[name] = gs.Constant(name, LazyValues(weight) if isinstance(
+                weight, onnx.TensorProto) else weight)
+    del weights
+    for node in graph.nodes:
+        for slot, tensor in enumerate(node.inputs):
+            if tensor.name in constants:
+                node.inputs[slot] = constants[tensor.name]
+    graph.outputs = [constants.get(t.name, t) for t in graph.outputs]
+    graph.inputs = [t for t in graph.inputs if t.name not in constants]
+    return graph
+
+
+def parts_of(graph: gs.Graph, like: ModelParts) -> ModelParts:
+    """`graph` as ModelParts with the metadata of `like`: untouched weights are the same
+    TensorProtos, the ones the fold made numpy arrays (the graph is spent afterwards)."""
+    proto, weight_names = export_weightless(graph, like.skeleton)
+    weights: dict[str, Weight] = {}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and tensor.name in weight_names:
+            values = tensor._values  # noqa: SLF001 - LazyValues: still the given TensorProto
+            weights[tensor.name] = values.tensor if isinstance(values, LazyValues) \
+                else np.asarray(values)
+    for small in proto.graph.initializer:
+        weights[small.name] = small
+    skeleton = onnx.ModelProto()
+    skeleton.CopyFrom(like.skeleton)
+    for field in ("node", "input", "output", "value_info"):
+        del getattr(skeleton.graph, field)[:]
+    skeleton.graph.node.extend(proto.graph.node)
+    skeleton.graph.input.extend(i for i in proto.graph.input if i.name not in weight_names)
+    skeleton.graph.output.extend(proto.graph.output)
+    skeleton.graph.value_info.extend(proto.graph.value_info)
+    return ModelParts(skeleton, weights)
 
 
 def _nbytes(constant: gs.Constant) -> int:
@@ -91,41 +241,3 @@ def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> None:
             tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
                             for d in info.type.tensor_type.shape.dim]
             tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
-
-
-def write_back(graph: gs.Graph, model: onnx.ModelProto) -> None:
-    """Make `model` the folded `graph`, in place (see the module's docstring). The weights the
-    fold made move out of `graph` as they are written: it is spent afterwards."""
-    proto, weight_names = export_weightless(graph, model)
-    constants = {t.name: t for t in graph.tensors().values()
-                 if isinstance(t, gs.Constant) and t.name in weight_names}
-    originals = {id(t) for t in model.graph.initializer}
-    kept: set[str] = set()
-    for name, constant in constants.items():
-        values = constant._values  # noqa: SLF001 - LazyValues: still the model's TensorProto
-        if isinstance(values, LazyValues) and id(values.tensor) in originals:
-            kept.add(name)
-    target = model.graph
-    # drop what the fold no longer reads, from the back so the indices stay valid
-    for index in reversed(range(len(target.initializer))):
-        if target.initializer[index].name not in kept:
-            del target.initializer[index]
-    constants = {n: c for n, c in constants.items() if n not in kept}
-    gc.collect()  # weights made and replaced again during the fold (gs graphs hold cycles)
-    for name, constant in constants.items():
-        array = np.ascontiguousarray(constant.values)
-        tensor = target.initializer.add()
-        tensor.name = name
-        tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
-        tensor.dims.extend(array.shape)
-        tensor.raw_data = array.tobytes()
-        constant.values = np.empty(0, dtype=array.dtype)  # written: let the array go
-        del array
-    # the small constants, the nodes and the graph's interface from the weightless export
-    target.initializer.extend(proto.graph.initializer)
-    for field in ("node", "input", "output", "value_info"):
-        del getattr(target, field)[:]
-    target.node.extend(proto.graph.node)
-    target.input.extend(i for i in proto.graph.input if i.name not in weight_names)
-    target.output.extend(proto.graph.output)
-    target.value_info.extend(proto.graph.value_info)

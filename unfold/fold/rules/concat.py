@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import Names, constant_value, place_affine_after, rank
+from unfold.fold.graph import Names, constant_value, place_affine_after, rank, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.rules.pass_through import MOVABLE_OPS, keeps_channel_axis
@@ -105,9 +105,9 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         inverted.append((slot, expand, preimage))
     for slot, expand, preimage in inverted:
         if expand is None:
-            concat.inputs[slot] = gs.Constant(names.new(concat.inputs[slot].name), preimage)
+            replace_weight(concat, slot, preimage, names)
         else:
-            expand.inputs[0] = gs.Constant(names.new(expand.inputs[0].name), preimage)
+            replace_weight(expand, 0, preimage, names)
     for slot, tensor in enumerate(concat.inputs):
         if tensor is site.output:
             concat.inputs[slot] = site.input

@@ -22,6 +22,7 @@ from unfold.fold.graph import (
     Names,
     channel_axis_across,
     constant_value,
+    replace_weight,
     value_readers,
 )
 from unfold.fold.report import SiteReport
@@ -84,7 +85,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
     except FoldRejected as rejected:
         report.reasons.append(f"{what}: {rejected.reason}")
         return Outcome()
-    conv.inputs[1] = gs.Constant(names.new(conv.inputs[1].name), folded.weight)
+    replace_weight(conv, 1, folded.weight, names)
     if zero_padding or bias is not None:
         new_bias = gs.Constant(names.new(f"{conv.name}_bias"), folded.bias)
         if len(conv.inputs) > 2:

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldedLinear, FoldRejected, fold_into_gemm, fold_into_matmul
-from unfold.fold.graph import Names, bias_add, constant_value
+from unfold.fold.graph import Names, bias_add, constant_value, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -79,7 +79,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         except FoldRejected as rejected:
             report.reasons.append(f"reader {node.op} '{node.name}': {rejected.reason}")
             continue
-        node.inputs[1] = gs.Constant(names.new(node.inputs[1].name), folded.weight)
+        replace_weight(node, 1, folded.weight, names)
         new_bias = gs.Constant(names.new(f"{node.name}_bias"), folded.bias)
         if bias_slot is not None:
             bias_slot[0].inputs[bias_slot[1]] = new_bias

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import Names, constant_value, rank, value_readers
+from unfold.fold.graph import Names, constant_value, rank, replace_weight, value_readers
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -102,7 +102,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         new_values.append(cast)
     tables = []
     for (node, slot, _, is_table), value in zip(parts, new_values, strict=True):
-        node.inputs[slot] = gs.Constant(names.new(node.inputs[slot].name), value)
+        replace_weight(node, slot, value, names)
         if is_table:
             tables.append(node.name)
     site.remove_into_input_maker()

@@ -18,7 +18,13 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import Names, constant_value, place_affine_after, value_readers
+from unfold.fold.graph import (
+    Names,
+    constant_value,
+    place_affine_after,
+    replace_weight,
+    value_readers,
+)
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite, site_starting_at
@@ -81,8 +87,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         channels = max(value.size, delta.size)
         new = np.broadcast_to(value.reshape(-1).astype(np.float64), channels) + sign * delta
         shape = (*value.shape[:-1], channels) if value.ndim else (channels,)
-        last.inputs[slot] = gs.Constant(names.new(last.inputs[slot].name),
-                                        new.reshape(shape).astype(value.dtype))
+        replace_weight(last, slot, new.reshape(shape).astype(value.dtype), names)
         norm.nodes[0].inputs[norm.nodes[0].inputs.index(site.output)] = site.input
     into = ", ".join(repr(n.name) for n in norms)
     new_nodes: list[gs.Node] = []

@@ -27,6 +27,7 @@ from unfold.fold.graph import (
     channel_axis_across,
     constant_value,
     rank,
+    replace_weight,
     value_readers,
 )
 from unfold.fold.report import SiteReport
@@ -132,7 +133,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         report.reasons.append(f"cannot fold into the producer {linear.op} '{linear.name}': "
                               f"{rejected.reason}")
         return Outcome()
-    linear.inputs[1] = gs.Constant(names.new(linear.inputs[1].name), folded.weight)
+    replace_weight(linear, 1, folded.weight, names)
     new_bias = gs.Constant(names.new(f"{linear.name}_bias"), folded.bias)
     if bias_slot is not None:
         bias_slot[0].inputs[bias_slot[1]] = new_bias

@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldRejected, divide_producer
-from unfold.fold.graph import Names, constant_value, place_affine_after
+from unfold.fold.graph import Names, constant_value, place_affine_after, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -88,8 +88,7 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
         report.reasons.append(f"cannot carry past the residual Add '{add.name}': "
                               f"{rejected.reason}")
         return Outcome()
-    linear.inputs[weight_slot] = gs.Constant(names.new(linear.inputs[weight_slot].name),
-                                             divided.weight)
+    replace_weight(linear, weight_slot, divided.weight, names)
     if bias_slot is not None:
         bias_slot[0].inputs[bias_slot[1]] = gs.Constant(names.new(f"{linear.name}_bias"),
                                                         divided.bias)
