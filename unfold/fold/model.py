@@ -26,8 +26,13 @@ from unfold.fold.weights import (
     import_parts,
     infer_shapes,
     parts_of,
+    weight_nbytes,
     weightless_model,
 )
+
+# A full garbage collection costs about 0.4 s in a process that has imported torch: worth it
+# only where the weights are big enough for their copies to matter.
+COLLECT_FROM_BYTES = 64 << 20
 
 # One move per round; a site moves past each op at most once, so no graph needs more rounds
 # than a few per node (a guard against a rule that would undo another's move).
@@ -142,13 +147,15 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
     if unknown:
         raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
+    big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
     graph = import_parts(parts)
     infer_shapes(graph, parts.skeleton)
     graph.fold_constants().cleanup()
     infer_shapes(graph, parts.skeleton)  # shapes the constant folding made static
     # Both made copies of the graph, now garbage in reference cycles that share every
     # weight: until they go, no weight the rules replace could be freed.
-    gc.collect()
+    if big:
+        gc.collect()
     names = Names(graph)
     reports: dict[str, SiteReport] = {}
     batch_norms = rewrite_batch_norms(graph, names)
@@ -229,7 +236,8 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
         node.outputs.clear()
     graph.nodes.clear()
     del graph
-    gc.collect()
+    if big:
+        gc.collect()
     onnx.checker.check_model(weightless_model(folded), full_check=True)
     ops_after = Counter(node.op_type for node in folded.skeleton.graph.node)
     return folded, FoldReport(list(reports.values()), original_ops, ops_after, online)
