@@ -18,7 +18,9 @@ import onnx.numpy_helper
 from unfold.errors import UnfoldError
 from unfold.fold.weights import (
     ModelParts,
+    array_bytes,
     proto_nbytes,
+    weight_header,
     weight_nbytes,
     weight_proto,
     weightless_model,
@@ -73,10 +75,9 @@ def load_onnx_parts(path: str | Path) -> ModelParts:
         for tensor in parts.weights.values():
             if isinstance(tensor, onnx.TensorProto) and \
                     tensor.data_location == onnx.TensorProto.EXTERNAL:
+                # reads raw_data in, and marks the tensor as holding its values
                 onnx.external_data_helper.load_external_data_for_tensor(tensor,
                                                                         str(path.parent))
-                tensor.data_location = onnx.TensorProto.DEFAULT
-                del tensor.external_data[:]
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise _unreadable(path, exc) from None
     _check(path, parts)
@@ -308,7 +309,7 @@ def _is_packed(weight: onnx.TensorProto | np.ndarray) -> bool:
 def _raw_bytes(weight: onnx.TensorProto | np.ndarray) -> bytes:
     """The values as raw_data holds them (little-endian, row-major)."""
     if isinstance(weight, np.ndarray):
-        return np.ascontiguousarray(weight, dtype=weight.dtype.newbyteorder("<")).tobytes()
+        return array_bytes(weight)
     if weight.HasField("raw_data"):
         return weight.raw_data
     return onnx.numpy_helper.to_array(weight).tobytes()  # values in typed fields
@@ -317,13 +318,9 @@ def _raw_bytes(weight: onnx.TensorProto | np.ndarray) -> bytes:
 def _external_stub(name: str, weight: onnx.TensorProto | np.ndarray,
                    entries: list) -> onnx.TensorProto:
     """The initializer as the .onnx file holds it when its values are in the data file."""
-    stub = onnx.TensorProto(name=name, data_location=onnx.TensorProto.EXTERNAL)
-    if isinstance(weight, np.ndarray):
-        stub.data_type = onnx.helper.np_dtype_to_tensor_dtype(weight.dtype)
-        stub.dims.extend(weight.shape)
-    else:
-        stub.data_type = weight.data_type
-        stub.dims.extend(weight.dims)
+    data_type, dims = weight_header(weight)
+    stub = onnx.TensorProto(name=name, data_type=data_type, dims=dims,
+                            data_location=onnx.TensorProto.EXTERNAL)
     stub.external_data.extend(entries)
     return stub
 
@@ -334,8 +331,8 @@ def _shell(name: str, weight: onnx.TensorProto | np.ndarray) -> tuple[onnx.Tenso
     if isinstance(weight, np.ndarray):
         if weight.dtype.kind not in "biufc":  # strings, objects: no raw data
             return weight_proto(name, weight), 0
-        return onnx.TensorProto(name=name, dims=weight.shape, data_type=(
-            onnx.helper.np_dtype_to_tensor_dtype(weight.dtype))), weight.nbytes
+        data_type, dims = weight_header(weight)
+        return onnx.TensorProto(name=name, data_type=data_type, dims=dims), weight.nbytes
     if not weight.HasField("raw_data") or weight.data_type in PACKED_TYPES:
         return weight_proto(name, weight), 0
     shell = without_field(weight, "raw_data")

@@ -171,12 +171,14 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
     online = find_online_norms(graph)
     rules = [rule for name, rule in RULES.items() if name not in skip]
     # node name -> the site it carries (moved nodes keep the name of where they came from)
-    origin: dict[str, str] = {n.name: site.name for site in find_sites(graph) for n in site.nodes}
+    # (unnamed nodes stay out: they would all share one entry)
+    origin: dict[str, str] = {n.name: site.name for site in find_sites(graph)
+                              for n in site.nodes if n.name}
     settled: set[tuple[str, ...]] = set()  # chains no rule changes any more
     ended: dict[str, list[str]] = {}  # site -> how each of its pieces ended
     for _ in range(MAX_MOVES_PER_NODE * len(graph.nodes) + 16):
         moved = False
-        for site in find_sites(graph, carried={name for name in origin if name}):
+        for site in find_sites(graph, carried=origin.keys()):
             chain = tuple(n.name for n in site.nodes)
             if chain in settled:
                 continue
@@ -214,7 +216,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
         graph.cleanup().toposort()
         if not moved:
             break
-    for site in find_sites(graph, carried={name for name in origin if name}):
+    for site in find_sites(graph, carried=origin.keys()):
         # what stayed: one Mul and one Add each, no more
         if _compact(site, graph, names):
             key = origin.get(site.nodes[0].name, site.name)

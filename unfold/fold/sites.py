@@ -10,7 +10,7 @@ how hand-written Sub/Div/Mul/Add norms and LayerScale constants look.
 Not sites: an Add of a per-channel constant right after a MatMul/Gemm/Conv (that is the linear's
 bias), and chains whose constants are all scalars (attention's 1/sqrt(d) scaling), unless the
 fold itself made the chain: a norm's shift left behind by a bias-less linear (rule 1) is a
-*pending shift*, a site of one Add that the fold carries on (rules 3, 5 and 8).
+*pending shift*, a site of one Add that the fold carries on (rules 3 and 5).
 """
 
 from __future__ import annotations

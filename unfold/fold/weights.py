@@ -16,6 +16,7 @@ re-import, numpy copies of every weight read) cost 7-8x the weights in memory. H
 
 from __future__ import annotations
 
+from collections.abc import Set
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,18 @@ Weight = onnx.TensorProto | np.ndarray
 
 def weight_nbytes(weight: Weight) -> int:
     return int(weight.nbytes) if isinstance(weight, np.ndarray) else proto_nbytes(weight)
+
+
+def weight_header(weight: Weight) -> tuple[int, list[int]]:
+    """(ONNX data type, dims) of a weight, without reading its values."""
+    if isinstance(weight, np.ndarray):
+        return onnx.helper.np_dtype_to_tensor_dtype(weight.dtype), list(weight.shape)
+    return weight.data_type, list(weight.dims)
+
+
+def array_bytes(array: np.ndarray) -> bytes:
+    """An array's values as a TensorProto's raw_data holds them: little-endian, row-major."""
+    return np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
 def weight_proto(name: str, weight: Weight) -> onnx.TensorProto:
@@ -110,9 +123,17 @@ class ModelParts:
         for name in [n for n in self.weights if n not in kept]:
             _append(target, name, self.weights.pop(name))
         self.weights.clear()
-        for field in ("node", "input", "output", "value_info"):
-            del getattr(target, field)[:]
-            getattr(target, field).extend(getattr(self.skeleton.graph, field))
+        _take_interface(target, self.skeleton.graph)
+
+
+def _take_interface(target: onnx.GraphProto, source: onnx.GraphProto,
+                    leave_out: Set[str] = frozenset()) -> None:
+    """target's nodes, inputs (but those named in `leave_out`), outputs and value_info
+    become source's."""
+    for field in ("node", "input", "output", "value_info"):
+        del getattr(target, field)[:]
+        getattr(target, field).extend(item for item in getattr(source, field)
+                                      if field != "input" or item.name not in leave_out)
 
 
 def _append(graph: onnx.GraphProto, name: str, weight: Weight) -> None:
@@ -123,9 +144,9 @@ def _append(graph: onnx.GraphProto, name: str, weight: Weight) -> None:
         return
     tensor = graph.initializer.add()
     tensor.name = name
-    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(weight.dtype)
-    tensor.dims.extend(weight.shape)
-    tensor.raw_data = np.ascontiguousarray(weight, dtype=weight.dtype.newbyteorder("<")).tobytes()
+    tensor.data_type, dims = weight_header(weight)
+    tensor.dims.extend(dims)
+    tensor.raw_data = array_bytes(weight)
 
 
 def weightless_model(model: onnx.ModelProto | ModelParts) -> onnx.ModelProto:
@@ -135,10 +156,8 @@ def weightless_model(model: onnx.ModelProto | ModelParts) -> onnx.ModelProto:
     graph = parts.skeleton.graph
     small = [weight_proto(name, w) for name, w in parts.weights.items() if _is_small(w)]
     small_names = {t.name for t in small}
-    weights = [onnx.helper.make_tensor_value_info(
-        name, onnx.helper.np_dtype_to_tensor_dtype(w.dtype) if isinstance(w, np.ndarray)
-        else w.data_type, list(w.shape if isinstance(w, np.ndarray) else w.dims))
-        for name, w in parts.weights.items() if name not in small_names]
+    weights = [onnx.helper.make_tensor_value_info(name, *weight_header(w))
+               for name, w in parts.weights.items() if name not in small_names]
     twin = onnx.helper.make_graph(list(graph.node), graph.name, list(graph.input) + weights,
                                   list(graph.output), small)
     light = onnx.helper.make_model(twin, opset_imports=list(parts.skeleton.opset_import))
@@ -188,12 +207,7 @@ def parts_of(graph: gs.Graph, like: ModelParts) -> ModelParts:
         weights[small.name] = small
     skeleton = onnx.ModelProto()
     skeleton.CopyFrom(like.skeleton)
-    for field in ("node", "input", "output", "value_info"):
-        del getattr(skeleton.graph, field)[:]
-    skeleton.graph.node.extend(proto.graph.node)
-    skeleton.graph.input.extend(i for i in proto.graph.input if i.name not in weight_names)
-    skeleton.graph.output.extend(proto.graph.output)
-    skeleton.graph.value_info.extend(proto.graph.value_info)
+    _take_interface(skeleton.graph, proto.graph, leave_out=weight_names)
     return ModelParts(skeleton, weights)
 
 

@@ -17,7 +17,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import FoldedLinear, FoldRejected, fold_into_gemm, fold_into_matmul
-from unfold.fold.graph import Names, bias_add, constant_value, replace_weight
+from unfold.fold.graph import (
+    Names,
+    bias_add,
+    constant_value,
+    place_affine_after,
+    replace_weight,
+)
 from unfold.fold.report import SiteReport
 from unfold.fold.rules._outcome import Outcome
 from unfold.fold.sites import NormSite
@@ -80,19 +86,16 @@ def apply(site: NormSite, graph: gs.Graph, names: Names, report: SiteReport) -> 
             report.reasons.append(f"reader {node.op} '{node.name}': {rejected.reason}")
             continue
         replace_weight(node, 1, folded.weight, names)
-        new_bias = gs.Constant(names.new(f"{node.name}_bias"), folded.bias)
-        if bias_slot is not None:
-            bias_slot[0].inputs[bias_slot[1]] = new_bias
-        elif node.op == "Gemm":
-            node.inputs.append(new_bias)
-        elif np.any(folded.bias != 0):
-            # MatMul without a bias: the shift b @ W needs an Add of its own
-            out = node.outputs[0]
-            pre = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
-            node.outputs[0] = pre
-            pending.append(gs.Node("Add", names.new(f"{node.name}_shift"),
-                                   inputs=[pre, new_bias], outputs=[out]))
-            graph.nodes.append(pending[-1])
+        if bias_slot is not None or node.op == "Gemm":
+            new_bias = gs.Constant(names.new(f"{node.name}_bias"), folded.bias)
+            if bias_slot is not None:
+                bias_slot[0].inputs[bias_slot[1]] = new_bias
+            else:
+                node.inputs.append(new_bias)
+        else:  # a MatMul without a bias: the shift b @ W needs an Add of its own
+            pending += place_affine_after(node, np.ones_like(folded.bias), folded.bias,
+                                          folded.bias.dtype, graph, names,
+                                          base=f"{node.name}_shift")
         node.inputs[0] = site.input
         report.absorbed_by.append(node.name)
         report.max_abs_weight_before = max(report.max_abs_weight_before,
