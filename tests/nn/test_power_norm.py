@@ -8,7 +8,7 @@ import io
 import pytest
 import torch
 
-from unfold.nn import PowerNorm
+from unfold.nn import PowerNorm, group_scaling
 
 from .reference_norms import ReferencePowerNorm, assert_step_matches, schedule_scale
 
@@ -105,3 +105,20 @@ def test_extra_repr_and_bad_group_num() -> None:
     with pytest.raises(ValueError, match="group_num must be a positive divisor of "
                                          "num_channels=6, got 4"):
         PowerNorm(6, group_num=4)
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 3, 4), (2, 6, 5), (3, 6)])
+def test_group_scaling_along_axis_1_is_group_scaling_of_the_moved_input(shape) -> None:
+    x = torch.randn(shape, dtype=F64)
+    expected = group_scaling(x.movedim(1, -1).contiguous(), 3).movedim(-1, 1)
+    torch.testing.assert_close(group_scaling(x, 3, dim=1), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_channels_first_pn_eval_scales_groups_along_axis_1() -> None:
+    trained = _trained(group_scaling=True)
+    norm = PowerNorm(4, warmup_iters=3, group_num=2, channel_axis=1, dtype=F64)
+    norm.load_state_dict(trained.state_dict())
+    norm.eval()
+    x = torch.randn(2, 4, 3, 5, dtype=F64)
+    torch.testing.assert_close(norm(x), trained(x.movedim(1, -1)).movedim(-1, 1),
+                               rtol=1e-12, atol=1e-12)

@@ -239,3 +239,14 @@ def test_half_precision_input_keeps_its_dtype_with_float32_statistics(dtype) -> 
     torch.testing.assert_close(y.float(), results["float32"][0], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(dx.float(), results["float32"][1], rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(running_var, results["float32"][2], rtol=1e-2, atol=0)
+
+
+def test_channels_first_eval_is_the_constant_affine_along_axis_1() -> None:
+    trained = _norm_at_step(dict(window_size=2, warmup_iters=3), steps=20)
+    norm = UnifiedNorm(4, window_size=2, warmup_iters=3, channel_axis=1, dtype=F64)
+    norm.load_state_dict(trained.state_dict())  # channel_axis is no part of the state
+    norm.eval()
+    x = torch.randn(5, 4, 3, 2, dtype=F64)
+    a = (norm.weight / torch.sqrt(norm.running_var + norm.eps))[:, None, None]
+    torch.testing.assert_close(norm(x), a * x + norm.bias[:, None, None], rtol=1e-12, atol=1e-12)
+    assert repr(norm).endswith("channel_axis=1)")

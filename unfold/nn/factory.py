@@ -18,7 +18,8 @@ OFFLINE_KINDS = frozenset({"un", "pn", "pn*"})
 
 
 def create_norm(kind: str, num_channels: int, **options: Any) -> nn.Module:
-    """A normalization layer over the last axis of (..., num_channels) inputs."""
+    """A normalization layer over the last axis of (..., num_channels) inputs (the offline
+    kinds take `channel_axis=1` among the options for (N, num_channels, *spatial) inputs)."""
     if kind == "ln":
         return nn.LayerNorm(num_channels, **options)
     if kind == "un":

@@ -34,11 +34,13 @@ from unfold.nn._stats import (
 GROUP_SCALING_EPS = 1e-5
 
 
-def group_scaling(x: Tensor, group_num: int) -> Tensor:
-    """x / sqrt(mean of x² over each contiguous group of C/group_num channels + 1e-5)."""
-    grouped = x.unflatten(-1, (group_num, x.shape[-1] // group_num))
-    moment2 = grouped.square().mean(-1, keepdim=True)
-    return (grouped * torch.rsqrt(moment2 + GROUP_SCALING_EPS)).flatten(-2)
+def group_scaling(x: Tensor, group_num: int, dim: int = -1) -> Tensor:
+    """x / sqrt(mean of x² over each contiguous group of C/group_num channels + 1e-5), the
+    channels along axis `dim` (the last by default)."""
+    dim = dim % x.dim()
+    grouped = x.unflatten(dim, (group_num, x.shape[dim] // group_num))
+    moment2 = grouped.square().mean(dim + 1, keepdim=True)
+    return (grouped * torch.rsqrt(moment2 + GROUP_SCALING_EPS)).flatten(dim, dim + 1)
 
 
 class _PowerNormFunction(torch.autograd.Function):
@@ -75,7 +77,10 @@ class _PowerNormFunction(torch.autograd.Function):
         positions = torch.full((), num_positions(x), dtype=inv_std.dtype, device=x.device)
         nu.add_(global_mean(g_hat_z, positions, norm.sync_stats))  # ν <- ν + mean(ĝ·z)
         # dx̃ = ĝ / sqrt(q+eps) = dy·γ·b - x̃·(1-α_bkw)·ν·inv_std·b, b = 1/sqrt(q+eps)
-        dx = dy * (weight * batch_inv_std).to(dy.dtype)
+        # dx in x's memory layout (a channels-first layer's x is a permuted view), whatever
+        # dy's strides (expanded, from a .sum()): autograd then hands it back without a copy.
+        dx = torch.empty_like(x, dtype=dy.dtype)
+        torch.mul(dy, (weight * batch_inv_std).to(dy.dtype), out=dx)
         dx.addcmul_(x, (-shrink * inv_std * batch_inv_std).to(dy.dtype))
         dweight = (inv_std * dy_x).to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dy.sum(dims, dtype=acc).to(weight.dtype) if ctx.needs_input_grad[2] else None
@@ -83,7 +88,8 @@ class _PowerNormFunction(torch.autograd.Function):
 
 
 class PowerNorm(OfflineNorm):
-    """PowerNorm over the last axis of inputs shaped (..., C).
+    """PowerNorm over the channel axis of inputs shaped (..., C), or (N, C, *spatial) with
+    `channel_axis=1`.
 
     Args:
         num_channels: C.
@@ -95,6 +101,13 @@ class PowerNorm(OfflineNorm):
         group_num: contiguous channel groups for group scaling; must divide C.
         eps: added to the quadratic means.
         sync_stats: sum the batch statistics over torch.distributed ranks (beyond the reference).
+        channel_axis: -1 (default), inputs (..., C); or 1, inputs (N, C, *spatial). A
+            channels-first layer is exactly the channels-last one applied to `x.movedim(1, -1)`
+            and moved back; group scaling then groups along axis 1, and PN*'s eval is x·a + b
+            with a, b shaped (C, 1, ..., 1): no transpose.
+
+    forward(x, pad_mask=None): `pad_mask` (bool, True = padding; shape x.shape[:-1], or
+    x.shape[:1] + x.shape[2:] channels first) removes padded positions from the statistics.
     """
 
     def __init__(
@@ -108,6 +121,7 @@ class PowerNorm(OfflineNorm):
         group_num: int = 1,
         eps: float = 1e-5,
         sync_stats: bool = False,
+        channel_axis: int = -1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -117,7 +131,7 @@ class PowerNorm(OfflineNorm):
                 f"got {group_num}"
             )
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        super().__init__(num_channels, factory)
+        super().__init__(num_channels, factory, channel_axis)
         self.alpha_fwd = float(alpha_fwd)
         self.alpha_bkw = float(alpha_bkw)
         self.warmup_iters = int(warmup_iters)
@@ -144,17 +158,20 @@ class PowerNorm(OfflineNorm):
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         self._check_channels(x)
+        if not self.training:
+            if self.group_scaling:
+                x = group_scaling(x, self.group_num, dim=self.channel_axis)
+            scale, shift = self.eval_affine()
+            return x * self._per_channel(scale, x) + self._per_channel(shift, x)
+        x = self._to_channels_last(x)  # a view: channels first runs the channels-last maths
+        check_pad_mask(x, pad_mask)
         if self.group_scaling:
             x = group_scaling(x, self.group_num)
-        if not self.training:
-            scale, shift = self.eval_affine()
-            return x * scale + shift
-        check_pad_mask(x, pad_mask)
         inv_std, batch_inv_std = self._forward_statistics(x, pad_mask)
         out: Tensor = _PowerNormFunction.apply(
             x, self.weight, self.bias, inv_std, batch_inv_std, self
         )
-        return out
+        return self._from_channels_last(out)
 
     @torch.no_grad()
     def _forward_statistics(self, x: Tensor, pad_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -178,4 +195,4 @@ class PowerNorm(OfflineNorm):
         )
         if self.sync_stats:
             text += ", sync_stats=True"
-        return text
+        return text + self._extra_repr_axis()

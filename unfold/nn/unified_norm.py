@@ -110,7 +110,10 @@ class _UnifiedNormFunction(torch.autograd.Function):
         # 6. ĝ = g - c·z with c = μ on a skip step, ν (after step 5) otherwise
         c = torch.where(skip, mu, nu)
         # 7. dx = ĝ·inv_std = dy·(γ·r·inv_std) - x·(c·inv_std²)
-        dx = dy * (g_scale * inv_std).to(dy.dtype)
+        # dx in x's memory layout (a channels-first layer's x is a permuted view), whatever
+        # dy's strides (expanded, from a .sum()): autograd then hands it back without a copy.
+        dx = torch.empty_like(x, dtype=dy.dtype)
+        torch.mul(dy, (g_scale * inv_std).to(dy.dtype), out=dx)
         dx.addcmul_(x, (-c * inv_std.square()).to(dy.dtype))
         dweight = (r * inv_std * dy_x).to(weight.dtype) if ctx.needs_input_grad[1] else None
         dbias = dy.sum(dims, dtype=acc).to(weight.dtype) if ctx.needs_input_grad[2] else None
@@ -118,7 +121,8 @@ class _UnifiedNormFunction(torch.autograd.Function):
 
 
 class UnifiedNorm(OfflineNorm):
-    """Unified Normalization over the last axis of inputs shaped (..., C).
+    """Unified Normalization over the channel axis of inputs shaped (..., C), or (N, C, *spatial)
+    with `channel_axis=1`.
 
     Args:
         num_channels: C.
@@ -131,9 +135,15 @@ class UnifiedNorm(OfflineNorm):
         momentum: weight of the OLD value in the running averages (0.9 keeps 90% of it), the
             opposite of `torch.nn.BatchNorm`'s convention.
         sync_stats: sum the batch statistics over torch.distributed ranks (beyond the reference).
+        channel_axis: -1 (default), inputs (..., C); or 1, inputs (N, C, *spatial), as
+            Conv2d writes them (timm's LayerNorm2d, Hugging Face's channels_first LayerNorms).
+            A channels-first layer is exactly the channels-last one applied to
+            `x.movedim(1, -1)` and moved back (statistics, state and eval affine included); its
+            eval mode is x·a + b with a, b shaped (C, 1, ..., 1): no transpose.
 
-    forward(x, pad_mask=None): `pad_mask` (bool, shape x.shape[:-1], True = padding) removes
-    padded positions from the statistics; every position is normalized.
+    forward(x, pad_mask=None): `pad_mask` (bool, True = padding) removes padded positions from
+    the statistics; every position is normalized. Its shape is the input's without the channel
+    axis: x.shape[:-1], or (N, *spatial) = x.shape[:1] + x.shape[2:] channels first.
     """
 
     def __init__(
@@ -146,13 +156,14 @@ class UnifiedNorm(OfflineNorm):
         eps: float = 1e-5,
         momentum: float = 0.9,
         sync_stats: bool = False,
+        channel_axis: int = -1,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         if not 0.0 <= momentum <= 1.0:
             raise ValueError(f"momentum must lie in [0, 1], got {momentum}")
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
-        super().__init__(num_channels, factory)
+        super().__init__(num_channels, factory, channel_axis)
         self.forward_window_size, self.backward_window_size = _window_pair(window_size)
         self.warmup_iters = int(warmup_iters)
         self.outlier_filtration = bool(outlier_filtration)
@@ -186,20 +197,21 @@ class UnifiedNorm(OfflineNorm):
         self.num_outliers.zero_()
 
     def eval_affine(self) -> tuple[Tensor, Tensor]:
-        """(a, b) of the eval-mode affine y = a⊙x + b: a = γ/sqrt(ρ+eps), b = β."""
+        """(a, b) of the eval-mode affine y = a⊙x + b: a = γ/sqrt(ρ+eps), b = β, shape (C,)."""
         return self.weight * torch.rsqrt(self.running_var + self.eps), self.bias
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         self._check_channels(x)
         if not self.training:
             scale, shift = self.eval_affine()
-            return x * scale + shift
+            return x * self._per_channel(scale, x) + self._per_channel(shift, x)
+        x = self._to_channels_last(x)  # a view: channels first runs the channels-last maths
         check_pad_mask(x, pad_mask)
         inv_std, r, step, skip = self._forward_statistics(x, pad_mask)
         out: Tensor = _UnifiedNormFunction.apply(
             x, self.weight, self.bias, inv_std, r, step, skip, self
         )
-        return out
+        return self._from_channels_last(out)
 
     @torch.no_grad()
     def _forward_statistics(
@@ -248,4 +260,4 @@ class UnifiedNorm(OfflineNorm):
         )
         if self.sync_stats:
             text += ", sync_stats=True"
-        return text
+        return text + self._extra_repr_axis()
