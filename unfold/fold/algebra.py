@@ -219,3 +219,336 @@ def fold_into_conv_consumer(affine: ChannelAffine, weight: np.ndarray, bias: np.
             raise FoldRejected("the shift b/a left before the Conv would be non-finite")
     out_w, out_b = _finish(new_w, new_b, weight, bias, "folding into the Conv")
     return FoldedConvConsumer(out_w, out_b, _max_abs(weight), _max_abs(out_w), input_shift)
+
+
+# ---------------------------------------------------------------------------------------------
+# The dataflow pass's state: an affine as two constants broadcast against the tensor it acts on
+# ---------------------------------------------------------------------------------------------
+#
+# A pending affine on a tensor t of rank r says: the value the original graph computes there is
+# scale ⊙ p + shift, where p is what the rewritten graph computes (its *carrier*). scale and
+# shift are float64 arrays of rank r whose every dim is 1 or t's (static) dim: a norm's is per
+# channel on one axis ((1, 1, C) on tokens, (1, C, 1, 1) on NCHW); moving it through layout ops
+# moves those dims (a Transpose transposes them, a Reshape that merges 2x2 patches tiles them);
+# a linear over tokens turns a per-channel shift into a (C, T) one. Layout ops act on the two
+# constants exactly as on the tensor, which is why one set of numpy functions below serves every
+# layout op's transfer.
+
+MAX_CONSTANT_ELEMENTS = 1 << 22  # a shift that would need more than this stays materialized
+
+
+def _as_rank(value: np.ndarray, rank: int) -> np.ndarray:
+    value = np.asarray(value, dtype=np.float64)
+    if value.ndim > rank:
+        raise ValueError(f"a constant of rank {value.ndim} cannot act on a tensor of rank {rank}")
+    return value.reshape((1,) * (rank - value.ndim) + value.shape)
+
+
+def compress(value: np.ndarray) -> np.ndarray:
+    """`value` with every axis along which it is constant reduced to size 1 (it broadcasts to
+    the same thing)."""
+    for axis in range(value.ndim):
+        if value.shape[axis] > 1 and np.all(value == value.take([0], axis=axis)):
+            value = value.take([0], axis=axis)
+    return value
+
+
+@dataclass(frozen=True)
+class Affine:
+    """y = scale ⊙ x + shift, scale and shift float64 arrays of x's rank that broadcast to it."""
+
+    scale: np.ndarray
+    shift: np.ndarray
+
+    def __post_init__(self) -> None:
+        scale = np.asarray(self.scale, dtype=np.float64)
+        shift = np.asarray(self.shift, dtype=np.float64)
+        if scale.ndim != shift.ndim:
+            rank = max(scale.ndim, shift.ndim)
+            scale, shift = _as_rank(scale, rank), _as_rank(shift, rank)
+        object.__setattr__(self, "scale", compress(scale))
+        object.__setattr__(self, "shift", compress(shift))
+
+    @classmethod
+    def identity(cls, rank: int) -> Affine:
+        return cls(np.ones((1,) * rank), np.zeros((1,) * rank))
+
+    @classmethod
+    def shift_only(cls, shift: np.ndarray) -> Affine:
+        shift = np.asarray(shift, dtype=np.float64)
+        return cls(np.ones((1,) * shift.ndim), shift)
+
+    @property
+    def rank(self) -> int:
+        return self.scale.ndim
+
+    @property
+    def has_scale(self) -> bool:
+        return bool(np.any(self.scale != 1.0))
+
+    @property
+    def has_shift(self) -> bool:
+        return bool(np.any(self.shift != 0.0))
+
+    def is_identity(self) -> bool:
+        return not self.has_scale and not self.has_shift
+
+    def ops(self) -> int:
+        """Nodes it takes to materialize: a Mul when it scales, an Add when it shifts."""
+        return int(self.has_scale) + int(self.has_shift)
+
+    def then(self, second: Affine) -> Affine:
+        """Rule 4: second(self(x)) = (s2⊙s1)⊙x + (s2⊙b1 + b2)."""
+        return Affine(second.scale * self.scale, second.scale * self.shift + second.shift)
+
+    def map(self, layout, scale_fill: float = 1.0, shift_fill: float = 0.0) -> Affine | None:
+        """Both constants through the same layout function `layout(value, fill)` (None when it
+        cannot map them: the affine does not survive that op)."""
+        scale, shift = layout(self.scale, scale_fill), layout(self.shift, shift_fill)
+        if scale is None or shift is None:
+            return None
+        return Affine(scale, shift)
+
+    def size(self) -> int:
+        return int(max(self.scale.size, self.shift.size))
+
+    def varying_axes(self) -> set[int]:
+        return {a for a in range(self.rank)
+                if self.scale.shape[a] > 1 or self.shift.shape[a] > 1}
+
+    def scale_vector(self, axis: int, channels: int) -> np.ndarray | None:
+        """The scale as a (channels,) vector when it varies along `axis` only (a scalar scale
+        broadcast), else None."""
+        return _vector(self.scale, axis, channels)
+
+    def shift_vector(self, axis: int, channels: int) -> np.ndarray | None:
+        return _vector(self.shift, axis, channels)
+
+    def channel_range(self) -> tuple[float, float]:
+        """min and max of |scale| (what dividing by it does to weights: rule 9)."""
+        magnitude = np.abs(self.scale)
+        return float(magnitude.min()), float(magnitude.max())
+
+
+def _vector(value: np.ndarray, axis: int, channels: int) -> np.ndarray | None:
+    if any(d != 1 for a, d in enumerate(value.shape) if a != axis % value.ndim):
+        return None
+    vector = value.reshape(-1)
+    if vector.size == 1:
+        return np.full(channels, float(vector[0]))
+    return vector if vector.size == channels else None
+
+
+def affine_of_step(op: str, constant: np.ndarray, data_rank: int, constant_first: bool
+                   ) -> Affine | None:
+    """The affine of one elementwise op with a constant operand: x*c, x+c, x-c, c-x, x/c (c/x is
+    not affine: None; nor is x/c with a zero in c)."""
+    c = _as_rank(constant, data_rank)
+    ones, zeros = np.ones_like(c), np.zeros_like(c)
+    if op == "Mul":
+        return Affine(c, zeros)
+    if op == "Add":
+        return Affine(ones, c)
+    if op == "Sub":
+        return Affine(-ones, c) if constant_first else Affine(ones, -c)
+    if op == "Div":
+        if constant_first or np.any(c == 0):
+            return None
+        return Affine(1.0 / c, zeros)
+    return None
+
+
+def broadcasts_within(value: np.ndarray, shape) -> bool:
+    """Every dim of `value` is 1 or the tensor's (static) dim: it does not enlarge the tensor."""
+    if shape is None or len(shape) != value.ndim:
+        return False
+    return all(d == 1 or (isinstance(s, int) and d == s) for d, s in zip(value.shape, shape,
+                                                                       strict=True))
+
+
+# --- layout functions: act on a broadcast constant as the op acts on the tensor --------------
+
+def transpose_constant(value: np.ndarray, perm) -> np.ndarray:
+    return np.transpose(value, list(perm))
+
+
+def unsqueeze_constant(value: np.ndarray, axes) -> np.ndarray:
+    out_rank = value.ndim + len(axes)
+    for axis in sorted(a % out_rank for a in axes):
+        value = np.expand_dims(value, axis)
+    return value
+
+
+def squeeze_constant(value: np.ndarray, axes) -> np.ndarray | None:
+    axes = sorted({a % value.ndim for a in axes})
+    if any(value.shape[a] != 1 for a in axes):
+        return None
+    return np.squeeze(value, axis=tuple(axes)) if axes else value
+
+
+def _static(dim) -> bool:
+    return isinstance(dim, int) and not isinstance(dim, bool) and dim >= 0
+
+
+def reshape_constant(value: np.ndarray, in_shape, out_shape) -> np.ndarray | None:
+    """A constant that broadcasts against a tensor of `in_shape`, as it broadcasts against
+    reshape(tensor, out_shape); None when that is no broadcastable constant we can write.
+
+    Dims are grouped into blocks whose element counts match (from both ends, so a dynamic batch
+    or an unknown middle dim is fine where the constant is 1 over it); over a block where the
+    constant is all 1s it stays 1s, over one where it varies it is written out whole (static
+    dims only), reshaped, and compressed again: merging 2x2 patches' channels tiles a per-
+    channel vector 4 times, splitting C into heads splits it."""
+    if in_shape is None or out_shape is None or value.ndim != len(in_shape):
+        return None
+    in_shape, out_shape = list(in_shape), list(out_shape)
+
+    def same(a, b) -> bool:
+        return a == b and a is not None
+
+    head: list[tuple[list[int], list[int]]] = []  # blocks matched from the front
+    i = j = 0
+    while i < len(in_shape) and j < len(out_shape):
+        if same(in_shape[i], out_shape[j]):
+            head.append(([i], [j]))
+            i, j = i + 1, j + 1
+            continue
+        block = _static_block(in_shape, out_shape, i, j, step=1)
+        if block is None:
+            break
+        head.append(block)
+        i, j = max(block[0]) + 1, max(block[1]) + 1
+    tail: list[tuple[list[int], list[int]]] = []
+    ii, jj = len(in_shape) - 1, len(out_shape) - 1
+    while ii >= i and jj >= j:
+        if same(in_shape[ii], out_shape[jj]):
+            tail.append(([ii], [jj]))
+            ii, jj = ii - 1, jj - 1
+            continue
+        block = _static_block(in_shape, out_shape, ii, jj, step=-1)
+        if block is None or min(block[0]) < i or min(block[1]) < j:
+            break
+        tail.append(block)
+        ii, jj = min(block[0]) - 1, min(block[1]) - 1
+    middle = (list(range(i, ii + 1)), list(range(j, jj + 1)))
+    blocks = head + ([middle] if middle[0] or middle[1] else []) + tail[::-1]
+    expand_to: list[int] = []  # value written out over the blocks where it varies
+    result_shape: list[int] = []
+    for ins, outs in blocks:
+        if all(value.shape[a] == 1 for a in ins):
+            expand_to += [1] * len(ins)
+            result_shape += [1] * len(outs)
+            continue
+        dims_in = [in_shape[a] for a in ins]
+        dims_out = [out_shape[a] for a in outs]
+        if not all(_static(d) for d in dims_in + dims_out) or \
+                int(np.prod(dims_in)) != int(np.prod(dims_out)):
+            return None
+        expand_to += dims_in
+        result_shape += dims_out
+    if int(np.prod(expand_to)) > MAX_CONSTANT_ELEMENTS:
+        return None
+    # blocks are contiguous and in order: one reshape of the whole array reshapes each block
+    full = np.broadcast_to(value, expand_to)
+    return compress(np.ascontiguousarray(full).reshape(result_shape))
+
+
+def _static_block(in_shape, out_shape, i: int, j: int, step: int):
+    """Starting at in_shape[i] and out_shape[j] (walking by `step`), the smallest run of static
+    dims on each side with the same number of elements; None if a dim on the way is unknown."""
+    ins, outs = [i], [j]
+    if not (_static(in_shape[i]) and _static(out_shape[j])):
+        return None
+    p, q = in_shape[i], out_shape[j]
+    while p != q:
+        if p < q:
+            nxt = ins[-1] + step
+            if not 0 <= nxt < len(in_shape) or not _static(in_shape[nxt]):
+                return None
+            ins.append(nxt)
+            p *= in_shape[nxt]
+        else:
+            nxt = outs[-1] + step
+            if not 0 <= nxt < len(out_shape) or not _static(out_shape[nxt]):
+                return None
+            outs.append(nxt)
+            q *= out_shape[nxt]
+    return sorted(ins), sorted(outs)
+
+
+def slice_constant(value: np.ndarray, starts, ends, axes, steps) -> np.ndarray:
+    """ONNX Slice on a broadcast constant: axes where it is 1 stay 1 (every element the same)."""
+    index = [slice(None)] * value.ndim
+    for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
+        axis = int(axis) % value.ndim
+        if value.shape[axis] != 1:
+            index[axis] = slice(int(start), int(end), int(step))
+    return value[tuple(index)]
+
+
+def gather_constant(value: np.ndarray, indices: np.ndarray | None, index_rank: int,
+                    axis: int) -> np.ndarray | None:
+    """ONNX Gather on a broadcast constant. Indices may be unknown (None) only where the
+    constant is 1 along `axis` (then each gathered element is that same value)."""
+    axis %= value.ndim
+    if value.shape[axis] == 1:
+        shape = value.shape[:axis] + (1,) * index_rank + value.shape[axis + 1:]
+        return value.reshape(shape)
+    if indices is None:
+        return None
+    return np.take(value, np.asarray(indices, dtype=np.int64), axis=axis)
+
+
+def pad_constant(value: np.ndarray, pads, shape, fill: float) -> np.ndarray | None:
+    """ONNX Pad (constant mode) of a broadcast constant with `fill` at the new positions. An
+    axis padded by a non-zero amount must be written out whole first (static dim)."""
+    rank = value.ndim
+    widths = [(int(pads[a]), int(pads[a + rank])) for a in range(rank)]
+    if any(b < 0 or e < 0 for b, e in widths):
+        return None  # negative pads crop: a Slice, not handled here
+    target = []
+    for a, (b, e) in enumerate(widths):
+        if (b or e) and value.shape[a] == 1 and (fill != 0.0 or np.any(value != 0)):
+            if not _static(shape[a]):
+                return None
+            target.append(shape[a])
+        else:
+            target.append(value.shape[a])
+    full = np.broadcast_to(value, target)
+    if full.size > MAX_CONSTANT_ELEMENTS:
+        return None
+    padded_widths = [w if full.shape[a] > 1 or value.shape[a] > 1 else (0, 0)
+                     for a, w in enumerate(widths)]
+    return np.pad(full, padded_widths, constant_values=fill)
+
+
+def concat_constants(values: list[np.ndarray], axis: int, sizes: list[int | None]
+                     ) -> np.ndarray | None:
+    """The broadcast constant of Concat(parts, axis), each part's constant given with its size
+    along `axis` (None when unknown: only allowed if every part's constant is the same and 1
+    along the axis)."""
+    axis %= values[0].ndim
+    rank = values[0].ndim
+    if all(v.shape[axis] == 1 for v in values):
+        other = [tuple(d for a, d in enumerate(v.shape) if a != axis) for v in values]
+        shape = [max(ds) for ds in zip(*other, strict=True)] if rank > 1 else []
+        expanded = [np.broadcast_to(np.squeeze(v, axis), shape) for v in values]
+        if all(np.array_equal(expanded[0], e) for e in expanded[1:]):
+            return values[0] if all(v.shape == values[0].shape for v in values) else \
+                np.expand_dims(expanded[0], axis)
+    if any(s is None for s in sizes):
+        return None
+    parts = []
+    full_shape = [max(v.shape[a] for v in values) for a in range(rank)]
+    for value, size in zip(values, sizes, strict=True):
+        shape = list(full_shape)
+        shape[axis] = size
+        parts.append(np.broadcast_to(value, shape))
+    joined = np.concatenate(parts, axis=axis)
+    return None if joined.size > MAX_CONSTANT_ELEMENTS else compress(joined)
+
+
+def reduce_mean_constant(value: np.ndarray, axes, keepdims: bool) -> np.ndarray:
+    axes = tuple(sorted({a % value.ndim for a in axes}))
+    reduced = value.mean(axis=axes, keepdims=True)
+    return reduced if keepdims else np.squeeze(reduced, axis=axes)

@@ -188,6 +188,39 @@ def bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] | 
     return None
 
 
+RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def is_round_trip(first: gs.Node, second: gs.Node) -> bool:
+    """second(first(x)) == x: two Transposes whose perms compose to the identity, or two
+    reshaping ops (Reshape, Flatten, Squeeze, Unsqueeze) that bring back x's own shape (every
+    dim known: static, or the same named dim)."""
+    if not first.inputs or not second.outputs or first.outputs[0] is not second.inputs[0]:
+        return False
+    return undoes(second, first)
+
+
+def undoes(second: gs.Node, first: gs.Node) -> bool:
+    """Applied after `first` (whatever lies between them keeps the shape), `second` gives back
+    `first`'s input: inverse Transposes, or reshapes back to its (known) shape."""
+    if not first.inputs or not second.outputs:
+        return False
+    x, y = first.inputs[0], second.outputs[0]
+    r = rank(x)
+    if r is None:
+        return False
+    if first.op == second.op == "Transpose":
+        p1 = list(first.attrs.get("perm", reversed(range(r))))
+        p2 = list(second.attrs.get("perm", reversed(range(r))))
+        return [p1[i] for i in p2] == list(range(r))
+    if first.op in RESHAPES and second.op in RESHAPES:
+        before, after = getattr(x, "shape", None), getattr(y, "shape", None)
+        return before is not None and after is not None and \
+            all(isinstance(d, (int, str)) and not str(d).startswith("unk__") for d in before) \
+            and list(before) == list(after)
+    return False
+
+
 def rank(tensor: gs.Tensor) -> int | None:
     shape = getattr(tensor, "shape", None)
     return len(shape) if shape is not None else None

@@ -5,6 +5,7 @@ Div-by-Sqrt eval form) are folded first, so the sites see plain constants."""
 from __future__ import annotations
 
 import gc
+import os
 from collections import Counter
 from collections.abc import Collection
 
@@ -15,12 +16,14 @@ import onnx_graphsurgeon as gs
 from unfold.errors import UnfoldError
 from unfold.fold.batch_norm import KIND as BATCH_NORM
 from unfold.fold.batch_norm import rewrite_batch_norms
-from unfold.fold.graph import SHAPE_READERS, Names, emit_affine, rank
+from unfold.fold.dataflow import fold_graph
+from unfold.fold.graph import RESHAPES, SHAPE_READERS, Names, emit_affine, is_round_trip
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
 from unfold.fold.rules.pending_shift import REASON as PENDING_SHIFT_REASON
 from unfold.fold.sites import LINEAR_PRODUCERS, NormSite, find_sites
+from unfold.fold.transfer import RULES as TRANSFER_RULES
 from unfold.fold.weights import (
     ModelParts,
     import_parts,
@@ -39,36 +42,19 @@ COLLECT_FROM_BYTES = 64 << 20
 MAX_MOVES_PER_NODE = 4
 
 
-def _is_round_trip(first: gs.Node, second: gs.Node) -> bool:
-    """second(first(x)) == x: two Transposes whose perms compose to the identity, or two
-    Reshapes that bring back x's own (fully known) shape."""
-    x, y = first.inputs[0], second.outputs[0]
-    r = rank(x)
-    if r is None:
-        return False
-    if first.op == second.op == "Transpose":
-        p1 = list(first.attrs.get("perm", reversed(range(r))))
-        p2 = list(second.attrs.get("perm", reversed(range(r))))
-        return [p1[i] for i in p2] == list(range(r))
-    if first.op == second.op == "Reshape":
-        before, after = getattr(x, "shape", None), getattr(y, "shape", None)
-        return before is not None and after is not None and all(d is not None for d in before) \
-            and list(before) == list(after)
-    return False
-
-
 def _drop_layout_round_trips(graph: gs.Graph) -> None:
     """x.transpose(1, 2) -> BN -> transpose back, or x.reshape(B*N, C) -> BN -> reshape back:
     once the norm between them is folded away the pair is a round trip; the exporters drop
-    the same pair from the no-norm twin, and so does this (for the twin too)."""
+    the same pair from the no-norm twin, and so does this (for the twin too). Where the first
+    op has other readers it stays for them; the second goes."""
     graph_outputs = {t.name for t in graph.outputs}
-    for second in [n for n in graph.nodes if n.op in ("Transpose", "Reshape")]:
+    for second in [n for n in graph.nodes if n.op in RESHAPES + ("Transpose",)]:
         middle = second.inputs[0]
-        if len(middle.inputs) != 1 or len(middle.outputs) != 1 or \
-                middle.name in graph_outputs or second.outputs[0].name in graph_outputs:
+        if len(middle.inputs) != 1 or middle.name in graph_outputs or \
+                second.outputs[0].name in graph_outputs:
             continue
         first = middle.inputs[0]
-        if not _is_round_trip(first, second):
+        if not is_round_trip(first, second):
             continue
         source, out = first.inputs[0], second.outputs[0]
         for reader in list(out.outputs):
@@ -124,39 +110,68 @@ def _end(report: SiteReport, ended: dict[str, list[str]], status: str) -> None:
         report.status = "partial"
 
 
+# Rounds of shape inference and constant folding before the fold: the TorchScript exporter
+# computes pads and crops from Shape ops at run time (Swin's window padding); each round makes
+# the next level of that arithmetic constant.
+MAX_PREPARATION_ROUNDS = 6
+
+
+def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
+    """Infer shapes and fold constants until the graph stops shrinking."""
+    infer_shapes(graph, skeleton)
+    for _ in range(MAX_PREPARATION_ROUNDS):
+        before = len(graph.nodes)
+        graph.fold_constants().cleanup()
+        infer_shapes(graph, skeleton)  # shapes the constant folding made static
+        if len(graph.nodes) == before:
+            break
+
+
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
-               in_place: bool = False) -> tuple[onnx.ModelProto, FoldReport]:
+               in_place: bool = False, max_scale: float | None = None
+               ) -> tuple[onnx.ModelProto, FoldReport]:
     """Fold every offline norm the rules can; the report says where each went or why it
     stayed. The result passes onnx.checker's full check.
 
     `in_place=True` folds `model` itself and returns it: no copy of its weights; the caller
     must not need the original. (`fold_parts` on a file's parts needs less memory still.)"""
-    folded, report = fold_parts(ModelParts.viewing(model), skip=skip)
+    folded, report = fold_parts(ModelParts.viewing(model), skip=skip, max_scale=max_scale)
     if in_place:
         folded.into(model)
         return model, report
     return folded.to_model(), report
 
 
-def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelParts,
-                                                                         FoldReport]:
+# The fold engine: "dataflow" (one analysis, one rewrite: unfold/fold/dataflow.py) or "rules"
+# (the earlier rule-by-rule rewriter), side by side while the first replaces the second.
+ENGINE = os.environ.get("UNFOLD_FOLD_ENGINE", "rules")
+
+
+def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
+               max_scale: float | None = None) -> tuple[ModelParts, FoldReport]:
     """fold_model on a model whose weights are apart (`onnx_files.load_onnx_parts`): each
     weight a fold replaces is freed as it goes, so the peak stays near the weights' size.
     Takes the weights out of `parts`; the result holds the kept ones and the new ones."""
-    unknown = set(skip) - set(RULES)
+    registry = TRANSFER_RULES if ENGINE == "dataflow" else RULES
+    unknown = set(skip) - set(registry)
     if unknown:
-        raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
+        raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(registry)}")
+    if max_scale is not None and not max_scale > 1.0:
+        raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
     graph = import_parts(parts)
-    infer_shapes(graph, parts.skeleton)
-    graph.fold_constants().cleanup()
-    infer_shapes(graph, parts.skeleton)  # shapes the constant folding made static
+    _fold_shape_arithmetic(graph, parts.skeleton)
     # Both made copies of the graph, now garbage in reference cycles that share every
     # weight: until they go, no weight the rules replace could be freed.
     if big:
         gc.collect()
     names = Names(graph)
+    if ENGINE == "dataflow":
+        site_reports = fold_graph(graph, names, skip=skip, max_scale=max_scale).reports
+        graph.cleanup().toposort()
+        online = find_online_norms(graph)
+        return _finish(graph, parts, big, site_reports, original_ops, online)
     reports: dict[str, SiteReport] = {}
     batch_norms = rewrite_batch_norms(graph, names)
     for name, channels in batch_norms.sites:
@@ -230,6 +245,11 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
         if host is not report:
             report.status = host.status
             report.path.append(f"composed into '{host.name}'")
+    return _finish(graph, parts, big, list(reports.values()), original_ops, online)
+
+
+def _finish(graph: gs.Graph, parts: ModelParts, big: bool, site_reports: list[SiteReport],
+            original_ops: Counter[str], online: list) -> tuple[ModelParts, FoldReport]:
     _drop_layout_round_trips(graph)
     graph.fold_constants().cleanup().toposort()  # what the moves made constant
     folded = parts_of(graph, parts)
@@ -242,4 +262,4 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = ()) -> tuple[ModelP
         gc.collect()
     onnx.checker.check_model(weightless_model(folded), full_check=True)
     ops_after = Counter(node.op_type for node in folded.skeleton.graph.node)
-    return folded, FoldReport(list(reports.values()), original_ops, ops_after, online)
+    return folded, FoldReport(site_reports, original_ops, ops_after, online)

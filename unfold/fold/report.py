@@ -23,6 +23,9 @@ class SiteReport:
     merged_into: str | None = None  # composed with this (earlier) site on the residual stream
     max_abs_weight_before: float = 0.0
     max_abs_weight_after: float = 0.0
+    # min and max |scale| the site's affine had while it was carried (a post-norm stream's is
+    # the product of every norm's so far: dividing weights by it grows them by 1/min)
+    scale_range: list[float] | None = None
 
 
 @dataclass

@@ -1,0 +1,465 @@
+"""The fold as one dataflow pass (DESIGN.md, "How the fold runs"), in three sweeps over the
+nodes in topological order, each linear in the graph:
+
+1. analysis, forward: every norm site starts (or composes into) a pending affine; each node a
+   pending reaches is planned by its op family's transfer function (`transfer.plan_node`):
+   it carries the affine to its outputs, absorbs it, or stops it. Nothing changes yet.
+2. decision, backward: for every tensor with a pending, each consumer edge is decided on its
+   own from what the plans downstream would cost, counted in ops added: an edge that ends
+   absorbed costs 0; one that stops needs the affine materialized (one Mul, one Add, shared by
+   every edge that needs it; at a graph output a little less, as DESIGN allows it there). An
+   edge is carried on only where that costs less than materializing.
+3. rewrite, forward: the chosen moves are planned again on the graph as it now is (with their
+   arithmetic this time) and applied; every pending whose original tensor is still read, or is
+   a graph output, is materialized from its carrier, once.
+
+The report is built from what the rewrite did: per site, where its affine went (`path`), what
+absorbed it, and for what stayed, the reader that needed the true values and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine
+from unfold.fold.flow import Context, Move, Pending, Stop, dtype_of, named
+from unfold.fold.graph import SHAPE_READERS, Names, replace_weight
+from unfold.fold.report import SiteReport
+from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
+from unfold.fold.transfer import plan_node
+from unfold.fold.transfer.norm import START, plan_site
+
+OUTPUT_DISCOUNT = 0.25  # a materialization at a graph output is what DESIGN allows: prefer it
+FAN_OUT = "fan-out: materialized once here rather than carried into every reader"
+
+Edge = tuple[str, int, int]  # (tensor name, id of the reading node, input slot)
+
+
+@dataclass
+class _Log:
+    """What the rewrite did, per site (by name)."""
+
+    path: dict[str, list[str]] = field(default_factory=dict)
+    absorbed: dict[str, list[str]] = field(default_factory=dict)
+    reasons: dict[str, list[str]] = field(default_factory=dict)
+    ends: dict[str, list[str]] = field(default_factory=dict)  # "output" | "interior"
+    merged_into: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, tuple[float, float]] = field(default_factory=dict)
+    scale_range: dict[str, tuple[float, float]] = field(default_factory=dict)
+    refused: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, table: dict[str, list[str]], site: str, text: str) -> None:
+        if text and text not in table.setdefault(site, []):
+            table[site].append(text)
+
+
+class _Rewriter:
+    """Implements flow.Rewrite for the moves' `apply`."""
+
+    def __init__(self, graph: gs.Graph, names: Names, log: _Log) -> None:
+        self.graph, self.names, self.log = graph, names, log
+        self.site: str | None = None  # whose move is being applied
+
+    def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
+                      weights: tuple[float, float] | None = None) -> None:
+        replace_weight(node, slot, value, self.names)
+        if weights is not None and self.site is not None:
+            before, after = self.log.weights.get(self.site, (0.0, 0.0))
+            self.log.weights[self.site] = (max(before, weights[0]), max(after, weights[1]))
+
+    def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype, base: str,
+                    out: gs.Tensor | None = None) -> gs.Tensor:
+        """out (a new tensor unless given) = affine(source): a Mul and an Add, each left out
+        when neutral (an Identity when both are), constants without leading 1-dims."""
+        if out is None:
+            out = gs.Variable(self.names.new(source.name), dtype=source.dtype,
+                              shape=source.shape)
+        ops = [(op, value) for op, value, neutral in (("Mul", affine.scale, 1.0),
+                                                      ("Add", affine.shift, 0.0))
+               if np.any(value != neutral)]
+        if not ops:
+            self.graph.nodes.append(gs.Node("Identity", self.names.new(base), inputs=[source],
+                                            outputs=[out]))
+            return out
+        current = source
+        for i, (op, value) in enumerate(ops):
+            result = out if i == len(ops) - 1 else gs.Variable(
+                self.names.new(out.name), dtype=out.dtype, shape=out.shape)
+            while value.ndim > 1 and value.shape[0] == 1:
+                value = value[0]
+            constant = gs.Constant(self.names.new(f"{base}_{op.lower()}"),
+                                   np.asarray(value).astype(dtype))
+            self.graph.nodes.append(gs.Node(op, self.names.new(f"{base}_{op.lower()}"),
+                                            inputs=[current, constant], outputs=[result]))
+            current = result
+        return out
+
+
+def _edges(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
+    seen: set[tuple[int, int]] = set()
+    edges = []
+    for node in tensor.outputs:
+        for slot, t in enumerate(node.inputs):
+            if t is tensor and (id(node), slot) not in seen:
+                seen.add((id(node), slot))
+                edges.append((node, slot))
+    return edges
+
+
+@dataclass
+class FoldResult:
+    reports: list[SiteReport]
+
+
+def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
+               max_scale: float | None = None) -> FoldResult:
+    """Fold every offline norm site of `graph` (in place); the graph needs cleanup after."""
+    graph.toposort()
+    order = list(graph.nodes)
+    ctx = Context(graph, skip=skip, max_scale=max_scale)
+    sites = find_affine_sites(graph)
+    site_at = {id(s.nodes[0]): s for s in sites}
+    inside = {id(n) for s in sites for n in s.nodes[1:]}
+    plans, pend = _analyse(order, site_at, inside, ctx)
+    chosen, because = _decide(order, site_at, plans, pend, ctx)
+    log = _Log()
+    _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
+    return FoldResult(_reports(sites, log))
+
+
+# --- 1. analysis ------------------------------------------------------------------------------
+
+def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], ctx: Context
+             ) -> tuple[dict[int, Move | Stop], dict[str, Pending]]:
+    """Plans for every node a pending reaches (a site's under its first node), and the pending
+    on every tensor, as if every edge carried it."""
+    ctx.dry = True
+    plans: dict[int, Move | Stop] = {}
+    pend: dict[str, Pending] = {}
+    for node in order:
+        if id(node) in inside:
+            continue
+        site = site_at.get(id(node))
+        if site is not None:
+            incoming = pend.get(site.current_input().name)
+            plan = plan_site(site, incoming, ctx)
+            plans[id(node)] = plan
+            if isinstance(plan, Stop):  # the incoming edge stops: the site starts afresh
+                plan = plan_site(site, None, ctx)
+        else:
+            pendings = {slot: pend[t.name] for slot, t in enumerate(node.inputs)
+                        if t.name in pend}
+            if not pendings:
+                continue
+            plan = plan_node(node, pendings, ctx)
+            plans[id(node)] = plan
+        if isinstance(plan, Move):
+            for name, pending in plan.outputs.items():
+                if pending.invariant or not pending.affine.is_identity():  # type: ignore[union-attr]
+                    pend[name] = pending
+    ctx.dry = False
+    return plans, pend
+
+
+# --- 2. decision ------------------------------------------------------------------------------
+
+def _materialize_cost(tensor: gs.Tensor, pending: Pending, ctx: Context) -> float:
+    if pending.invariant:
+        return math.inf
+    ops = pending.affine.ops()  # type: ignore[union-attr]
+    return ops - OUTPUT_DISCOUNT if ctx.is_output(tensor) and ops else float(ops)
+
+
+def _decide(order: list[gs.Node], site_at: dict[int, Site], plans: dict[int, Move | Stop],
+            pend: dict[str, Pending], ctx: Context) -> tuple[dict[Edge, bool], dict[Edge, str]]:
+    """For every consumer edge of a pending: carry it on or not; for those not carried on,
+    why (the reader's own reason, or what stops the affine further down that way)."""
+    cost: dict[str, float] = {}
+    why: dict[str, str] = {}  # what keeps the pending on a tensor from going all the way
+    chosen: dict[Edge, bool] = {}
+    because: dict[Edge, str] = {}
+    for node in reversed(order):
+        for tensor in node.outputs:
+            pending = pend.get(tensor.name)
+            if pending is None:
+                continue
+            blocked = None
+            if ctx.is_output(tensor):
+                blocked = f"'{tensor.name}' is a graph output"
+            edges = []
+            for reader, slot in _edges(tensor):
+                edge = (tensor.name, id(reader), slot)
+                plan = plans.get(id(reader))
+                if not isinstance(plan, Move) or slot not in plan.consumes:
+                    chosen[edge] = False
+                    because[edge] = f"reader {named(reader)}: " + (
+                        plan.reason if isinstance(plan, Stop) else "it takes it on another "
+                        "input only")
+                    blocked = blocked or because[edge]
+                    continue
+                c, later = 0.0, ""
+                if slot == min(plan.consumes):
+                    c = plan.cost + sum(cost.get(name, 0.0) for name in plan.outputs)
+                    later = next((why[name] for name in plan.outputs if why.get(name)), "")
+                    if plan.leaves and not later:
+                        later = plan.leaves
+                edges.append((edge, c, later))
+            m = _materialize_cost(tensor, pending, ctx)
+            total = sum(c for _, c, _ in edges)
+            if blocked is not None or total >= m:
+                for edge, c, later in edges:
+                    chosen[edge] = c <= 0
+                    if c > 0:
+                        because[edge] = later
+                cost[tensor.name] = m
+                why[tensor.name] = blocked or next((later for _, c, later in edges if c > 0),
+                                                   "")
+            else:
+                for edge, _, _ in edges:
+                    chosen[edge] = True
+                cost[tensor.name] = total
+                why[tensor.name] = next((later for _, c, later in edges if later), "")
+    return chosen, because
+
+
+# --- 3. rewrite -------------------------------------------------------------------------------
+
+def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
+             chosen: dict[Edge, bool], because: dict[Edge, str], ctx: Context,
+             names: Names, log: _Log) -> None:
+    graph = ctx.graph
+    rw = _Rewriter(graph, names, log)
+    tensors = graph.tensors()
+    actual: dict[str, Pending] = {}
+    stops: dict[tuple[str, int], str] = {}  # (tensor, reader) -> why the reader needs values
+
+    def arrived_at(node: gs.Node) -> dict[int, Pending]:
+        """The pendings this node gets; why it does not get the others, noted."""
+        arrived = {}
+        for slot, t in enumerate(node.inputs):
+            if t.name not in actual:
+                continue
+            if chosen.get((t.name, id(node), slot), True):
+                arrived[slot] = actual[t.name]
+            elif node.op not in SHAPE_READERS:
+                stops[(t.name, id(node))] = because.get((t.name, id(node), slot)) or FAN_OUT
+        return arrived
+
+    for node in order:
+        if id(node) in inside:
+            continue
+        site = site_at.get(id(node))
+        if site is not None:
+            arrived = arrived_at(node)
+            incoming = arrived.get(site.slot)
+            plan = plan_site(site, incoming, ctx)
+            if isinstance(plan, Stop):
+                assert incoming is not None
+                stops[(site.current_input().name, id(node))] = \
+                    f"norm '{site.name}': {plan.reason}"
+                arrived, incoming = {}, None
+                plan = plan_site(site, None, ctx)
+            assert isinstance(plan, Move)
+            if plan.rule == START and _stays(site, plan, chosen, ctx):
+                _note_stayed(site, chosen, because, ctx, log)
+                if plan.refused:
+                    log.add(log.refused, site.name, plan.refused)
+                continue
+            if incoming is not None:
+                log.merged_into.setdefault(site.name, incoming.origins[0])
+            _execute(node, plan, arrived, actual, tensors, rw, log)
+            continue
+        arrived = arrived_at(node)
+        if not arrived:
+            continue
+        plan = plan_node(node, arrived, ctx)
+        if isinstance(plan, Stop):
+            for slot in arrived:
+                stops[(node.inputs[slot].name, id(node))] = \
+                    f"reader {named(node)}: {plan.reason}"
+            continue
+        for slot, t in enumerate(node.inputs):
+            if slot in arrived and slot not in plan.consumes:
+                stops[(t.name, id(node))] = f"reader {named(node)} takes it on " \
+                                            f"another input only"
+        _execute(node, plan, arrived, actual, tensors, rw, log)
+    _materialize_what_is_read(actual, tensors, stops, ctx, rw, log)
+
+
+def _stays(site: Site, plan: Move, chosen: dict[Edge, bool], ctx: Context) -> bool:
+    """A site no reader takes its affine from stays as it is, unless it is a longer chain than
+    the one Mul and one Add its affine needs (the authors' Div-by-Sqrt form: composed)."""
+    out = site.output
+    if any(chosen.get((out.name, id(r), s), False) for r, s in _edges(out)
+           if r.op not in SHAPE_READERS):
+        return False
+    pending = plan.outputs[out.name]
+    assert pending.affine is not None
+    return site.kind == BATCH_NORM or len(site.nodes) <= pending.affine.ops()
+
+
+def _note_stayed(site: Site, chosen: dict[Edge, bool], because: dict[Edge, str],
+                 ctx: Context, log: _Log) -> None:
+    out = site.output
+    log.add(log.ends, site.name, "output" if ctx.is_output(out) and not any(
+        r.op not in SHAPE_READERS for r in out.outputs) else "interior")
+    for reader, slot in _edges(out):
+        if reader.op not in SHAPE_READERS and not chosen.get((out.name, id(reader), slot)):
+            log.add(log.reasons, site.name, because.get((out.name, id(reader), slot))
+                    or FAN_OUT)
+
+
+def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
+             actual: dict[str, Pending], tensors: dict[str, gs.Tensor], rw: _Rewriter,
+             log: _Log) -> None:
+    primary = next((p.origins[0] for p in arrived.values()), None)
+    for other in arrived.values():  # affines that met here: reported as one
+        if primary is not None and other.origins[0] != primary:
+            log.merged_into.setdefault(other.origins[0], primary)
+    if plan.deletes:  # a norm composed, or merged: its output rides on an input's carrier
+        if plan.carrier_slot is not None:
+            carrier = arrived[plan.carrier_slot].carrier
+        else:
+            carrier = plan.carrier_tensor
+        assert carrier is not None
+        for dead in plan.deletes:
+            dead.outputs.clear()
+            dead.inputs.clear()
+        for name, pending in plan.outputs.items():
+            primary = primary or pending.origins[0]
+            placed = replace(pending, carrier=carrier)
+            if not pending.invariant and pending.affine.is_identity():  # type: ignore[union-attr]
+                _forward(tensors[name], carrier, rw.graph)
+            else:
+                actual[name] = placed
+    else:
+        for slot in plan.consumes:
+            carrier = arrived[slot].carrier
+            assert carrier is not None
+            node.inputs[slot] = carrier
+        for name, pending in plan.outputs.items():
+            original = tensors[name]
+            producer = original.inputs[0]
+            fresh = gs.Variable(rw.names.new(name), dtype=original.dtype, shape=original.shape)
+            producer.outputs[producer.outputs.index(original)] = fresh
+            actual[name] = replace(pending, carrier=fresh)
+    if primary is None:
+        return
+    rw.site = primary
+    if plan.apply is not None:
+        plan.apply(rw, arrived)
+    rw.site = None
+    log.add(log.path, primary, plan.event)
+    for absorber in plan.absorbed_by:
+        log.add(log.absorbed, primary, absorber)
+    if plan.leaves:
+        log.add(log.ends, primary, "interior")
+        log.add(log.reasons, primary, plan.leaves)
+    if plan.refused:
+        log.add(log.refused, primary, plan.refused)
+    for pending in list(arrived.values()) + list(plan.outputs.values()):
+        if pending.affine is not None and pending.affine.has_scale:
+            low, high = pending.affine.channel_range()
+            old = log.scale_range.get(primary, (low, high))
+            log.scale_range[primary] = (min(old[0], low), max(old[1], high))
+        for note in pending.stayed:
+            log.add(log.path, primary, note)
+
+
+def _forward(tensor: gs.Tensor, carrier: gs.Tensor, graph: gs.Graph) -> None:
+    """`tensor` is now simply `carrier`: its readers read the carrier; a graph output keeps its
+    name (the carrier's producer makes it)."""
+    if tensor.name in {t.name for t in graph.outputs}:
+        producer = carrier.inputs[0] if len(carrier.inputs) == 1 else None
+        if producer is None or carrier.name in {t.name for t in graph.outputs}:
+            graph.nodes.append(gs.Node("Identity", f"{tensor.name}_identity",
+                                       inputs=[carrier], outputs=[tensor]))
+            return
+        producer.outputs[producer.outputs.index(carrier)] = tensor
+        for reader in list(carrier.outputs):
+            for slot, t in enumerate(reader.inputs):
+                if t is carrier:
+                    reader.inputs[slot] = tensor
+        return
+    for reader in list(tensor.outputs):
+        for slot, t in enumerate(reader.inputs):
+            if t is tensor:
+                reader.inputs[slot] = carrier
+
+
+def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.Tensor],
+                              stops: dict[tuple[str, int], str], ctx: Context,
+                              rw: _Rewriter, log: _Log) -> None:
+    """Every pending whose original tensor is still read, or is a graph output, becomes one Mul
+    and one Add from its carrier, producing that tensor."""
+    for name, pending in actual.items():
+        tensor = tensors[name]
+        carrier = pending.carrier
+        assert carrier is not None
+        for reader in [n for n in tensor.outputs if n.op in SHAPE_READERS]:
+            for slot, t in enumerate(reader.inputs):
+                if t is tensor:
+                    reader.inputs[slot] = carrier
+        readers = list(tensor.outputs)
+        if not readers and not ctx.is_output(tensor):
+            continue
+        site = pending.origins[0]
+        if pending.invariant:
+            raise AssertionError(f"an unknown per-query constant reached a reader at "
+                                 f"'{name}' (site '{site}'): the decision pass should have "
+                                 f"prevented this")
+        assert pending.affine is not None
+        rw.materialize(carrier, pending.affine, dtype_of(carrier),
+                       base=f"{site}_at_{name}", out=tensor)
+        log.add(log.ends, site, "output" if ctx.is_output(tensor) and not readers
+                else "interior" if readers else "output")
+        if ctx.is_output(tensor):
+            log.add(log.path, site, f"materialized at the graph output '{name}'")
+        for reader in readers:
+            why = stops.get((name, id(reader)), FAN_OUT)
+            log.add(log.reasons, site, why)
+        if ctx.is_output(tensor) and readers:
+            log.add(log.reasons, site, f"'{name}' is a graph output")
+
+
+# --- the report -------------------------------------------------------------------------------
+
+def _reports(sites: list[Site], log: _Log) -> list[SiteReport]:
+    reports = []
+    for site in sites:
+        name = site.name
+        ends = log.ends.get(name, [])
+        report = SiteReport(name=name, kind=site.kind, channels=site.channels,
+                            absorbed_by=log.absorbed.get(name, []),
+                            reasons=log.reasons.get(name, []), path=log.path.get(name, []),
+                            merged_into=log.merged_into.get(name))
+        if "interior" in ends:
+            report.status = "partial" if (report.absorbed_by or report.path) else "stayed"
+        elif "output" in ends:
+            report.status = "materialized"
+        else:
+            report.status = "folded"
+        if report.status != "folded":
+            report.reasons = log.refused.get(name, []) + report.reasons
+        before, after = log.weights.get(name, (0.0, 0.0))
+        report.max_abs_weight_before, report.max_abs_weight_after = before, after
+        if name in log.scale_range:
+            report.scale_range = list(log.scale_range[name])
+        reports.append(report)
+    by_name = {r.name: r for r in reports}
+    for report in reports:
+        host = report
+        seen = {report.name}
+        while host.merged_into is not None and host.merged_into in by_name and \
+                host.merged_into not in seen:
+            seen.add(host.merged_into)
+            host = by_name[host.merged_into]
+        if host is not report:
+            report.status = host.status
+            report.path.append(f"composed into '{host.name}'")
+    return reports

@@ -1,0 +1,191 @@
+"""The state of the dataflow fold and what each transfer function returns (DESIGN.md, "How the
+fold runs").
+
+A `Pending` on a tensor of the original graph says what that tensor holds in terms of the
+rewritten graph: `affine(carrier)`, where the carrier is the tensor the rewritten graph computes
+in its place (the input of a norm that has gone, or an op that now reads carriers itself). A
+transfer function looks at one node whose inputs carry pendings and returns either a `Move`
+(the node is rewired to read the carriers, its outputs carry these pendings, and `apply` changes
+whatever constants must change: a sink's weights, a bias, a Concat's constant part) or a `Stop`
+(the node needs the true values: the pending is materialized for it, one Mul and one Add).
+Plans are pure: the graph changes only in the rewrite pass, which calls `apply`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine
+from unfold.fold.graph import SHAPE_READERS, Names, constant_value
+
+
+@dataclass
+class Pending:
+    """`affine` of the carrier; or, where `affine` is None, the carrier plus an unknown shift
+    that is constant along `invariant_axis` (a key projection's shift inside attention logits:
+    what a softmax over that axis ignores; it can never be materialized)."""
+
+    affine: Affine | None
+    origins: tuple[str, ...]  # the sites composed into it, the first one names it
+    source: gs.Tensor | None = None  # the original-graph tensor its carrier is (a site's input)
+    invariant_axis: int | None = None
+    carrier: gs.Tensor | None = None  # set by the rewrite pass
+    stayed: tuple[str, ...] = ()  # notes of what of it stayed on the way (reported)
+
+    @property
+    def invariant(self) -> bool:
+        return self.affine is None
+
+    def then(self, affine: Affine | None, *, keep_source: bool = False, **changes) -> Pending:
+        """The same sites' pending after an op: `affine` on the op's output."""
+        return replace(self, affine=affine, source=self.source if keep_source else None,
+                       carrier=None, **changes)
+
+    def same_as(self, other: Pending) -> bool:
+        if self.origins != other.origins or self.invariant_axis != other.invariant_axis:
+            return False
+        if self.affine is None or other.affine is None:
+            return self.affine is other.affine
+        return np.array_equal(self.affine.scale, other.affine.scale) and \
+            np.array_equal(self.affine.shift, other.affine.shift)
+
+
+def merged(pendings: list[Pending], affine: Affine | None, **changes) -> Pending:
+    """One pending for the output of an op that joins several: their sites, in order."""
+    origins = tuple(dict.fromkeys(o for p in pendings for o in p.origins))
+    stayed = tuple(dict.fromkeys(s for p in pendings for s in p.stayed))
+    changes.setdefault("source", None)
+    return replace(pendings[0], affine=affine, origins=origins, stayed=stayed, carrier=None,
+                   **changes)
+
+
+@dataclass
+class Move:
+    """The node commutes with (or absorbs) the pendings on its input slots `consumes`.
+
+    `outputs`: the original tensors (by name) that carry a pending afterwards; an identity
+    affine there means the pending is gone (absorbed) and the tensor is simply its carrier.
+    `deletes`: nodes that go (a norm composed into the pending, an Add that merged two affines of
+    one carrier); the listed outputs then ride on the carrier of input slot `carrier_slot`, or on
+    `carrier_tensor` itself. Otherwise the node stays and each listed output gets a fresh
+    carrier tensor. `cost`: ops the move adds (a padded Conv's Add of b/a, a stream re-scale).
+    """
+
+    rule: str
+    event: str
+    consumes: tuple[int, ...]
+    outputs: dict[str, Pending] = field(default_factory=dict)
+    cost: float = 0.0
+    deletes: tuple[gs.Node, ...] = ()
+    carrier_slot: int | None = None
+    carrier_tensor: gs.Tensor | None = None
+    apply: Callable[[Rewrite, dict[int, Pending]], None] | None = None
+    absorbed_by: tuple[str, ...] = ()
+    leaves: str | None = None  # what of the affine stays behind (reported, status partial)
+    refused: str | None = None  # why a sink nearby could not take it (reported if it stays)
+
+
+@dataclass
+class Stop:
+    """The node needs the true values of its input: the pending is materialized for it."""
+
+    reason: str
+
+
+Plan = Move | Stop
+
+
+class Context:
+    """What transfer functions may look at: the graph (unchanged while they plan), its outputs,
+    the rules to skip and the bound on carried scales."""
+
+    def __init__(self, graph: gs.Graph, *, skip: Collection[str] = (),
+                 max_scale: float | None = None) -> None:
+        self.graph = graph
+        # True while the analysis estimates costs: plans then skip the heavy arithmetic (new
+        # weights, finiteness), which the rewrite pass does once, right before it applies them
+        self.dry = False
+        self.graph_outputs = {t.name for t in graph.outputs}
+        self.skip = frozenset(skip)
+        self.max_scale = max_scale
+
+    def shape(self, tensor: gs.Tensor) -> list | None:
+        shape = getattr(tensor, "shape", None)
+        return list(shape) if shape is not None else None
+
+    def rank(self, tensor: gs.Tensor) -> int | None:
+        shape = getattr(tensor, "shape", None)
+        return len(shape) if shape is not None else None
+
+    def constant(self, tensor: gs.Tensor) -> np.ndarray | None:
+        return constant_value(tensor)
+
+    def is_output(self, tensor: gs.Tensor) -> bool:
+        return tensor.name in self.graph_outputs
+
+    def value_readers(self, tensor: gs.Tensor) -> list[gs.Node]:
+        return [n for n in tensor.outputs if n.op not in SHAPE_READERS]
+
+    def read_only_by(self, tensor: gs.Tensor, readers: Collection[gs.Node]) -> bool:
+        """Nothing but `readers` reads `tensor`'s values (Shape readers see the same shape after
+        the fold), and it is no graph output."""
+        ids = {id(n) for n in readers}
+        return not self.is_output(tensor) and \
+            all(id(n) in ids for n in self.value_readers(tensor))
+
+    def producer(self, tensor: gs.Tensor) -> gs.Node | None:
+        return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def ints(node: gs.Node, attr: str, input_index: int, ctx: Context) -> list[int] | None:
+    """The integer list `attr` (older opsets) or input `input_index` (newer ones); [] when
+    neither is given; None when the input is not constant."""
+    if attr in node.attrs:
+        value = node.attrs[attr]
+        return [int(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+    if len(node.inputs) > input_index and node.inputs[input_index].name:
+        value = ctx.constant(node.inputs[input_index])
+        return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+    return []
+
+
+class Rewrite(Protocol):
+    """What `Move.apply` gets in the rewrite pass (implemented by the driver)."""
+
+    graph: gs.Graph
+    names: Names
+
+    def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
+                      weights: tuple[float, float] | None = None) -> None:
+        """node.inputs[slot] = a new constant `value` (a weight when `weights` gives its largest
+        |value| before and after, for the report)."""
+
+    def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype,
+                    base: str) -> gs.Tensor:
+        """A new tensor affine(source): one Mul, one Add (either left out when neutral)."""
+
+
+def dtype_of(tensor: gs.Tensor) -> np.dtype:
+    dtype = getattr(tensor, "dtype", None)
+    try:
+        return np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
+    except TypeError:
+        return np.dtype(np.float32)
+
+
+def quoted(node: gs.Node) -> str:
+    """A node's name in quotes, or, for an unnamed one, what it writes."""
+    if node.name:
+        return f"'{node.name}'"
+    outputs = [t.name for t in node.outputs]
+    return f"(writing '{outputs[0]}')" if outputs else "(unnamed)"
+
+
+def named(node: gs.Node) -> str:
+    """`Op 'name'`, as reports name a node."""
+    return f"{node.op} {quoted(node)}"

@@ -1,0 +1,112 @@
+"""Attention: MatMuls of two variables, and what softmax ignores.
+
+    A @ (s⊙v + b) = s⊙(A @ v) + b      s constant along v's token axis; the shift passes when A's
+                                        rows sum to 1 (A = Softmax over its last axis): a value
+                                        projection without bias
+    q @ (kᵀ + b1ᵀ) = q @ kᵀ + (q b)1ᵀ   a key projection's shift adds a constant per query: an
+                                        *invariant* (unknown, constant along the last axis) that
+                                        scalar scaling and added masks keep and that a Softmax
+                                        over that axis removes; it can never be materialized
+    (s⊙q) @ k = s⊙(q @ k)               s constant along q's contraction axis, no shift
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine
+from unfold.fold.flow import Context, Move, Pending, Stop, quoted
+
+NAME = "attention"
+OPS = frozenset({"MatMul", "Softmax", "Mul", "Div", "Add", "Sub", "Identity", "Dropout",
+                 "Cast"})
+ALGEBRA = "softmax rows pass a shift of v; a shift of k is a per-query constant softmax drops"
+
+PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})
+
+
+def _rows_sum_to_one(tensor: gs.Tensor, ctx: Context) -> bool:
+    """`tensor` is a Softmax over its last axis (through Identity/Dropout/Cast)."""
+    for _ in range(4):
+        producer = ctx.producer(tensor)
+        if producer is None:
+            return False
+        if producer.op == "Softmax":
+            rank = ctx.rank(producer.inputs[0])
+            axis = int(producer.attrs.get("axis", -1))
+            return rank is not None and axis % rank == rank - 1
+        if producer.op not in PASS_THROUGH:
+            return False
+        tensor = producer.inputs[0]
+    return False
+
+
+def _invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    (slot,) = pendings
+    pending = pendings[slot]
+    axis = pending.invariant_axis
+    assert axis is not None
+    out = node.outputs[0].name
+    op = node.op
+    keep = {out: pending.then(None, invariant_axis=axis)}
+    if op == "Softmax":
+        rank = ctx.rank(node.inputs[0])
+        if rank is None or int(node.attrs.get("axis", -1)) % rank != axis:
+            return Stop("a softmax over another axis does not remove the per-query constant")
+        return Move(NAME, f"the key's shift vanished in Softmax {quoted(node)}", (0,), {})
+    if op in PASS_THROUGH and slot == 0:
+        return Move(NAME, f"moved past {op} '{node.name}'", (0,), keep)
+    if op in ("Add", "Sub") and len(node.inputs) == 2 and node.inputs[0] is not node.inputs[1]:
+        return Move(NAME, f"moved past {op} '{node.name}' (a per-query constant stays one)",
+                    (slot,), keep)
+    if op in ("Mul", "Div") and len(node.inputs) == 2:
+        k = ctx.constant(node.inputs[1 - slot])
+        if k is None or (op == "Div" and slot == 1):
+            return Stop(f"{op} by a variable")
+        k = np.asarray(k)
+        rank = ctx.rank(node.inputs[slot])
+        if rank is None or k.ndim > rank:
+            return Stop(f"{op} by a constant of unknown alignment")
+        if k.reshape((1,) * (rank - k.ndim) + k.shape).shape[axis] != 1:
+            return Stop(f"{op} by a constant that varies along the softmax axis")
+        return Move(NAME, f"moved past {op} '{node.name}' (a per-query constant stays one)",
+                    (slot,), keep)
+    return None
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if not pendings:
+        return None
+    if any(p.invariant for p in pendings.values()):
+        if len(pendings) != 1:
+            return Stop("two unknown per-query constants meet")
+        found = _invariant(node, pendings, ctx)
+        return found if found is not None else Stop(
+            f"{node.op} would need the per-query constant a key's shift adds, which is unknown")
+    if node.op != "MatMul" or len(pendings) != 1 or \
+            any(ctx.constant(t) is not None for t in node.inputs):
+        return None
+    (slot,) = pendings
+    pending = pendings[slot]
+    affine = pending.affine
+    assert affine is not None
+    out = node.outputs[0]
+    out_rank = ctx.rank(out)
+    if out_rank is None or out_rank != affine.rank:
+        return Stop("the ranks of its operands differ")
+    if slot == 1:
+        if affine.scale.shape[-2] == 1 and (not affine.has_shift or (
+                affine.shift.shape[-2] == 1 and _rows_sum_to_one(node.inputs[0], ctx))):
+            return Move(NAME, f"moved past MatMul {quoted(node)} (attention rows sum to 1)", (1,),
+                        {out.name: pending.then(affine)})
+        if not affine.has_scale and affine.shift.shape[-1] == 1:
+            return Move(NAME, f"key shift carried into MatMul {quoted(node)} as a per-query "
+                              f"constant", (1,), {out.name: pending.then(
+                                  None, invariant_axis=out_rank - 1)})
+        return Stop("the affine on its right operand neither passes attention rows nor is a "
+                    "key's pure shift")
+    if affine.scale.shape[-1] == 1 and not affine.has_shift:
+        return Move(NAME, f"scale moved past MatMul {quoted(node)}", (0,),
+                    {out.name: pending.then(Affine(affine.scale, np.zeros(1)))})
+    return Stop("it multiplies the affine's tensor by another variable")

@@ -1,0 +1,99 @@
+"""Concat: the output's affine is the inputs' affines joined along the concat axis.
+
+    Concat(s1⊙x1 + b1, s2⊙x2 + b2) = Concat(s1, s2)⊙Concat(x1, x2) + Concat(b1, b2)
+    a constant part t equals s⊙((t − b)⊘s) + b, so it takes the common affine's preimage
+
+Along a token axis with one common affine (torch.roll's Slice/Slice/Concat, a cls token in front
+of normed patches) the result is that same per-channel affine; along the channel axis (four
+strided patches side by side) the per-channel constants are joined; an input without a pending
+contributes the identity (its size along the axis must then be known).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine, concat_constants
+from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, merged, quoted
+from unfold.fold.transfer._common import too_big
+
+NAME = "concat"
+OPS = frozenset({"Concat"})
+ALGEBRA = "Concat(s1⊙x1 + b1, t) = Concat(s1, 1)⊙Concat(x1, t') + Concat(b1, 0), t' its preimage"
+
+MIN_ABS_SCALE = 1e-12
+
+
+def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.ndarray] | None:
+    """A constant input, or an Expand of one (a cls token broadcast to the batch): (the Expand
+    or None, the constant)."""
+    value = ctx.constant(tensor)
+    if value is not None:
+        return None, value
+    producer = ctx.producer(tensor)
+    if producer is not None and producer.op == "Expand" and len(tensor.outputs) == 1:
+        value = ctx.constant(producer.inputs[0])
+        if value is not None:
+            return producer, value
+    return None
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if not pendings or any(p.invariant for p in pendings.values()):
+        return None
+    rank = next(iter(pendings.values())).affine.rank  # type: ignore[union-attr]
+    axis = int(node.attrs.get("axis", 0)) % rank
+    affines = [p.affine for p in pendings.values()]
+    common = affines[0] if all(
+        a.scale.shape == affines[0].scale.shape and np.array_equal(a.scale, affines[0].scale)
+        and a.shift.shape == affines[0].shift.shape and np.array_equal(a.shift, affines[0].shift)
+        for a in affines[1:]) else None  # type: ignore[union-attr]
+    if common is not None and (common.scale.shape[axis] > 1 or common.shift.shape[axis] > 1):
+        common = None  # varies along the concat axis: no one preimage for a constant part
+    parts: list[Affine] = []
+    sizes: list[int | None] = []
+    preimages: list[tuple[int, gs.Node | None, np.ndarray]] = []
+    for slot, tensor in enumerate(node.inputs):
+        shape = ctx.shape(tensor)
+        sizes.append(shape[axis] if shape and isinstance(shape[axis], int) else None)
+        if slot in pendings:
+            parts.append(pendings[slot].affine)  # type: ignore[arg-type]
+            continue
+        constant = _constant_part(tensor, ctx) if common is not None else None
+        if constant is not None and common is not None:
+            expand, value = constant
+            if np.any(np.abs(common.scale) < MIN_ABS_SCALE) and (common.has_scale
+                                                                  or common.has_shift):
+                return Stop("the scale is ~0, so its constant input has no exact preimage")
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                preimage64 = (value.astype(np.float64) - common.shift) / common.scale
+            if preimage64.size != value.size:
+                return Stop("its constant input would be broadcast by the affine")
+            preimage = preimage64.reshape(value.shape).astype(value.dtype)
+            if not np.all(np.isfinite(preimage)):
+                return Stop(f"the preimage of its constant input is not finite in {value.dtype}")
+            preimages.append((slot, expand, preimage))
+            parts.append(common)
+            continue
+        parts.append(Affine.identity(rank))
+    scale = concat_constants([p.scale for p in parts], axis, sizes)
+    shift = concat_constants([p.shift for p in parts], axis, sizes)
+    if scale is None or shift is None:
+        return Stop("it joins parts of unknown size along an axis the affine varies along")
+    joined = Affine(scale, shift)
+    big = too_big(joined)
+    if big is not None:
+        return big
+
+    def apply(rw: Rewrite, _: dict[int, Pending]) -> None:
+        for slot, expand, value in preimages:
+            if expand is None:
+                rw.replace_input(node, slot, value)
+            else:
+                rw.replace_input(expand, 0, value)
+
+    what = " (its constant input mapped back through the affine)" if preimages else ""
+    return Move(NAME, f"moved past Concat {quoted(node)}{what}", tuple(sorted(pendings)),
+                {node.outputs[0].name: merged(list(pendings.values()), joined)},
+                apply=apply if preimages else None)

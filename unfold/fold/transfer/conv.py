@@ -1,0 +1,91 @@
+"""consumer-conv (a sink, rule 7): a Conv reading the pending, per channel on its input's axis 1
+(tokens reshaped to channels-first, a BatchNorm or channels-first UN before a Conv).
+
+    Conv(W, s⊙x + b) + c = Conv(W·s, x) + (c + Σ W b)     when it pads nothing
+    Conv(W, pad0(s⊙x + b)) = Conv(W·s, pad0(x + b⊘s))     when it pads: only the exact part
+                                                          folds; an Add of b⊘s stays before it
+W·s scales each input channel (per group); exact at the padding because s⊙0 = 0.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
+from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, quoted
+
+NAME = "consumer-conv"
+OPS = frozenset({"Conv"})
+ALGEBRA = "Conv(W, s⊙x + b) = Conv(W·s, x) + ΣW b; with padding, only W·s (b⊘s stays)"
+
+
+def pads_nothing(conv: gs.Node) -> bool:
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad
+    if auto_pad == "VALID":
+        return True
+    if auto_pad != "NOTSET":
+        return False
+    return not any(int(p) for p in conv.attrs.get("pads", []))
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if set(pendings) != {0} or pendings[0].invariant:
+        return None
+    if NAME in ctx.skip:
+        return Stop(f"rule '{NAME}' is skipped")
+    pending = pendings[0]
+    affine = pending.affine
+    assert affine is not None
+    weight = ctx.constant(node.inputs[1])
+    has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
+    bias = ctx.constant(node.inputs[2]) if has_bias else None
+    if weight is None or (has_bias and bias is None):
+        return Stop("its weight or bias is not constant")
+    group = int(node.attrs.get("group", 1))
+    channels = weight.shape[1] * group
+    scale = affine.scale_vector(1, channels)
+    shift = affine.shift_vector(1, channels)
+    if scale is None:
+        return Stop("the scale is not per channel on its input's axis 1")
+    if shift is None:
+        return Stop("the shift varies over positions, not only per input channel")
+    zero_padding = pads_nothing(node)
+    if not zero_padding and affine.has_shift and not affine.has_scale:
+        return Stop("it pads its input: a shift cannot go into its bias (wrong at the borders)")
+    folded = None
+    if not ctx.dry:
+        try:
+            folded = fold_into_conv_consumer(ChannelAffine(scale, shift), weight, bias,
+                                             zero_padding, group=group)
+        except FoldRejected as rejected:
+            return Stop(rejected.reason)
+    elif not zero_padding and affine.has_shift and np.any(np.abs(scale) < 1e-12):
+        return Stop("it pads its input and the scale is ~0 on some channel: the shift cannot "
+                    "move past the scale exactly")
+    leaves = None
+    if not zero_padding and affine.has_shift:
+        leaves = (f"reader Conv {quoted(node)} pads its input: the shift stays as an Add of b/a "
+                  f"before it (in its bias it would be wrong at the borders)")
+
+    def apply(rw: Rewrite, arrived: dict[int, Pending]) -> None:
+        assert folded is not None
+        rw.replace_input(node, 1, folded.weight,
+                         weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
+        if has_bias:
+            rw.replace_input(node, 2, folded.bias)
+        elif zero_padding and affine.has_shift:
+            node.inputs.append(gs.Constant(rw.names.new(f"{node.name}_bias"), folded.bias))
+        if folded.input_shift is not None:
+            carrier = arrived[0].carrier
+            assert carrier is not None
+            rank = affine.rank
+            shift_in = folded.input_shift.reshape((1, -1) + (1,) * (rank - 2))
+            node.inputs[0] = rw.materialize(carrier, Affine.shift_only(shift_in),
+                                            dtype_of(carrier), base=f"{node.name}_shift_in")
+
+    event = f"folded into its reader Conv {quoted(node)}" if leaves is None else \
+        f"scale folded into its reader Conv {quoted(node)}"
+    return Move(NAME, event, (0,), {}, cost=1.0 if leaves else 0.0, apply=apply,
+                absorbed_by=(node.name,), leaves=leaves)

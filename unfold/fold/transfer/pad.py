@@ -1,0 +1,76 @@
+"""Pad. All-zero pads (Swin's window padding when the size divides) change nothing. Zero-valued
+constant padding keeps the scale exact (s⊙0 = 0); the shift is padded with zeros, so it becomes
+a constant over the padded axes (exact; a linear later takes it as a full bias, or it stays).
+Reflect, edge and wrap padding copy elements: exact where the affine is constant along the
+padded axes.
+
+    Pad0(s⊙x + b) = s⊙Pad0(x) + Pad0(b)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import Affine, pad_constant
+from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.transfer._common import ints, moved
+
+NAME = "pad"
+OPS = frozenset({"Pad"})
+ALGEBRA = "Pad0(s⊙x + b) = s⊙Pad0(x) + Pad0(b); zero pads: nothing changes"
+
+
+def _pads(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
+    pads = ints(node, "pads", 1, ctx)
+    if pads is None:
+        return None
+    axes = ints(node, "", 3, ctx) if len(node.inputs) > 3 and node.inputs[3].name else None
+    if axes:
+        full = [0] * (2 * rank)
+        for k, axis in enumerate(axes):
+            full[axis % rank] = pads[k]
+            full[axis % rank + rank] = pads[k + len(axes)]
+        return full
+    return pads if len(pads) == 2 * rank else None
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if set(pendings) != {0} or pendings[0].invariant:
+        return None
+    pending = pendings[0]
+    affine = pending.affine
+    assert affine is not None
+    rank = affine.rank
+    pads = _pads(node, rank, ctx)
+    if pads is None:
+        return Stop("its pads are not constant")
+    if not any(pads):
+        return moved(NAME, node, pending, affine, what=" (its pads are all zero)")
+    mode = node.attrs.get("mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    padded = {a for a in range(rank) if pads[a] or pads[a + rank]}
+    if mode != "constant":
+        if affine.varying_axes() & padded:
+            return Stop(f"{mode} padding copies border elements along an axis the affine "
+                        f"varies along")
+        return moved(NAME, node, pending, affine)
+    value = 0.0
+    if "value" in node.attrs:
+        value = float(node.attrs["value"])
+    elif len(node.inputs) > 2 and node.inputs[2].name:
+        constant = ctx.constant(node.inputs[2])
+        if constant is None:
+            return Stop("its padding value is not constant")
+        value = float(np.asarray(constant).reshape(-1)[0]) if np.size(constant) else 0.0
+    if value != 0.0:
+        return Stop(f"it pads with {value}, not 0")
+    if affine.scale.ndim and {a for a in range(rank) if affine.scale.shape[a] > 1} & padded:
+        return Stop("the scale varies along a padded axis")
+    shift = pad_constant(affine.shift, pads, ctx.shape(node.inputs[0]) or [None] * rank,
+                         0.0) if affine.has_shift else affine.shift
+    if shift is None:
+        return Stop("its padded axes are not static, and the shift would have to be written "
+                    "out over them")
+    return moved(NAME, node, pending, Affine(affine.scale, shift),
+                 what=" (the shift is zero at the padding)")

@@ -1,0 +1,106 @@
+"""Selection ops: each output element is one input element, so the affine is selected with it.
+
+    Slice(s⊙x + b) = Slice(s)⊙Slice(x) + Slice(b)     (along an axis the affine does not vary
+    Gather(s⊙x + b) = Gather(s)⊙Gather(x) + ...         along, every element has the same s, b:
+    Split(...)                                          the indices need not even be constant)
+
+The final norm -> Gather of the cls token -> head; a distillation token's two Gathers; Swin's
+torch.roll (two Slices, then a Concat).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from unfold.fold.algebra import gather_constant, slice_constant
+from unfold.fold.flow import Context, Move, Pending, Stop, quoted
+from unfold.fold.transfer._common import ints, moved, too_big
+
+NAME = "select"
+OPS = frozenset({"Slice", "Gather", "Split"})
+ALGEBRA = "Select(s⊙x + b) = Select(s)⊙Select(x) + Select(b)"
+
+
+def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
+    affine = pending.affine
+    assert affine is not None
+    rank = affine.rank
+    if "starts" in node.attrs:  # opset < 10
+        starts, ends = node.attrs["starts"], node.attrs["ends"]
+        axes = node.attrs.get("axes", list(range(len(starts))))
+        steps = [1] * len(starts)
+    else:
+        starts, ends = ints(node, "", 1, ctx), ints(node, "", 2, ctx)
+        axes, steps = ints(node, "", 3, ctx), ints(node, "", 4, ctx)
+        if axes is None or steps is None:
+            return Stop("its axes or steps are not constant")
+        if not axes:
+            count = len(starts) if starts else (ctx.shape(node.inputs[1]) or [None])[0]
+            if not isinstance(count, int):
+                return Stop("its axes are not known")
+            axes = list(range(count))
+        steps = steps or [1] * len(axes)
+        if starts is None or ends is None:
+            if affine.varying_axes() & {a % rank for a in axes}:
+                return Stop("its starts or ends are not constant, along an axis the affine "
+                            "varies along")
+            starts, ends = [0] * len(axes), [0] * len(axes)  # unused: the affine is 1 there
+    return moved(NAME, node, pending, affine.map(
+        lambda v, _: slice_constant(v, starts, ends, axes, steps)))
+
+
+def _gather(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
+    affine = pending.affine
+    assert affine is not None
+    axis = int(node.attrs.get("axis", 0))
+    indices = ctx.constant(node.inputs[1])
+    index_rank = indices.ndim if indices is not None else ctx.rank(node.inputs[1])
+    if index_rank is None:
+        return Stop("the rank of its indices is not known")
+    if indices is not None and np.any(indices < 0):
+        size = (ctx.shape(node.inputs[0]) or [None] * affine.rank)[axis % affine.rank]
+        if not isinstance(size, int):
+            return Stop("its negative indices count from an unknown end")
+        indices = np.where(indices < 0, indices + size, indices)
+    return moved(NAME, node, pending, affine.map(
+        lambda v, _: gather_constant(v, indices, index_rank, axis)))
+
+
+def _split(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
+    affine = pending.affine
+    assert affine is not None
+    rank = affine.rank
+    axis = int(node.attrs.get("axis", 0)) % rank
+    if affine.scale.shape[axis] == 1 and affine.shift.shape[axis] == 1:
+        outputs = {out.name: pending.then(affine) for out in node.outputs}
+        return Move(NAME, f"moved past Split {quoted(node)}", (0,), outputs)
+    sizes = ints(node, "split", 1, ctx)
+    if not sizes:
+        total = (ctx.shape(node.inputs[0]) or [None] * rank)[axis]
+        if not isinstance(total, int) or total % len(node.outputs):
+            return Stop("its split sizes are not known")
+        sizes = [total // len(node.outputs)] * len(node.outputs)
+    bounds = np.cumsum([0, *sizes])
+    outputs = {}
+    for out, start, end in zip(node.outputs, bounds[:-1], bounds[1:], strict=True):
+        part = affine.map(lambda v, _, s=start, e=end: slice_constant(v, [s], [e], [axis], [1]))
+        assert part is not None
+        big = too_big(part)
+        if big is not None:
+            return big
+        outputs[out.name] = pending.then(part)
+    return Move(NAME, f"moved past Split {quoted(node)} (split with it)", (0,), outputs)
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if set(pendings) != {0} or pendings[0].invariant:
+        return None
+    if node.op == "Slice":
+        return _slice(node, pendings[0], ctx)
+    if node.op == "Gather":
+        return _gather(node, pendings[0], ctx)
+    if node.op == "Split":
+        return _split(node, pendings[0], ctx)
+    return None
+
