@@ -12,7 +12,7 @@ from rich.table import Table
 from cli._common import run_command, stdout
 from unfold.errors import ExitCode
 from unfold.fold import FoldReport, fold_parts
-from unfold.fold.rules import RULES
+from unfold.fold.transfer import RULES
 from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
 
 SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."

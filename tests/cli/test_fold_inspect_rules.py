@@ -72,7 +72,7 @@ def test_strict_with_a_norm_left_exits_1_and_writes_nothing(tmp_path: Path) -> N
     assert result.exit_code == 1
     (site,) = json.loads(result.stdout)["sites"]
     assert site["status"] == "partial"
-    assert site["reasons"] == ["reader Relu 'act' is not a MatMul or Gemm"]
+    assert site["reasons"] == ["reader Relu 'act': Relu does not commute with a shift"]
     assert "error: --strict: normalization left" in result.stderr
     assert not out.exists()
 
@@ -127,17 +127,19 @@ def test_output_folder_missing(tmp_path: Path) -> None:
 def test_unknown_skip(tmp_path: Path) -> None:
     _assert_user_error(_invoke("fold", _write(tmp_path), "--out", tmp_path / "o.onnx",
                                "--skip", "nope"), 2,
-                       "unknown rule(s) ['nope']; valid: producer, consumer-linear, "
-                       "consumer-conv, pass-through, concat, residual-add, pending-shift, "
-                       "embedding")
+                       "unknown rule(s) ['nope']; valid: compose, producer, embedding, "
+                       "consumer-linear, consumer-conv, token-linear, attention, layout, select, "
+                       "pad, pool, concat, constant-op, residual-add, gate, activation")
 
 
 def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
     nodes = [N("Mul", ["x", "norm.scale"], ["s"], name="un_mul"),
              N("Add", ["s", "norm.shift"], ["normed"], name="un_add"),
-             N("MatMul", ["normed", "W"], ["mm"], name="fc"),
+             N("MatMul", ["normed", "W"], ["mm0"], name="fc"),
+             N("Add", ["mm0", "c"], ["mm"], name="fc_bias"),
              N("LayerNormalization", ["mm", "g", "b"], ["y"], name="ln", axis=-1)]
     m = model(nodes, norm_constants(8) + [const("W", RNG.normal(size=(8, 4))),
+                                          const("c", RNG.normal(size=4)),
                                           const("g", np.ones(4)), const("b", np.zeros(4))],
               {"x": ["N", 8]}, {"y": ["N", 4]})
     path = tmp_path / "mixed.onnx"
@@ -154,6 +156,17 @@ def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
 def test_rules_lists_the_registry() -> None:
     result = _invoke("rules")
     assert result.exit_code == 0
-    for name in ("producer", "consumer-linear", "consumer-conv", "pass-through", "concat",
-                 "residual-add", "pending-shift", "embedding"):
+    for name in ("compose", "producer", "embedding", "consumer-linear", "consumer-conv",
+                 "token-linear", "attention", "layout", "select", "pad", "pool", "concat",
+                 "constant-op", "residual-add", "gate", "activation"):
         assert name in result.stdout
+    assert "PASSED" in result.stderr
+
+
+def test_rules_as_json() -> None:
+    result = _invoke("rules", "--json")
+    assert result.exit_code == 0
+    rows = json.loads(result.stdout)
+    by_name = {row["rule"]: row for row in rows}
+    assert by_name["consumer-linear"]["kind"] == "sink"
+    assert "Pad" in by_name["pad"]["ops"] and by_name["pad"]["algebra"]

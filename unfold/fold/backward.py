@@ -68,8 +68,8 @@ class Request:
         if self.rule == EMBEDDING:
             tables = ", ".join(f"'{name}'" for name in self.absorbed_by)
             return f"folded into the embedding tables {tables}"
-        return "; ".join(p for p in self.path if p.startswith("folded into")) or \
-            "; ".join(self.path)
+        return "; ".join(p for p in self.path if p.startswith(("folded into", "its shift"))) \
+            or "; ".join(self.path)
 
 
 class Refusal(str):
@@ -136,7 +136,12 @@ def _replace_constant(node: gs.Node, slot: int, affine: Affine, value: np.ndarra
 def _request(tensor: gs.Tensor, affine: Affine, readers: Collection[gs.Node], ctx: Context,
              plan: Request, counter: list[int], want_shift: bool) -> bool:
     """Plan it; True when the shift found a place too (False: the scale only)."""
+    if affine.is_identity():
+        return True  # nothing to change
     _step(counter)
+    # a norm the analysis already sent back into its producer: its input stands for it now
+    # (read by what read the norm's output: Context.value_readers counts those)
+    tensor = ctx.resolve(tensor)
     if not ctx.read_only_by(tensor, readers):
         what = "a graph output" if ctx.is_output(tensor) else "read by other ops too"
         raise _Refused(f"'{tensor.name}' is {what}")

@@ -52,6 +52,7 @@ class _Log:
     weights: dict[str, tuple[float, float]] = field(default_factory=dict)
     scale_range: dict[str, tuple[float, float]] = field(default_factory=dict)
     refused: dict[str, list[str]] = field(default_factory=dict)
+    site_ops: dict[str, int] = field(default_factory=dict)  # each site's own node count
 
     def add(self, table: dict[str, list[str]], site: str, text: str) -> None:
         if text and text not in table.setdefault(site, []):
@@ -61,8 +62,8 @@ class _Log:
 class _Rewriter:
     """Implements flow.Rewrite for the moves' `apply`."""
 
-    def __init__(self, graph: gs.Graph, names: Names, log: _Log) -> None:
-        self.graph, self.names, self.log = graph, names, log
+    def __init__(self, ctx: Context, names: Names, log: _Log) -> None:
+        self.ctx, self.graph, self.names, self.log = ctx, ctx.graph, names, log
         self.site: str | None = None  # whose move is being applied
 
     def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
@@ -126,8 +127,9 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     site_at = {id(s.nodes[0]): s for s in sites}
     inside = {id(n) for s in sites for n in s.nodes[1:]}
     plans, pend = _analyse(order, site_at, inside, ctx)
-    chosen, because = _decide(order, site_at, plans, pend, ctx)
-    log = _Log()
+    unit_of = {id(n): id(s.nodes[0]) for s in sites for n in s.nodes}
+    chosen, because = _decide(order, unit_of, plans, pend, ctx)
+    log = _Log(site_ops={s.name: len(s.nodes) for s in sites})
     _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
     return FoldResult(_reports(sites, log))
 
@@ -162,7 +164,14 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
             for name, pending in plan.outputs.items():
                 if pending.invariant or not pending.affine.is_identity():  # type: ignore[union-attr]
                     pend[name] = pending
+                elif plan.deletes and site is not None and plan.carrier_slot is None:
+                    # gone back into its producer: its input is its output now (a composed
+                    # norm is not: what reads it will read the pending's carrier)
+                    ctx.forward[name] = plan.carrier_tensor  # type: ignore[assignment]
+                    ctx.dead.update(id(n) for n in plan.deletes)
     ctx.dry = False
+    ctx.forward.clear()  # the rewrite changes the graph itself
+    ctx.dead.clear()
     return plans, pend
 
 
@@ -175,7 +184,7 @@ def _materialize_cost(tensor: gs.Tensor, pending: Pending, ctx: Context) -> floa
     return ops - OUTPUT_DISCOUNT if ctx.is_output(tensor) and ops else float(ops)
 
 
-def _decide(order: list[gs.Node], site_at: dict[int, Site], plans: dict[int, Move | Stop],
+def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move | Stop],
             pend: dict[str, Pending], ctx: Context) -> tuple[dict[Edge, bool], dict[Edge, str]]:
     """For every consumer edge of a pending: carry it on or not; for those not carried on,
     why (the reader's own reason, or what stops the affine further down that way)."""
@@ -194,7 +203,13 @@ def _decide(order: list[gs.Node], site_at: dict[int, Site], plans: dict[int, Mov
             edges = []
             for reader, slot in _edges(tensor):
                 edge = (tensor.name, id(reader), slot)
-                plan = plans.get(id(reader))
+                unit = unit_of.get(id(reader), id(reader))
+                plan = plans.get(unit)
+                if unit != id(reader):  # a site's other node reading its input (RepBN's α·x)
+                    if isinstance(plan, Move) and any(d is reader for d in plan.deletes):
+                        chosen[edge] = True  # goes with the site: no cost of its own
+                        continue
+                    plan = None
                 if not isinstance(plan, Move) or slot not in plan.consumes:
                     chosen[edge] = False
                     because[edge] = f"reader {named(reader)}: " + (
@@ -204,7 +219,15 @@ def _decide(order: list[gs.Node], site_at: dict[int, Site], plans: dict[int, Mov
                     continue
                 c, later = 0.0, ""
                 if slot == min(plan.consumes):
-                    c = plan.cost + sum(cost.get(name, 0.0) for name in plan.outputs)
+                    c = plan.cost + (0.0 if plan.own_outputs else
+                                     sum(cost.get(name, 0.0) for name in plan.outputs))
+                    # where affines meet (a residual Add of two pendings), the others' would
+                    # otherwise be materialized each: what merging saves is credited here
+                    for other in plan.consumes:
+                        joined = reader.inputs[other]
+                        if other != slot and joined.name in pend and joined is not tensor \
+                                and len(_edges(joined)) == 1:
+                            c -= _materialize_cost(joined, pend[joined.name], ctx)
                     later = next((why[name] for name in plan.outputs if why.get(name)), "")
                     if plan.leaves and not later:
                         later = plan.leaves
@@ -233,7 +256,7 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
              chosen: dict[Edge, bool], because: dict[Edge, str], ctx: Context,
              names: Names, log: _Log) -> None:
     graph = ctx.graph
-    rw = _Rewriter(graph, names, log)
+    rw = _Rewriter(ctx, names, log)
     tensors = graph.tensors()
     actual: dict[str, Pending] = {}
     stops: dict[tuple[str, int], str] = {}  # (tensor, reader) -> why the reader needs values
@@ -347,6 +370,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
             producer = original.inputs[0]
             fresh = gs.Variable(rw.names.new(name), dtype=original.dtype, shape=original.shape)
             producer.outputs[producer.outputs.index(original)] = fresh
+            rw.ctx.stands_for[fresh.name] = original
             actual[name] = replace(pending, carrier=fresh)
     if primary is None:
         return
@@ -357,9 +381,12 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
     log.add(log.path, primary, plan.event)
     for absorber in plan.absorbed_by:
         log.add(log.absorbed, primary, absorber)
-    if plan.leaves:
-        log.add(log.ends, primary, "interior")
-        log.add(log.reasons, primary, plan.leaves)
+    if plan.leaves:  # what stays is charged like a materialization (see _charged)
+        leaving = [p for p in arrived.values() if p.affine is not None]
+        for origin in _charged(leaving[0], log.site_ops, need=max(int(plan.cost), 1)) \
+                if leaving else [primary]:
+            log.add(log.ends, origin, "interior")
+            log.add(log.reasons, origin, plan.leaves)
     if plan.refused:
         log.add(log.refused, primary, plan.refused)
     for pending in list(arrived.values()) + list(plan.outputs.values()):
@@ -416,15 +443,33 @@ def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.
         assert pending.affine is not None
         rw.materialize(carrier, pending.affine, dtype_of(carrier),
                        base=f"{site}_at_{name}", out=tensor)
-        log.add(log.ends, site, "output" if ctx.is_output(tensor) and not readers
-                else "interior" if readers else "output")
-        if ctx.is_output(tensor):
+        if ctx.is_output(tensor):  # DESIGN's allowed materialization: every site in it
+            for origin in pending.origins:
+                log.add(log.ends, origin, "output")
             log.add(log.path, site, f"materialized at the graph output '{name}'")
-        for reader in readers:
-            why = stops.get((name, id(reader)), FAN_OUT)
-            log.add(log.reasons, site, why)
-        if ctx.is_output(tensor) and readers:
-            log.add(log.reasons, site, f"'{name}' is a graph output")
+            continue
+        why = [stops.get((name, id(reader)), FAN_OUT) for reader in readers]
+        for origin in _charged(pending, log.site_ops):
+            log.add(log.ends, origin, "interior")
+            for reason in why:
+                log.add(log.reasons, origin, reason)
+
+
+def _charged(pending: Pending, site_ops: dict[str, int], need: int | None = None
+             ) -> list[str]:
+    """The sites a materialization inside the graph is charged to: the ones composed last,
+    as many as own the ops it needs (a norm composed into a LayerScale, whose one Mul then
+    carries both, is gone: the LayerScale's Mul is what stays)."""
+    assert pending.affine is not None
+    if need is None:
+        need = pending.affine.ops()
+    credit, charged = 0, []
+    for origin in reversed(pending.origins):
+        charged.append(origin)
+        credit += site_ops.get(origin, 0)
+        if credit >= need:
+            break
+    return charged
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -438,28 +483,24 @@ def _reports(sites: list[Site], log: _Log) -> list[SiteReport]:
                             absorbed_by=log.absorbed.get(name, []),
                             reasons=log.reasons.get(name, []), path=log.path.get(name, []),
                             merged_into=log.merged_into.get(name))
-        if "interior" in ends:
-            report.status = "partial" if (report.absorbed_by or report.path) else "stayed"
+        if "interior" in ends and site.secondary:
+            report.status = "kept"  # a per-channel scale that is no norm (LayerScale): as is
+        elif "interior" in ends:
+            report.status = "partial" if report.absorbed_by else "stayed"
         elif "output" in ends:
             report.status = "materialized"
         else:
             report.status = "folded"
-        if report.status != "folded":
+        if report.status == "folded":
+            report.reasons = []  # what stopped it on one way is moot where another took it
+        else:
             report.reasons = log.refused.get(name, []) + report.reasons
         before, after = log.weights.get(name, (0.0, 0.0))
         report.max_abs_weight_before, report.max_abs_weight_after = before, after
         if name in log.scale_range:
             report.scale_range = list(log.scale_range[name])
         reports.append(report)
-    by_name = {r.name: r for r in reports}
     for report in reports:
-        host = report
-        seen = {report.name}
-        while host.merged_into is not None and host.merged_into in by_name and \
-                host.merged_into not in seen:
-            seen.add(host.merged_into)
-            host = by_name[host.merged_into]
-        if host is not report:
-            report.status = host.status
-            report.path.append(f"composed into '{host.name}'")
+        if report.merged_into is not None:
+            report.path.append(f"composed into '{report.merged_into}'")
     return reports

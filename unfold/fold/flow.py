@@ -88,6 +88,9 @@ class Move:
     absorbed_by: tuple[str, ...] = ()
     leaves: str | None = None  # what of the affine stays behind (reported, status partial)
     refused: str | None = None  # why a sink nearby could not take it (reported if it stays)
+    # what happens after it is paid anyway (a norm composed into the pending: on its own it
+    # would go the same way), so an edge into it costs only `cost`
+    own_outputs: bool = False
 
 
 @dataclass
@@ -110,6 +113,15 @@ class Context:
         # True while the analysis estimates costs: plans then skip the heavy arithmetic (new
         # weights, finiteness), which the rewrite pass does once, right before it applies them
         self.dry = False
+        # the rewrite pass's carriers, by name: the original tensor each stands for (whose
+        # readers still count: those not yet rewired read the original)
+        self.stands_for: dict[str, gs.Tensor] = {}
+        # during the analysis, what the rewrite will have done by then to the nodes planned
+        # so far: a norm that goes back into its producer is gone (`dead`), its output then
+        # simply its input (`forward`); later plans look at the graph as it will be
+        self.dead: set[int] = set()
+        self.forward: dict[str, gs.Tensor] = {}
+        self._tensors = graph.tensors()
         self.graph_outputs = {t.name for t in graph.outputs}
         self.skip = frozenset(skip)
         self.max_scale = max_scale
@@ -128,17 +140,35 @@ class Context:
     def is_output(self, tensor: gs.Tensor) -> bool:
         return tensor.name in self.graph_outputs
 
+    def resolve(self, tensor: gs.Tensor) -> gs.Tensor:
+        while tensor.name in self.forward:
+            tensor = self.forward[tensor.name]
+        return tensor
+
     def value_readers(self, tensor: gs.Tensor) -> list[gs.Node]:
-        return [n for n in tensor.outputs if n.op not in SHAPE_READERS]
+        readers = [n for n in tensor.outputs if n.op not in SHAPE_READERS and
+                   id(n) not in self.dead]
+        for name, target in self.forward.items():
+            if target is tensor:
+                readers += self.value_readers(self.ctx_tensor(name))
+        return readers
+
+    def ctx_tensor(self, name: str) -> gs.Tensor:
+        return self._tensors[name]
 
     def read_only_by(self, tensor: gs.Tensor, readers: Collection[gs.Node]) -> bool:
         """Nothing but `readers` reads `tensor`'s values (Shape readers see the same shape after
         the fold), and it is no graph output."""
         ids = {id(n) for n in readers}
-        return not self.is_output(tensor) and \
+        original = self.stands_for.get(tensor.name)
+        if original is not None and not self.read_only_by(original, readers):
+            return False
+        outputs = [tensor] + [self._tensors[n] for n, t in self.forward.items() if t is tensor]
+        return not any(self.is_output(t) for t in outputs) and \
             all(id(n) in ids for n in self.value_readers(tensor))
 
     def producer(self, tensor: gs.Tensor) -> gs.Node | None:
+        tensor = self.resolve(tensor)
         return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 

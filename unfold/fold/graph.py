@@ -215,9 +215,10 @@ def undoes(second: gs.Node, first: gs.Node) -> bool:
         return [p1[i] for i in p2] == list(range(r))
     if first.op in RESHAPES and second.op in RESHAPES:
         before, after = getattr(x, "shape", None), getattr(y, "shape", None)
+        # (a named dim, "batch" or shape inference's "unk__3", is one value wherever it
+        # appears: inference names two dims alike only when it knows they are equal)
         return before is not None and after is not None and \
-            all(isinstance(d, (int, str)) and not str(d).startswith("unk__") for d in before) \
-            and list(before) == list(after)
+            all(isinstance(d, (int, str)) for d in before) and list(before) == list(after)
     return False
 
 

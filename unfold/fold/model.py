@@ -17,7 +17,7 @@ from unfold.errors import UnfoldError
 from unfold.fold.batch_norm import KIND as BATCH_NORM
 from unfold.fold.batch_norm import rewrite_batch_norms
 from unfold.fold.dataflow import fold_graph
-from unfold.fold.graph import RESHAPES, SHAPE_READERS, Names, emit_affine, is_round_trip
+from unfold.fold.graph import RESHAPES, SHAPE_READERS, Names, emit_affine, is_round_trip, rank
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport
 from unfold.fold.rules import RULES, Outcome
@@ -62,6 +62,7 @@ def _drop_layout_round_trips(graph: gs.Graph) -> None:
                 if tensor is out:
                     reader.inputs[slot] = source
         second.outputs.clear()
+        second.inputs.clear()
 
 
 COMPACT_FORMS = (("Mul", "Add"), ("Mul",), ("Add",))
@@ -117,7 +118,12 @@ MAX_PREPARATION_ROUNDS = 6
 
 
 def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
-    """Infer shapes and fold constants until the graph stops shrinking."""
+    """Infer shapes and fold constants until the graph stops shrinking. (onnx-graphsurgeon
+    evaluates constant subgraphs in ONNX Runtime, whose optimizer warns about nodes it
+    leaves alone: not this tool's user's business.)"""
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)
     infer_shapes(graph, skeleton)
     for _ in range(MAX_PREPARATION_ROUNDS):
         before = len(graph.nodes)
@@ -144,7 +150,7 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
 
 # The fold engine: "dataflow" (one analysis, one rewrite: unfold/fold/dataflow.py) or "rules"
 # (the earlier rule-by-rule rewriter), side by side while the first replaces the second.
-ENGINE = os.environ.get("UNFOLD_FOLD_ENGINE", "rules")
+ENGINE = os.environ.get("UNFOLD_FOLD_ENGINE", "dataflow")
 
 
 def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
@@ -248,9 +254,72 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     return _finish(graph, parts, big, list(reports.values()), original_ops, online)
 
 
+# ops that compute nothing but a layout of their inputs: two with the same inputs and
+# attributes compute the same tensor
+DEDUPLICABLE = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape"})
+
+
+def _compose_transposes(graph: gs.Graph) -> None:
+    """Transpose(Transpose(x)) with nothing else reading the middle is one Transpose (a norm
+    between x.transpose(1, 2) and an attention's own transpose, once folded away, leaves two:
+    the exporter had merged the second with the norm's transpose back)."""
+    graph_outputs = {t.name for t in graph.outputs}
+    for second in [n for n in graph.nodes if n.op == "Transpose"]:
+        if not second.outputs:
+            continue  # gone with a round trip before
+        middle = second.inputs[0] if second.inputs else None
+        first = middle.inputs[0] if middle is not None and len(middle.inputs) == 1 else None
+        if first is None or first.op != "Transpose" or middle.name in graph_outputs or \
+                len(middle.outputs) != 1 or rank(middle) is None:
+            continue
+        r = rank(middle)
+        p1 = list(first.attrs.get("perm", reversed(range(r))))
+        p2 = list(second.attrs.get("perm", reversed(range(r))))
+        perm = [p1[i] for i in p2]
+        source = first.inputs[0]
+        if perm == list(range(r)) and second.outputs[0].name not in graph_outputs:
+            out = second.outputs[0]  # a round trip: nothing left of either
+            for reader in list(out.outputs):
+                for slot, tensor in enumerate(reader.inputs):
+                    if tensor is out:
+                        reader.inputs[slot] = source
+            second.outputs.clear()
+            second.inputs.clear()
+            continue
+        second.attrs["perm"] = perm
+        second.inputs[0] = source
+
+
+def _merge_duplicate_layout_ops(graph: gs.Graph) -> None:
+    """A norm folded away between x.transpose(1, 2) and the transpose back can leave a second
+    Transpose of the same tensor next to one the graph had (the exporter had cancelled the
+    pair around the norm): one is enough; the twin's graph gets the same treatment."""
+    graph_outputs = {t.name for t in graph.outputs}
+    seen: dict[tuple, gs.Node] = {}
+    for node in graph.nodes:
+        if node.op not in DEDUPLICABLE or len(node.outputs) != 1 or \
+                node.outputs[0].name in graph_outputs:
+            continue
+        key = (node.op, tuple(id(t) for t in node.inputs),
+               tuple(sorted((k, str(v)) for k, v in node.attrs.items())))
+        kept = seen.setdefault(key, node)
+        if kept is node:
+            continue
+        out, same = node.outputs[0], kept.outputs[0]
+        for reader in list(out.outputs):
+            for slot, tensor in enumerate(reader.inputs):
+                if tensor is out:
+                    reader.inputs[slot] = same
+        node.outputs.clear()
+        node.inputs.clear()
+
+
 def _finish(graph: gs.Graph, parts: ModelParts, big: bool, site_reports: list[SiteReport],
             original_ops: Counter[str], online: list) -> tuple[ModelParts, FoldReport]:
     _drop_layout_round_trips(graph)
+    _compose_transposes(graph)
+    graph.toposort()
+    _merge_duplicate_layout_ops(graph)
     graph.fold_constants().cleanup().toposort()  # what the moves made constant
     folded = parts_of(graph, parts)
     for node in graph.nodes:  # let go of every weight the result does not hold, now

@@ -15,7 +15,8 @@ class SiteReport:
     kind: str
     channels: int
     # "folded": gone; "materialized": a pending affine left as one Mul/Add at a graph output
-    # (allowed); "partial": some readers took it; "stayed": none did
+    # (allowed); "partial": some readers took it; "stayed": none did; "kept": a per-channel
+    # scale that is no norm (LayerScale) left as the one Mul it was
     status: str = "stayed"
     absorbed_by: list[str] = field(default_factory=list)  # nodes that took the affine
     reasons: list[str] = field(default_factory=list)  # why (part of) it stayed
@@ -41,7 +42,11 @@ class FoldReport:
 
     @property
     def left(self) -> list[SiteReport]:
-        return [s for s in self.sites if s.status not in ("folded", "materialized")]
+        return [s for s in self.sites if s.status not in ("folded", "materialized", "kept")]
+
+    @property
+    def kept(self) -> list[SiteReport]:
+        return [s for s in self.sites if s.status == "kept"]
 
     def __bool__(self) -> bool:
         """True when no normalization is left (a materialized pending affine is allowed)."""
@@ -53,5 +58,6 @@ class FoldReport:
             "online": [asdict(o) for o in self.online],
             "ops_before": dict(sorted(self.ops_before.items())),
             "ops_after": dict(sorted(self.ops_after.items())),
-            "folded": len(self.folded), "left": len(self.left), "no_norm_left": bool(self),
+            "folded": len(self.folded), "left": len(self.left), "kept": len(self.kept),
+            "no_norm_left": bool(self),
         }

@@ -211,9 +211,20 @@ class Site:
     def name(self) -> str:
         return self.label or self.nodes[0].name or self.output.name
 
+    @property
+    def secondary(self) -> bool:
+        """One Mul by a per-channel constant (LayerScale, a per-head logit scale): folded where
+        it can be, but no norm: where it stays, nothing is left undone."""
+        return len(self.nodes) == 1 and self.nodes[0].op == "Mul"
+
     def current_input(self) -> gs.Tensor:
         """What the site reads now (the rewrite may have pointed it at a carrier)."""
         return self.nodes[0].inputs[self.slot]
+
+    def input_readers(self) -> list[gs.Node]:
+        """Its nodes that read its input (RepBN reads it twice: the BN's way, and α·x)."""
+        current = self.current_input()
+        return [n for n in self.nodes if any(t is current for t in n.inputs)]
 
 
 @dataclass
@@ -353,6 +364,24 @@ def _carrier_term(v: gs.Tensor, x: gs.Tensor, add: gs.Node, rank: int,
     return None
 
 
+def _same_layout_of(v: gs.Tensor, after: gs.Node, source: gs.Tensor) -> gs.Tensor | None:
+    """x when v = k⊙x with x = L(source) for L the same layout op as `after`."""
+    mul = _single_producer(v)
+    if mul is None or mul.op != "Mul":
+        return None
+    for x in mul.inputs:
+        op = _single_producer(x)
+        if op is not None and op.op == after.op == "Transpose" and op.inputs[0] is source and \
+                list(op.attrs.get("perm", [])) == list(after.attrs.get("perm", [])):
+            return x
+    return None
+
+
+def _through_layout(value: np.ndarray, node: gs.Node, _site: Site) -> np.ndarray | None:
+    perm = node.attrs.get("perm", list(reversed(range(value.ndim))))
+    return transpose_constant(value, perm)
+
+
 def repbn_sites(graph: gs.Graph, sites: list[Site]) -> list[Site]:
     """SLAB's RepBN, BN(x) + α·x (with the BN between a Transpose pair, as BatchNorm1d on
     tokens is applied): one site on x, affine (a + α)⊙x + b, in place of the BN's. Also a
@@ -380,6 +409,23 @@ def repbn_sites(graph: gs.Graph, sites: list[Site]) -> list[Site]:
             if id(site) in replaced:
                 continue
             x, before, affine = site.input, None, site.affine
+            twin = _same_layout_of(v, after, site.input) if after is not None else None
+            if twin is not None:
+                # the exporter cancelled x.transpose().transpose(): BN reads R, α·x reads
+                # x = L(R), and L(BN(R)) is the BN's affine moved through L, on x
+                mapped = affine.map(lambda value, _, n=after, s=site: _through_layout(value, n, s))
+                term = _carrier_term(v, twin, add, affine.rank, graph_outputs)
+                if mapped is None or term is None:
+                    continue
+                mul, k = term
+                nodes = ([mul] if mul is not None else []) + site.nodes + [after, add]
+                if mul is None:
+                    continue  # (x + norm: x read by the layout op, nothing of the site does)
+                replaced[id(site)] = Site(nodes, twin, add.outputs[0],
+                                          Affine(mapped.scale + k, mapped.shift),
+                                          f"RepBN ({site.kind} + α·x)", site.dtype,
+                                          site.channels, label=site.name)
+                break
             if after is not None:
                 before = _single_producer(site.input)
                 if before is None or not undoes(after, before) or \

@@ -244,14 +244,95 @@ def export_weightless(graph: gs.Graph, like: onnx.ModelProto) -> tuple[onnx.Mode
 
 def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> None:
     """Re-infer every intermediate shape of `graph` in place (exporters leave stale or
-    shapeless value_info entries; folding constants makes shapes static)."""
+    shapeless value_info entries; folding constants makes shapes static).
+
+    Where the graph's inputs have dynamic dims, ONNX's symbolic inference loses much of what
+    the Shape arithmetic of a dynamic export computes (a token count behind a Reshape to
+    (-1, C, H, W) becomes "unk__3"). So shapes are also inferred twice with every dynamic input
+    dim set to a number (PROBES): a dim equal in both is static; one that differs is named
+    after the input dims it follows ("batch", "batch*2") or by its two values; names repeat
+    only for dims that are equal, as the fold's reshape matching needs."""
     proto, _ = export_weightless(graph, like)
     del proto.graph.value_info[:]  # gs exports the shapes it has: infer them afresh
-    inferred = onnx.shape_inference.infer_shapes(proto, data_prop=True)
+    symbolic = _shapes(onnx.shape_inference.infer_shapes(proto, data_prop=True))
+    probed = _probe_shapes(proto)
     tensors = graph.tensors()
-    for info in inferred.graph.value_info:
-        tensor = tensors.get(info.name)
-        if isinstance(tensor, gs.Variable) and info.type.tensor_type.HasField("shape"):
-            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in info.type.tensor_type.shape.dim]
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+    for name, (dims, dtype) in symbolic.items():
+        tensor = tensors.get(name)
+        if not isinstance(tensor, gs.Variable):
+            continue
+        if probed is not None and name in probed[0] and name in probed[1]:
+            dims = _combine(dims, probed[0][name][0], probed[1][name][0], probed[2])
+        tensor.shape = dims
+        tensor.dtype = dtype
+
+
+# the values dynamic input dims take in the two probing inferences: primes, so a dim derived
+# from one (a product, a multiple) is told apart from a static one and from other dims
+PROBES = ((7, 13), (11, 17), (19, 29), (23, 31), (37, 41), (43, 47))
+
+
+def _shapes(model: onnx.ModelProto) -> dict[str, tuple[list, np.dtype]]:
+    out = {}
+    for info in list(model.graph.value_info) + list(model.graph.output):
+        if info.type.tensor_type.HasField("shape"):
+            out[info.name] = ([d.dim_value if d.HasField("dim_value") else
+                               (d.dim_param or None) for d in info.type.tensor_type.shape.dim],
+                              onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type))
+    return out
+
+
+def _probe_shapes(proto: onnx.ModelProto):
+    """(shapes with the dynamic input dims at their first probe values, at their second, and
+    {symbol: (first, second)}), or None when the inputs have no dynamic dim or inference at
+    numbers fails (a reshape the numbers do not divide)."""
+    symbols: dict[str, tuple[int, int]] = {}
+    for info in proto.graph.input:
+        for index, dim in enumerate(info.type.tensor_type.shape.dim):
+            if not dim.HasField("dim_value"):
+                name = dim.dim_param or f"{info.name}:{index}"
+                if name not in symbols:
+                    if len(symbols) == len(PROBES):
+                        return None
+                    symbols[name] = PROBES[len(symbols)]
+    if not symbols:
+        return None
+    results = []
+    for which in (0, 1):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(proto)
+        for info in probe.graph.input:
+            for index, dim in enumerate(info.type.tensor_type.shape.dim):
+                if not dim.HasField("dim_value"):
+                    value = symbols[dim.dim_param or f"{info.name}:{index}"][which]
+                    dim.Clear()
+                    dim.dim_value = value
+        try:
+            inferred = onnx.shape_inference.infer_shapes(probe, data_prop=True, strict_mode=True)
+        except Exception:  # noqa: BLE001 - the numbers do not fit the model: no probing
+            return None
+        results.append(_shapes(inferred))
+    return results[0], results[1], symbols
+
+
+def _combine(dims: list, first: list, second: list, symbols: dict[str, tuple[int, int]]) -> list:
+    if len(first) != len(dims) or len(second) != len(dims):
+        return dims
+    out = []
+    for dim, a, b in zip(dims, first, second, strict=True):
+        if not isinstance(a, int) or not isinstance(b, int) or a <= 0 or b <= 0:
+            out.append(dim)
+        elif a == b:
+            out.append(a)
+        else:
+            out.append(_named(a, b, symbols, dim))
+    return out
+
+
+def _named(a: int, b: int, symbols: dict[str, tuple[int, int]], fallback) -> str:
+    for name, (p, q) in symbols.items():
+        if a == p and b == q:
+            return name
+        if a % p == 0 and b % q == 0 and a // p == b // q:
+            return f"{name}*{a // p}"
+    return f"dynamic_{a}_{b}"

@@ -27,7 +27,7 @@ ALGEBRA = "A2(A1(x)) = (s2⊙s1)⊙x + (s2⊙b1 + b2): a norm after a pending af
 
 
 def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop:
-    first, slot, source = site.nodes[0], site.slot, site.current_input()
+    _first, slot, source = site.nodes[0], site.slot, site.current_input()
     if incoming is not None and incoming.carrier is not None:
         source = incoming.carrier  # (the rewrite pass: what the site will read)
     if incoming is not None:
@@ -44,26 +44,27 @@ def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop
     where = {"carrier_slot": slot} if incoming is not None else {"carrier_tensor": source}
     consumes = (slot,) if incoming is not None else ()
     refused = None
-    alone = incoming is None or ctx.read_only_by(site.current_input(), [first])
+    readers = site.input_readers()
+    alone = incoming is None or ctx.read_only_by(site.current_input(), readers)
     if alone and (incoming is None or not incoming.affine.has_scale):  # type: ignore[union-attr]
         # (with an incoming pending, scaling its carrier is right only if nothing else reads it)
-        found = backward.request(source, composed, [first], ctx, want_shift=True)
+        found = backward.request(source, composed, readers, ctx, want_shift=True)
         if isinstance(found, backward.Request):
             left = Affine.identity(composed.rank) if found.takes_shift or \
                 not composed.has_shift else Affine.shift_only(composed.shift)
             return Move(found.rule, found.event, consumes,
                         {site.output.name: Pending(left, origins, stayed=stayed)},
-                        cost=-len(site.nodes) if incoming is not None else 0.0,
+                        own_outputs=incoming is not None,
                         deletes=tuple(site.nodes), apply=found.apply,
                         absorbed_by=tuple(found.absorbed_by), **where)
         if found.deep:
             into = "the embedding tables" if "table" in found else "the producer"
             refused = f"cannot fold into {into}: {found}"
     if incoming is not None:
-        # composing deletes the norm's nodes: credited, since not composing would leave them
+        # what the norm's output then costs, it costs composed or not: not charged to the edge
         return Move(NAME, f"composed with '{site.name}' ({site.kind})", consumes,
                     {site.output.name: Pending(composed, origins, source=incoming.source,
-                                               stayed=stayed)}, cost=-len(site.nodes),
+                                               stayed=stayed)}, own_outputs=True,
                     deletes=tuple(site.nodes), refused=refused, **where)
     return Move(START, "", consumes, {site.output.name: Pending(composed, origins,
                                                                 source=source)},

@@ -1,4 +1,6 @@
-"""Rule 1 (consumer-linear): a norm read by MatMul/Gemm folds into their weights."""
+"""consumer-linear (a norm read by MatMul/Gemm folds into their weights) and token-linear (a
+linear over an axis the norm's scale is constant along: the scale passes, the shift goes
+into its bias)."""
 
 from __future__ import annotations
 
@@ -83,16 +85,17 @@ def test_matmul_without_bias_gets_an_add_for_the_shift() -> None:
     assert_same_outputs(m, folded, _x())
 
 
-def test_shift_of_a_bias_less_matmul_inside_the_graph_is_its_bias() -> None:
-    """Where no rule carries the pending shift on (a Relu reads it), it stays as the bias."""
+def test_the_shift_of_a_bias_less_matmul_before_a_relu_stays_as_one_add() -> None:
+    """The scale folds into the weight; the shift b @ W has no bias to go into and the Relu
+    needs true values: one Add stays (the twin has none), reported partial, with why."""
     m = model(_norm_nodes() + [N("MatMul", ["normed", "W"], ["mm"], name="fc"),
                                N("Relu", ["mm"], ["y"], name="act")],
               norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
               {"x": ["N", 5, 8]}, {"y": ["N", 5, 4]})
     folded, report = fold_model(m)
     (site,) = report.sites
-    assert site.status == "folded" and site.reasons == [], site.reasons
-    assert site.path[-1] == "its shift stays as the bias of MatMul 'fc'"
+    assert site.status == "partial" and site.absorbed_by == ["fc"]
+    assert site.reasons == ["reader Relu 'act': Relu does not commute with a shift"]
     assert report.ops_after == {"MatMul": 1, "Add": 1, "Relu": 1}
     assert_same_outputs(m, folded, _x())
 
@@ -125,7 +128,7 @@ def test_a_reader_that_cannot_absorb_keeps_the_norm_for_itself_only() -> None:
     folded, report = fold_model(m)
     site = report.sites[0]
     assert (site.status, site.absorbed_by) == ("partial", ["fc"])
-    assert site.reasons == ["reader Relu 'act' is not a MatMul or Gemm"]
+    assert site.reasons == ["reader Relu 'act': Relu does not commute with a shift"]
     assert not bool(report)
     assert report.ops_after == {"Mul": 1, "Add": 2, "MatMul": 1, "Relu": 1}
     assert_same_outputs(m, folded, _x())
@@ -137,7 +140,8 @@ def test_not_applied_when_the_weight_is_not_constant() -> None:
     folded, report = fold_model(m)
     site = report.sites[0]
     assert site.status == "stayed"
-    assert site.reasons == ["reader MatMul 'fc' has no constant 2-D weight"]
+    assert site.reasons == ["reader MatMul 'fc': it multiplies the affine's tensor by another "
+                            "variable"]
     assert report.ops_after == report.ops_before
     assert_same_outputs(m, folded, {**_x(), "w_in": RNG.normal(size=(8, 4)).astype(np.float32)})
 
@@ -164,7 +168,7 @@ def test_skip_and_unknown_skip() -> None:
               norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
               {"x": ["N", 8]}, {"y": ["N", 4]})
     with pytest.raises(UnfoldError,
-                       match=r"unknown rule\(s\) \['nope'\]; valid: producer, consumer-linear"):
+                       match=r"unknown rule\(s\) \['nope'\]; valid: compose, producer, "):
         fold_model(m, skip=["nope"])
     _, report = fold_model(m, skip=["consumer-linear"])
     assert report.sites[0].status == "stayed"
@@ -186,3 +190,38 @@ def test_a_constant_that_broadcasts_the_data_is_not_a_norm() -> None:
     folded, report = fold_model(m)
     assert report.sites == [] and report.ops_after == report.ops_before
     assert_same_outputs(m, folded, {"x": RNG.normal(size=(3, 1)).astype(np.float32)})
+
+
+def _token_mixing(bias: bool) -> onnx.ModelProto:
+    """MLP-Mixer/ResMLP: norm -> transpose -> Linear over the 5 tokens -> transpose back ->
+    LayerScale -> residual Add with the stream."""
+    nodes = _norm_nodes() + [
+        N("Transpose", ["normed"], ["t"], perm=[0, 2, 1]),
+        N("MatMul", ["t", "Wt"], ["mix" if bias else "mixed"], name="token_mix"),
+        *([N("Add", ["mix", "ct"], ["mixed"], name="token_bias")] if bias else []),
+        N("Transpose", ["mixed"], ["back"], perm=[0, 2, 1]),
+        N("Mul", ["back", "ls"], ["scaled_branch"], name="layer_scale"),
+        N("Add", ["x", "scaled_branch"], ["y"], name="residual")]
+    inits = norm_constants(8) + [const("Wt", RNG.normal(size=(5, 5))),
+                                 const("ls", RNG.uniform(0.1, 1, 8))]
+    if bias:
+        inits.append(const("ct", RNG.normal(size=5)))
+    return model(nodes, inits, {"x": ["N", 5, 8]}, {"y": ["N", 5, 8]})
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_linear_over_tokens_passes_the_scale_and_takes_the_shift(bias: bool) -> None:
+    """The scale commutes with the token linear and composes with the LayerScale, whose one
+    Mul then carries both (what the twin has); the shift b @ W becomes the token linear's
+    (C, T) bias (or, without one, a pending shift carried past the residual Add)."""
+    m = _token_mixing(bias)
+    folded, report = fold_model(m)
+    norm, layer_scale = report.sites
+    assert any("a linear over an axis the scale is constant along" in p for p in norm.path)
+    expected = {"Transpose": 2, "MatMul": 1, "Mul": 1, "Add": 2 if bias else 1}
+    if not bias:  # the shift ends at the graph output: one Add there
+        expected["Add"] += 1
+    assert report.ops_after == expected, dict(report.ops_after)
+    assert layer_scale.status == "kept", "the LayerScale's Mul carries the norm's scale"
+    assert norm.status == ("folded" if bias else "materialized"), norm
+    assert_same_outputs(m, folded, _x())

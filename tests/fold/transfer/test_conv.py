@@ -46,7 +46,9 @@ def test_folds_whole_into_a_conv_that_pads_nothing(group: int, bias: bool) -> No
     folded, report = fold_model(m)
     (site,) = report.sites
     assert site.status == "folded", site.reasons
-    assert site.path == ["folded into its reader Conv 'conv'"]
+    assert site.path[-1] == "folded into its reader Conv 'conv'", site.path
+    assert site.path[:-1] == ["moved past Transpose (writing 'channels_first')",
+                              "moved past Reshape (writing 'grid')"]
     assert not {"Mul", "Add"} & set(report.ops_after), dict(report.ops_after)
     onnx.checker.check_model(folded, full_check=True)
     assert_same_outputs(m, folded, FEEDS)
@@ -58,7 +60,7 @@ def test_a_padding_conv_takes_only_the_scale(group: int) -> None:
     folded, report = fold_model(m)
     (site,) = report.sites
     assert site.status == "partial"
-    assert site.path == ["scale folded into its reader Conv 'conv'"]
+    assert site.path[-1] == "scale folded into its reader Conv 'conv'", site.path
     assert site.reasons == ["reader Conv 'conv' pads its input: the shift stays as an Add of "
                             "b/a before it (in its bias it would be wrong at the borders)"]
     assert "Mul" not in report.ops_after and report.ops_after["Add"] == 1
@@ -73,6 +75,7 @@ def test_a_padding_conv_with_a_zero_scale_keeps_the_norm() -> None:
     (site,) = report.sites
     assert site.status == "stayed"
     assert any("scale is ~0" in r for r in site.reasons), site.reasons
+    assert report.ops_after == report.ops_before
     assert_same_outputs(m, folded, FEEDS)
 
 
@@ -86,4 +89,30 @@ def test_a_conv_whose_channel_axis_is_not_the_norms_is_not_taken() -> None:
               {"x": [2, 16, C]}, {"y": [2, C, 4, C]})
     folded, report = fold_model(m)
     assert [s.status for s in report.sites] == ["stayed"]
+    assert any("not per channel on its input's axis 1" in r for r in report.sites[0].reasons), \
+        report.sites[0].reasons
     assert_same_outputs(m, folded, FEEDS)
+
+
+def test_a_channels_first_norm_before_a_conv_folds_into_it() -> None:
+    """(1, C, 1, 1) constants on NCHW (channels-first UN, the authors' form) and a
+    BatchNormalization, each read by a Conv: whole into it where it pads nothing."""
+    for norm in ([N("Mul", ["x", "s4"], ["scaled"], name="norm_mul"),
+                  N("Add", ["scaled", "b4"], ["normed"], name="norm_add")],
+                 [N("BatchNormalization", ["x", "gamma", "beta", "mean", "var"], ["normed"],
+                    name="bn")]):
+        inits = [const("s4", RNG.uniform(0.5, 2, (1, C, 1, 1))),
+                 const("b4", RNG.normal(size=(1, C, 1, 1))),
+                 const("gamma", RNG.normal(1, 0.3, C)), const("beta", RNG.normal(size=C)),
+                 const("mean", RNG.normal(size=C)), const("var", RNG.uniform(0.5, 2, C)),
+                 const("K", RNG.normal(size=(4, C, 2, 2)))]
+        nodes = norm + [N("Conv", ["normed", "K"], ["y"], name="conv", kernel_shape=[2, 2],
+                          strides=[2, 2])]
+        used = {i for n in nodes for i in n.input}
+        m = model(nodes, [i for i in inits if i.name in used], {"x": ["N", C, 4, 4]},
+                  {"y": ["N", 4, 2, 2]})
+        folded, report = fold_model(m)
+        (site,) = report.sites
+        assert site.status == "folded" and site.absorbed_by == ["conv"], site
+        assert dict(report.ops_after) == {"Conv": 1}
+        assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, C, 4, 4)).astype(np.float32)})
