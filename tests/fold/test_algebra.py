@@ -9,13 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from unfold.fold.algebra import (
+    Affine,
     ChannelAffine,
     FoldRejected,
-    divide_producer,
+    concat_constants,
+    fold_gemm_reader,
     fold_into_conv_consumer,
     fold_into_gemm,
     fold_into_matmul,
     fold_into_producer,
+    fold_matmul_reader,
+    gather_constant,
+    pad_constant,
+    reshape_constant,
+    slice_constant,
+    transpose_constant,
 )
 from unfold.nn import UnifiedNorm
 
@@ -106,16 +114,11 @@ def test_matmul_producer_and_divided_residual_branch() -> None:
     np.testing.assert_allclose(x @ produced.weight + produced.bias, affine.apply(x @ w + c),
                                **EXACT)
     # rule 5: stream p carries a pending affine; the branch joining it is divided by a
+    # (rule 2 with the affine 1/a, as the residual rule asks the branch's producer)
     p = RNG.normal(size=(3, 5))
-    divided = divide_producer(affine, w, c, output_axis=1)
+    divided = fold_into_producer(ChannelAffine(1.0 / affine.scale, np.zeros(5)), w, c, 1)
     np.testing.assert_allclose(affine.apply(p + x @ divided.weight + divided.bias),
                                affine.apply(p) + (x @ w + c), **EXACT)
-
-
-def test_divide_refuses_a_zero_scale() -> None:
-    affine = ChannelAffine(np.array([1.0, 0.0, 2.0]), np.zeros(3))
-    with pytest.raises(FoldRejected, match=r"~0 on 1 channel"):
-        divide_producer(affine, RNG.normal(size=(4, 3)), None, output_axis=1)
 
 
 def test_fold_making_fp16_weights_non_finite_is_refused() -> None:
@@ -166,3 +169,94 @@ def test_conv_consumer_with_padding_refuses_a_zero_scale() -> None:
 def test_channel_mismatch_is_named() -> None:
     with pytest.raises(FoldRejected, match="the affine has 3 channels, the op 5"):
         fold_into_matmul(_affine(3), RNG.normal(size=(5, 2)))
+
+
+# --- the dataflow pass's broadcast affines and the layout functions that move them ---------
+
+def _broadcast(value: np.ndarray, shape) -> np.ndarray:
+    return np.broadcast_to(value, shape)
+
+
+def test_affine_composition_and_compression() -> None:
+    first = Affine(RNG.uniform(0.5, 2, (1, 1, 4)), RNG.normal(size=(1, 1, 4)))
+    second = Affine(np.full((1, 3, 1), 2.0), np.zeros((1, 1, 1)))
+    x = RNG.normal(size=(2, 3, 4))
+    both = first.then(second)
+    np.testing.assert_allclose(both.scale * x + both.shift,
+                               second.scale * (first.scale * x + first.shift) + second.shift,
+                               **EXACT)
+    assert Affine(np.ones((1, 5, 4)), np.zeros((1, 5, 4))).scale.shape == (1, 1, 1), \
+        "a constant that does not vary along an axis is kept as size 1 there"
+    assert both.ops() == 2 and Affine.identity(3).ops() == 0
+
+
+@pytest.mark.parametrize(("source", "target"), [
+    (["N", 6, 4], ["N", 2, 3, 4]),  # tokens split: the channels stay last
+    (["N", 2, 2, 2, 2, 4], ["N", 2, 2, 16]),  # patch merging: 4 channel vectors side by side
+    ([None, 6, 4], [None, 24]),  # an unknown batch: the affine is 1 over it
+    (["B", 6, 1, 1], ["B", 6]),  # channels first, squeezed
+])
+def test_reshape_constant_agrees_with_reshaping_the_full_constant(source, target) -> None:
+    shape_in = [3 if not isinstance(d, int) else d for d in source]
+    shape_out = [d if isinstance(d, int) else -1 for d in target]
+    channel_axis = 1 if source[-1] == 1 else len(source) - 1
+    value = np.ones([1] * len(source))
+    value = np.moveaxis(np.broadcast_to(
+        RNG.normal(size=shape_in[channel_axis]).reshape([-1] + [1] * (len(source) - 1)),
+        [shape_in[channel_axis]] + [1] * (len(source) - 1)), 0, channel_axis).copy()
+    mapped = reshape_constant(value, source, target)
+    assert mapped is not None
+    np.testing.assert_array_equal(
+        np.broadcast_to(mapped, np.reshape(np.empty(shape_in), shape_out).shape),
+        np.reshape(_broadcast(value, shape_in), shape_out))
+
+
+def test_reshape_constant_refuses_what_it_cannot_know() -> None:
+    per_channel = RNG.normal(size=(1, 1, 8))
+    assert reshape_constant(per_channel, ["N", 3, 8], [None]) is None, "merged with a dynamic dim"
+    assert reshape_constant(per_channel, ["N", 3, 8], ["N", 2, 12]) is not None, \
+        "a static block: written out whole (a (2, 12) constant, exact)"
+    assert reshape_constant(per_channel, [None, 8], [None, 2, None]) is None
+
+
+def test_layout_functions_match_numpy_on_the_full_constant() -> None:
+    value = RNG.normal(size=(1, 5, 4))
+    full = _broadcast(value, (2, 5, 4))
+    np.testing.assert_array_equal(_broadcast(transpose_constant(value, [0, 2, 1]), (2, 4, 5)),
+                                  full.transpose(0, 2, 1))
+    np.testing.assert_array_equal(
+        _broadcast(slice_constant(value, [1], [4], [1], [1]), (2, 3, 4)), full[:, 1:4])
+    np.testing.assert_array_equal(
+        _broadcast(gather_constant(value, np.array([3, 0]), 1, 1), (2, 2, 4)),
+        np.take(full, [3, 0], axis=1))
+    padded = pad_constant(value, [0, 1, 0, 0, 2, 0], [2, 5, 4], 0.0)
+    np.testing.assert_array_equal(_broadcast(padded, (2, 8, 4)),
+                                  np.pad(full, [(0, 0), (1, 2), (0, 0)]))
+    joined = concat_constants([value, np.ones((1, 1, 1))], 1, [5, 2])
+    np.testing.assert_array_equal(_broadcast(joined, (2, 7, 4)),
+                                  np.concatenate([full, np.ones((2, 2, 4))], axis=1))
+
+
+def test_matmul_reader_with_a_per_token_shift_and_a_token_linear() -> None:
+    """A shift that varies per token becomes a per-token bias; a token linear (its scale
+    constant along the contraction) keeps the scale pending and divides the bias by it."""
+    w, c = RNG.normal(size=(4, 3)), RNG.normal(size=3)
+    x = RNG.normal(size=(2, 5, 4))
+    scale, shift = RNG.uniform(0.5, 2, 4), RNG.normal(size=(1, 5, 4))
+    folded = fold_matmul_reader(w, c, row_scale=scale, shift=shift)
+    np.testing.assert_allclose(x @ folded.weight + folded.bias, (x * scale + shift) @ w + c,
+                               **EXACT)
+    s = RNG.uniform(0.5, 2, (1, 5, 1))  # per row of a (B, 5, 4) input: constant along K
+    token = fold_matmul_reader(w, c, row_scale=None, shift=shift, bias_divisor=s)
+    assert token.weight is None
+    np.testing.assert_allclose(s * (x @ w + token.bias), (s * x + shift) @ w + c, **EXACT)
+
+
+def test_gemm_reader_with_alpha_and_beta() -> None:
+    w, c = RNG.normal(size=(3, 4)), RNG.normal(size=3)
+    scale, shift = RNG.uniform(0.5, 2, 4), RNG.normal(size=4)
+    x = RNG.normal(size=(2, 4))
+    new_b, new_c, _, _ = fold_gemm_reader(w, c, scale, shift, trans_b=True, alpha=0.5,
+                                          beta=2.0)
+    np.testing.assert_allclose(0.5 * x @ new_b.T + 2.0 * new_c,
+                               0.5 * (x * scale + shift) @ w.T + 2.0 * c, **EXACT)

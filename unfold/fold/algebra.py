@@ -14,7 +14,7 @@ Rules (numbers as in DESIGN.md):
    channels, W' = W·a (per output channel), c' = a⊙c + b
 4. composition:   A2(A1(x)) = (a2⊙a1)⊙x + (a2⊙b1 + b2)
 5. pending affine through a residual Add:   a⊙p + b + w = a⊙(p + w⊘a) + b, so the linear that
-   produces w gets its output channels (and bias) divided by a
+   produces w gets its output channels (and bias) divided by a: rule 2 with the affine 1/a
 7. into a consumer Conv: a always (W' = W·a per input channel); b only when every pad is zero
    (c' = c + Σ W b); with padding the shift stays as an Add of b⊘a before the Conv, which is
    exact because zero padding commutes with the per-channel scale:
@@ -173,19 +173,6 @@ def fold_into_producer(affine: ChannelAffine, weight: np.ndarray, bias: np.ndarr
     new_b = affine.scale * _bias64(bias, channels) + affine.shift
     out_w, out_b = _finish(new_w, new_b, weight, bias, "folding into the producer")
     return FoldedLinear(out_w, out_b, _max_abs(weight), _max_abs(out_w))
-
-
-def divide_producer(affine: ChannelAffine, weight: np.ndarray, bias: np.ndarray | None,
-                    output_axis: int, min_abs_scale: float = 1e-12) -> FoldedLinear:
-    """Rule 5: the residual branch w = x @ W + c joins a pending affine's stream p, so
-    a⊙p + b + w = a⊙(p + w⊘a) + b: divide W's output channels and c by a."""
-    tiny = np.abs(affine.scale) < min_abs_scale
-    if np.any(tiny):
-        raise FoldRejected(
-            f"the pending scale is ~0 on {int(tiny.sum())} channel(s) (|a| < {min_abs_scale}): "
-            "dividing the residual branch by it is not finite")
-    reciprocal = ChannelAffine(1.0 / affine.scale, np.zeros(affine.channels))
-    return fold_into_producer(reciprocal, weight, bias, output_axis)
 
 
 def fold_into_conv_consumer(affine: ChannelAffine, weight: np.ndarray, bias: np.ndarray | None,
@@ -552,3 +539,75 @@ def reduce_mean_constant(value: np.ndarray, axes, keepdims: bool) -> np.ndarray:
     axes = tuple(sorted({a % value.ndim for a in axes}))
     reduced = value.mean(axis=axes, keepdims=True)
     return reduced if keepdims else np.squeeze(reduced, axis=axes)
+
+
+# --- the linear readers of a broadcast affine (transfer/linear.py) ---------------------------
+
+@dataclass(frozen=True)
+class MatMulFold:
+    """New constants for MatMul(x, W) (+ c) reading s⊙x + b: `weight` (None: unchanged) and
+    `bias` (None: no bias needed), with the largest |weight| before and after."""
+
+    weight: np.ndarray | None
+    bias: np.ndarray | None
+    max_abs_weight_before: float
+    max_abs_weight_after: float
+
+
+def fold_matmul_reader(weight: np.ndarray, bias: np.ndarray | None, *,
+                       row_scale: np.ndarray | None, shift: np.ndarray | None,
+                       bias_divisor: np.ndarray | None = None) -> MatMulFold:
+    """(s⊙x + b) @ W + c, for a 2-D weight W (K, N):
+
+    - row_scale (K,): the scale along the contraction axis goes into W's rows (rule 1);
+      None when it stays pending (a token linear: constant along the contraction axis);
+    - shift: b broadcast against x (its last dim 1 or K): the term b @ W, a (…, N) constant,
+      is added to c (a bias that broadcasts, or a new one);
+    - bias_divisor: the scale still pending after the bias (token linear): the new bias is
+      (c + b @ W) ⊘ s, so that s⊙(x @ W + bias) = s⊙(x @ W) + (c + b @ W).
+    Computed in float64; a result that is not finite in the weights' dtype is refused."""
+    w = weight.astype(np.float64)
+    new_weight = None
+    if row_scale is not None:
+        new_weight = row_scale.reshape(-1, 1) * w
+    changed = shift is not None or bias_divisor is not None
+    total = None if bias is None or not changed else np.asarray(bias, dtype=np.float64)
+    if shift is not None:
+        full = np.broadcast_to(shift, shift.shape[:-1] + (w.shape[0],))
+        term = full @ w
+        total = term if total is None else total + term
+    if total is not None and bias_divisor is not None:
+        if np.any(np.abs(bias_divisor) < 1e-12):
+            raise FoldRejected("the scale is ~0 on some channel: the bias cannot be divided "
+                               "by it")
+        total = total / bias_divisor
+    if total is not None and bias is not None and total.size == np.size(bias):
+        total = total.reshape(np.shape(bias))
+    out_weight, out_bias = _finish(new_weight if new_weight is not None else w,
+                                   total if total is not None else np.zeros(1), weight,
+                                   None if bias is None else np.asarray(bias),
+                                   "folding into the MatMul")
+    return MatMulFold(out_weight if new_weight is not None else None,
+                      out_bias if total is not None else None, _max_abs(weight),
+                      _max_abs(out_weight))
+
+
+def fold_gemm_reader(weight: np.ndarray, c: np.ndarray | None, scale: np.ndarray,
+                     shift: np.ndarray, *, trans_b: bool, alpha: float, beta: float
+                     ) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Gemm(s⊙x + b, B, C) = alpha·x·op(B)' + beta·C': op(B)' = diag(s) op(B), and
+    C' = C + alpha·(b @ op(B)) / beta (a new C, with beta 1, when there is none or beta is 0).
+    Returns (B', C', max |B| before, after)."""
+    w = weight.astype(np.float64)
+    op_b = w.T if trans_b else w
+    folded = scale[:, None] * op_b
+    term = alpha * (shift @ op_b)
+    if c is not None and beta != 0.0:
+        total = np.asarray(c, dtype=np.float64) + term / beta
+        total = total.reshape(np.shape(c)) if total.size == np.size(c) else total
+        c_dtype = np.asarray(c).dtype
+    else:
+        total, c_dtype = term, weight.dtype
+    new_b, new_c = _finish(folded.T if trans_b else folded, total, weight,
+                           np.zeros(1, dtype=c_dtype), "folding into the Gemm")
+    return new_b, new_c, _max_abs(weight), _max_abs(new_b)

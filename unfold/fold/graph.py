@@ -1,5 +1,5 @@
-"""Small onnx-graphsurgeon helpers the fold rules share: constant values, per-channel
-constants, consumers, fresh initializer names."""
+"""Small onnx-graphsurgeon helpers the fold shares: constant values (read without caching a
+copy), replacing a weight, readers, reshape targets, layout round trips, fresh names."""
 
 from __future__ import annotations
 
@@ -44,98 +44,6 @@ def value_readers(tensor: gs.Tensor) -> list[gs.Node]:
     return [n for n in tensor.outputs if n.op not in SHAPE_READERS]
 
 
-def per_channel_constant(value: np.ndarray | None, data_rank: int | None) -> np.ndarray | None:
-    """`value` as a (C,) vector when it broadcasts along the LAST axis only (shape (C,) or
-    (1, ..., 1, C), or a scalar, returned as shape (1,)); None otherwise."""
-    if value is None or not np.issubdtype(value.dtype, np.floating):
-        return None
-    if value.ndim == 0:
-        return value.reshape(1)
-    if data_rank is not None and value.ndim > data_rank:
-        return None
-    if all(d == 1 for d in value.shape[:-1]):
-        return value.reshape(-1)
-    return None
-
-
-def place_affine_after(node: gs.Node, scale: np.ndarray, shift: np.ndarray, dtype: np.dtype,
-                       graph: gs.Graph, names: Names, base: str) -> list[gs.Node]:
-    """Make `node` produce x and add y = scale⊙x + shift (one Mul, one Add; either left out
-    when it is the identity) producing the tensor `node` produced before. Returns the nodes."""
-    out = node.outputs[0]
-    if np.all(scale == 1.0) and np.all(shift == 0.0):
-        return []
-    current = gs.Variable(names.new(out.name), dtype=out.dtype, shape=out.shape)
-    node.outputs[0] = current
-    return emit_affine(current, out, scale, shift, dtype, graph, names, base)
-
-
-def emit_affine(source: gs.Tensor, out: gs.Tensor, scale: np.ndarray, shift: np.ndarray,
-                dtype: np.dtype, graph: gs.Graph, names: Names, base: str) -> list[gs.Node]:
-    """Nodes computing out = scale⊙source + shift: one Mul and one Add, either left out when
-    it is the identity (an Identity when both are)."""
-    ops = [(op, v) for op, v, neutral in (("Mul", scale, 1.0), ("Add", shift, 0.0))
-           if np.any(v != neutral)]
-    if not ops:
-        node = gs.Node("Identity", names.new(base), inputs=[source], outputs=[out])
-        graph.nodes.append(node)
-        return [node]
-    current = source
-    new_nodes = []
-    for i, (op, value) in enumerate(ops):
-        result = out if i == len(ops) - 1 else gs.Variable(
-            names.new(out.name), dtype=out.dtype, shape=out.shape)
-        constant = gs.Constant(names.new(f"{base}_{op.lower()}"), value.astype(dtype))
-        new_nodes.append(gs.Node(op, names.new(f"{base}_{op.lower()}"),
-                                 inputs=[current, constant], outputs=[result]))
-        current = result
-    graph.nodes.extend(new_nodes)
-    return new_nodes
-
-
-def matching_axis(source: object, target: object, axis: int) -> int | None:
-    """The axis of shape `target` that holds, element for element, axis `axis` of shape
-    `source` when a Reshape turns one into the other: the same dims up to and including it
-    (named dims included), or the same size and the same (static) number of elements after
-    it. None when there is none (the axis is split or merged)."""
-    if not isinstance(source, (list, tuple)) or not isinstance(target, (list, tuple)):
-        return None
-    head = list(source[:axis + 1])
-    if len(target) > axis and list(target[:axis + 1]) == head and None not in head:
-        return axis  # the same dims up to it (symbols included): the same axis
-    size, tail = source[axis], source[axis + 1:]
-    if not isinstance(size, int) or not all(isinstance(d, int) for d in tail):
-        return None
-    inner = int(np.prod(tail, dtype=np.int64))
-    for j, other in enumerate(target):
-        rest = target[j + 1:]
-        if other == size and all(isinstance(d, int) for d in rest) and \
-                int(np.prod(rest, dtype=np.int64)) == inner:
-            return j
-    return None
-
-
-# ops that move data around without mixing it: a channel axis can be followed through them
-LAYOUT_OPS = frozenset({"Identity", "Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
-
-
-def channel_axis_across(node: gs.Node, axis: int, *, forward: bool) -> int | None:
-    """Where a layout op puts axis `axis`: of its output, given the axis of its input
-    (`forward`), or of its input, given the axis of its output. None when the axis does not
-    survive whole (or a shape is unknown)."""
-    before, after = (getattr(node.inputs[0], "shape", None),
-                     getattr(node.outputs[0], "shape", None))
-    if node.op == "Identity":
-        return axis
-    if node.op == "Transpose":
-        if not isinstance(before, (list, tuple)):
-            return None
-        perm = [int(p) for p in node.attrs.get("perm", reversed(range(len(before))))]
-        return perm.index(axis) if forward else perm[axis]
-    return matching_axis(before, after, axis) if forward else \
-        matching_axis(after, before, axis)
-
-
 def reshape_last_dim(node: gs.Node) -> int | None:
     """The last dim of a Reshape's output, where it is known: from a constant target, from
     shape inference, or from torch's flatten idiom, which targets Concat(Shape(x)[:k], [-1]),
@@ -171,21 +79,6 @@ def reshape_last_dim(node: gs.Node) -> int | None:
         return None  # (an unknown dim is no proof that the two shapes agree)
     rest = in_shape[k:]
     return int(np.prod(rest)) if all(isinstance(d, int) for d in rest) else None
-
-
-def bias_add(matmul: gs.Node, graph_outputs: set[str]) -> tuple[gs.Node, int] | None:
-    """The Add(c) that follows a MatMul as the only reader of its values, with c a (C_out,)
-    constant, as (the Add, the slot of c)."""
-    out = matmul.outputs[0]
-    readers = value_readers(out)
-    if out.name in graph_outputs or len(readers) != 1 or readers[0].op != "Add":
-        return None
-    add = readers[0]
-    for index, tensor in enumerate(add.inputs):
-        value = constant_value(tensor)
-        if tensor is not out and value is not None and value.ndim == 1:
-            return add, index
-    return None
 
 
 RESHAPES = ("Reshape", "Flatten", "Squeeze", "Unsqueeze")
