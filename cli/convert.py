@@ -11,7 +11,7 @@ import typer
 
 from cli import _inputs as opt
 from cli._common import run_command, stdout
-from cli.fold import SKIP_HELP, render
+from cli.fold import FP16, MAX_SCALE, SKIP_HELP, max_scale_for, render, warn_fp16
 from cli.verify import render_verification
 from unfold.errors import ExitCode
 from unfold.export import EXPORTERS
@@ -60,6 +60,8 @@ def convert(
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Write without checking against torch (not advised)."),
     skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    max_scale: float | None = MAX_SCALE,
+    fp16: bool = FP16,
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 (writing nothing) if any normalization is left."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -70,6 +72,7 @@ def convert(
     """Convert a trained model to a verified ONNX with every offline normalization folded."""
 
     def body() -> ExitCode:
+        bound = max_scale_for(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)
@@ -78,11 +81,14 @@ def convert(
             inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
                                      inputs),
             exporter=exporter, opset=opset, verify=not no_verify, atol=atol, rtol=rtol,
-            skip=skip, force=force, seed=seed, strict=strict, progress=opt.progress)
+            skip=skip, max_scale=bound, force=force, seed=seed, strict=strict,
+            progress=opt.progress)
         if as_json:
             stdout.print_json(json.dumps(report.to_dict()))
         else:
             render_convert(report)
+        if fp16:
+            warn_fp16(report.fold)
         if report.verification is not None and not report.verification:
             print("error: the folded ONNX does not match torch; nothing written",
                   file=sys.stderr)

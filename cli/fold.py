@@ -10,12 +10,33 @@ import typer
 from rich.table import Table
 
 from cli._common import run_command, stdout
-from unfold.errors import ExitCode
+from unfold.errors import ExitCode, UnfoldError
 from unfold.fold import FoldReport, fold_parts
+from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
 from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
 
 SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."
+MAX_SCALE = typer.Option(None, "--max-scale",
+                         help="Bound on the scale a post-norm residual stream carries: where "
+                              "dividing a branch by it would grow weights by more, one Mul "
+                              "re-scales the stream (reported). Above 1.")
+FP16 = typer.Option(False, "--fp16",
+                    help=f"Fold for an fp16 engine: --max-scale {FP16_MAX_SCALE:g} unless "
+                         "given, and the weights fp16 cannot hold are reported.")
+
+
+def max_scale_for(max_scale: float | None, fp16: bool) -> float | None:
+    if max_scale is not None and not max_scale > 1.0:
+        raise UnfoldError(f"--max-scale {max_scale:g}: must be above 1 (a factor by which "
+                          f"folded weights may grow)")
+    return FP16_MAX_SCALE if fp16 and max_scale is None else max_scale
+
+
+def warn_fp16(report: FoldReport) -> None:
+    for site in report.fp16_overflows():
+        print(f"warning: --fp16: site {site.name}'s folded weights reach "
+              f"{site.max_abs_weight_after:.3g}, beyond fp16's {FP16_MAX:g}", file=sys.stderr)
 
 
 def render(report: FoldReport) -> None:
@@ -49,18 +70,23 @@ def fold(
                                 help="Exit 1 (writing nothing) if any normalization is left."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    max_scale: float | None = MAX_SCALE,
+    fp16: bool = FP16,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Fold every offline normalization of MODEL into its neighbouring linear ops."""
 
     def body() -> ExitCode:
+        bound = max_scale_for(max_scale, fp16)
         target = check_output_path(out, force=force, inputs=(model,))
-        folded, report = fold_parts(load_onnx_parts(model), skip=skip)
+        folded, report = fold_parts(load_onnx_parts(model), skip=skip, max_scale=bound)
         if as_json:
             stdout.print_json(json.dumps(report.to_dict()))
         else:
             render(report)
+        if fp16:
+            warn_fp16(report)
         if strict and not report:
             print("error: --strict: normalization left in the graph; nothing written",
                   file=sys.stderr)

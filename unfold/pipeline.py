@@ -133,7 +133,7 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
             inputs: InputOptions | None = None, exporter: str = "auto",
             opset: int | None = None, verify: bool = True, atol: Sequence[str] = (),
             rtol: Sequence[str] = (), skip: Sequence[str] = (), force: bool = False,
-            strict: bool = False, seed: int = 0,
+            strict: bool = False, seed: int = 0, max_scale: float | None = None,
             progress: Progress | None = None) -> ConvertReport:
     """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
     only if no normalization is left)."""
@@ -149,7 +149,7 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
     with stages.stage("export", "exporting to ONNX"):
         exported = export_onnx(loaded, specs, exporter=exporter, opset=opset)
     with stages.stage("fold", "folding offline normalizations"):
-        folded, fold_report = fold_model(exported.model, skip=skip)
+        folded, fold_report = fold_model(exported.model, skip=skip, max_scale=max_scale)
     report = ConvertReport(str(model), loaded.format, specs, exported.exporter,
                            exported.fallback_reason, exported.opset, fold_report, None,
                            stages.seconds, list(loaded.notes))

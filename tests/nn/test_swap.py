@@ -317,3 +317,30 @@ def test_swap_hugging_face_convnext(version: int) -> None:
     out = model(pixels)
     assert out.last_hidden_state.shape == (2, 16, 4, 4) and out.pooler_output.shape == (2, 16)
     assert torch.isfinite(out.pooler_output).all()
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_torch_transformer_layers_never_take_their_fused_layer_norm_path(norm_first) -> None:
+    """nn.TransformerEncoderLayer's fused eval path (no grad, batch_first, even heads)
+    computes LayerNorm from norm1/norm2's weights: after the swap it must not run."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True,
+                                       norm_first=norm_first)
+    model, swapped = swap_norms(nn.TransformerEncoder(layer, 2, enable_nested_tensor=False),
+                                kind="un")
+    assert len(swapped) == 4
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, UnifiedNorm):
+                module.running_var.uniform_(0.5, 2.0)
+                module.bias.normal_()
+    model.eval()
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        fused_allowed = model(x)
+        torch.backends.mha.set_fastpath_enabled(False)
+        try:
+            reference = model(x)
+        finally:
+            torch.backends.mha.set_fastpath_enabled(True)
+    torch.testing.assert_close(fused_allowed, reference, rtol=1e-6, atol=1e-6)

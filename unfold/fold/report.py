@@ -8,6 +8,11 @@ from typing import Any
 
 from unfold.fold.online import OnlineNorm
 
+FP16_MAX = 65504.0  # the largest finite float16
+# --fp16's bound on the scale a post-norm stream carries (transfer/residual.py): folded
+# weights grow by at most this factor, the stream's values by as much
+FP16_MAX_SCALE = 256.0
+
 
 @dataclass
 class SiteReport:
@@ -47,6 +52,10 @@ class FoldReport:
     @property
     def kept(self) -> list[SiteReport]:
         return [s for s in self.sites if s.status == "kept"]
+
+    def fp16_overflows(self) -> list[SiteReport]:
+        """Sites whose folded weights an fp16 engine cannot hold."""
+        return [s for s in self.sites if s.max_abs_weight_after > FP16_MAX]
 
     def __bool__(self) -> bool:
         """True when no normalization is left (a materialized pending affine is allowed)."""

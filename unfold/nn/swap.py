@@ -83,7 +83,31 @@ def swap_norms(model: nn.Module, kind: str = "un", **options: Any) -> tuple[nn.M
                 setattr(module, child_name, new_child)
         return module
 
-    return convert(model, ""), swapped
+    result = convert(model, "")
+    _keep_off_fused_paths(result)
+    return result, swapped
+
+
+def _keep_module_path(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing: its presence is what counts (see below)."""
+    return None
+
+
+def _keep_off_fused_paths(model: nn.Module) -> None:
+    """torch.nn.TransformerEncoderLayer has a fused inference path (eval, no grad, batch_first,
+    even heads) that computes LayerNorm itself from `norm1.weight` and `norm1.bias`: a layer
+    whose norms were swapped would silently normalize with LayerNorm again there. It is not
+    taken where a submodule has a forward hook, so each swapped norm inside one gets a no-op
+    pre-hook; and nn.TransformerEncoder's nested-tensor path is turned off for them."""
+    for module in model.modules():
+        if isinstance(module, nn.TransformerEncoderLayer):
+            for child in module.modules():
+                if isinstance(child, OfflineNorm) and not any(
+                        hook is _keep_module_path for hook in child._forward_pre_hooks.values()):
+                    child.register_forward_pre_hook(_keep_module_path)
+        if isinstance(module, nn.TransformerEncoder) and any(
+                isinstance(m, OfflineNorm) for m in module.modules()):
+            module.use_nested_tensor = False
 
 
 def layer_norm_channel_axis(module: nn.Module) -> int | None:
