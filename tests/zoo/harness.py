@@ -71,6 +71,9 @@ class ZooCase:
     # where no exact fold exists: the ops the folded model may have beyond its twin's, per
     # exporter ("*" for all), with the reason (the tests assert this minimum, not the twin)
     extra_ops: dict[str, Counter] = field(default_factory=dict)
+    # how many sites the report may name as left (partial or stayed) there, per exporter ("*"
+    # for all); `why_extra` says why
+    left_sites: dict[str, int] = field(default_factory=dict)
     why_extra: str = ""
 
 

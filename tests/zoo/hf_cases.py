@@ -9,6 +9,10 @@ here exports with both exporters: no case drops one.
 
 * `hf_bert` (BertModel): post-norm, a norm after the embeddings; padded attention mask; the
   pooler (Gather of token 0 -> Gemm -> Tanh) and the last hidden state both outputs.
+* `hf_albert` (AlbertModel): one layer's weights (and its two norms) shared by all 3 layers,
+  so the exports read each layer weight from several nodes; a factorized embedding (16 wide,
+  its norm before the Linear to 32); post-norm; random biases (HF's are all zero); the
+  pooler (Gather of token 0 -> Gemm -> Tanh) and the last hidden state both outputs.
 * `hf_bart` (BartModel): post-norm encoder and decoder, each with an embedding norm; cross
   attention; padded source mask; decoder and encoder last hidden states both outputs.
 * `hf_gpt2` (GPT2Model): pre-norm, Conv1D linears (addmm on the flattened tokens), padded
@@ -88,6 +92,43 @@ class _Bert(nn.Module):
 def build_bert(twin: bool) -> nn.Module:
     torch.manual_seed(SEED)
     return _finish(_Bert(), twin)
+
+
+# --- ALBERT -----------------------------------------------------------------------------------
+
+ALBERT_LAYERS = 3  # one set of layer weights, run three times
+
+
+class _Albert(nn.Module):
+    """One layer group of one layer, applied ALBERT_LAYERS times: every layer Linear and both
+    layer norms are one module read ALBERT_LAYERS times (so one initializer read by several
+    nodes in the export); a factorized embedding (16 wide, its norm before the mapping to 32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.AlbertConfig(
+            vocab_size=VOCAB, embedding_size=16, hidden_size=32, num_hidden_layers=ALBERT_LAYERS,
+            num_hidden_groups=1, inner_group_num=1, num_attention_heads=2, intermediate_size=64,
+            max_position_embeddings=64, hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0, attn_implementation="eager")
+        self.model = transformers.AlbertModel(config, add_pooling_layer=True)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True)
+        return out.last_hidden_state, out.pooler_output
+
+
+def build_albert(twin: bool) -> nn.Module:
+    torch.manual_seed(SEED)
+    model = _Albert()
+    # HF initializes every bias to 0: equal zero vectors would look like copies of one another
+    # to the weight-sharing test (and an exporter may merge them); random ones, as in the twin
+    gen = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear):
+                module.bias.copy_(0.1 * torch.randn(module.bias.shape, generator=gen))
+    return _finish(model, twin)
 
 
 # --- BART -------------------------------------------------------------------------------------
@@ -246,6 +287,8 @@ def _features() -> tuple[torch.Tensor]:
 
 HF_CASES: list[ZooCase] = [
     ZooCase("hf_bert", build_bert, lambda: (_ids(), _mask()),
+            ("input_ids", "attention_mask")),
+    ZooCase("hf_albert", build_albert, lambda: (_ids(), _mask()),
             ("input_ids", "attention_mask")),
     ZooCase("hf_bart", build_bart, lambda: (_ids(), _mask(), _ids(6, seed=4)),
             ("input_ids", "attention_mask", "decoder_input_ids")),

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import RESHAPES, is_round_trip, rank
+from unfold.fold.graph import RESHAPES, constant_value, is_round_trip, rank
 
 
 def tidy_layout(graph: gs.Graph) -> None:
     """Round trips dropped, Transpose chains composed, duplicate layout ops merged."""
     _drop_layout_round_trips(graph)
     _compose_transposes(graph)
+    _compose_reshapes(graph)
     graph.toposort()
     _merge_duplicate_layout_ops(graph)
 
@@ -74,6 +75,25 @@ def _compose_transposes(graph: gs.Graph) -> None:
 # ops that compute nothing but a layout of their inputs: two with the same inputs and
 # attributes compute the same tensor
 DEDUPLICABLE = frozenset({"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape"})
+
+
+def _compose_reshapes(graph: gs.Graph) -> None:
+    """Reshape(Reshape(x, s1), s2) with nothing else reading the middle is Reshape(x, s2)
+    when s2 is a constant that copies no dim from the middle (no 0): a BatchNorm1d applied
+    through x.flatten(0, 1) and reshape_as(x), folded away, leaves the two next to a head
+    split's Reshape; the exporter wrote the twin's as one."""
+    graph_outputs = {t.name for t in graph.outputs}
+    for second in [n for n in graph.nodes if n.op == "Reshape"]:
+        if not second.outputs or len(second.inputs) < 2:
+            continue
+        middle = second.inputs[0]
+        first = middle.inputs[0] if len(middle.inputs) == 1 else None
+        target = constant_value(second.inputs[1])
+        if first is None or first.op not in ("Reshape", "Flatten") or target is None or \
+                middle.name in graph_outputs or len(middle.outputs) != 1 or \
+                (0 in target.reshape(-1).tolist() and not second.attrs.get("allowzero", 0)):
+            continue
+        second.inputs[0] = first.inputs[0]
 
 
 def _merge_duplicate_layout_ops(graph: gs.Graph) -> None:

@@ -19,6 +19,7 @@ absorbed it, and for what stayed, the reader that needed the true values and why
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Collection
 from dataclasses import dataclass, field, replace
@@ -65,10 +66,28 @@ class _Rewriter:
     def __init__(self, ctx: Context, names: Names, log: _Log) -> None:
         self.ctx, self.graph, self.names, self.log = ctx, ctx.graph, names, log
         self.site: str | None = None  # whose move is being applied
+        self._made: dict[tuple, gs.Constant] = {}  # new values of shared constants
+        self._shared: set[int] = set()  # constants seen with several readers
 
     def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
                       weights: tuple[float, float] | None = None) -> None:
-        replace_weight(node, slot, value, self.names)
+        old = node.inputs[slot]
+        if isinstance(old, gs.Constant) and (len(old.outputs) > 1 or id(old) in self._shared):
+            self._shared.add(id(old))
+            # a weight several nodes share (ALBERT's layers, a bias read thrice): where two
+            # of them get the same new value, they share the new constant too
+            key = (id(old), value.dtype.str, value.shape, hashlib.sha1(
+                np.ascontiguousarray(value).tobytes()).hexdigest())
+            shared = self._made.get(key)
+            if shared is not None and np.array_equal(shared.values, value):
+                node.inputs[slot] = shared
+                if not old.outputs:
+                    old.values = np.empty(0, dtype=old.dtype)
+            else:
+                replace_weight(node, slot, value, self.names)
+                self._made[key] = node.inputs[slot]
+        else:
+            replace_weight(node, slot, value, self.names)
         if weights is not None and self.site is not None:
             before, after = self.log.weights.get(self.site, (0.0, 0.0))
             self.log.weights[self.site] = (max(before, weights[0]), max(after, weights[1]))
@@ -167,11 +186,10 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                 elif plan.deletes and site is not None and plan.carrier_slot is None:
                     # gone back into its producer: its input is its output now (a composed
                     # norm is not: what reads it will read the pending's carrier)
-                    ctx.forward[name] = plan.carrier_tensor  # type: ignore[assignment]
+                    ctx.forward_to(name, plan.carrier_tensor)  # type: ignore[arg-type]
                     ctx.dead.update(id(n) for n in plan.deletes)
     ctx.dry = False
-    ctx.forward.clear()  # the rewrite changes the graph itself
-    ctx.dead.clear()
+    ctx.forget_forwards()  # the rewrite changes the graph itself
     return plans, pend
 
 
@@ -329,8 +347,10 @@ def _stays(site: Site, plan: Move, chosen: dict[Edge, bool], ctx: Context) -> bo
 def _note_stayed(site: Site, chosen: dict[Edge, bool], because: dict[Edge, str],
                  ctx: Context, log: _Log) -> None:
     out = site.output
-    log.add(log.ends, site.name, "output" if ctx.is_output(out) and not any(
-        r.op not in SHAPE_READERS for r in out.outputs) else "interior")
+    if ctx.is_output(out):  # what it is at a graph output is allowed; its readers read that
+        log.add(log.ends, site.name, "output")
+        return
+    log.add(log.ends, site.name, "interior")
     for reader, slot in _edges(out):
         if reader.op not in SHAPE_READERS and not chosen.get((out.name, id(reader), slot)):
             log.add(log.reasons, site.name, because.get((out.name, id(reader), slot))

@@ -121,6 +121,7 @@ class Context:
         # simply its input (`forward`); later plans look at the graph as it will be
         self.dead: set[int] = set()
         self.forward: dict[str, gs.Tensor] = {}
+        self._forwarded_into: dict[str, list[str]] = {}
         self._tensors = graph.tensors()
         self.graph_outputs = {t.name for t in graph.outputs}
         self.skip = frozenset(skip)
@@ -145,16 +146,22 @@ class Context:
             tensor = self.forward[tensor.name]
         return tensor
 
+    def forward_to(self, name: str, target: gs.Tensor) -> None:
+        """(analysis) the tensor `name` will simply be `target`."""
+        self.forward[name] = target
+        self._forwarded_into.setdefault(target.name, []).append(name)
+
     def value_readers(self, tensor: gs.Tensor) -> list[gs.Node]:
         readers = [n for n in tensor.outputs if n.op not in SHAPE_READERS and
                    id(n) not in self.dead]
-        for name, target in self.forward.items():
-            if target is tensor:
-                readers += self.value_readers(self.ctx_tensor(name))
+        for name in self._forwarded_into.get(tensor.name, ()):
+            readers += self.value_readers(self._tensors[name])
         return readers
 
-    def ctx_tensor(self, name: str) -> gs.Tensor:
-        return self._tensors[name]
+    def forget_forwards(self) -> None:
+        self.forward.clear()
+        self._forwarded_into.clear()
+        self.dead.clear()
 
     def read_only_by(self, tensor: gs.Tensor, readers: Collection[gs.Node]) -> bool:
         """Nothing but `readers` reads `tensor`'s values (Shape readers see the same shape after
@@ -163,7 +170,7 @@ class Context:
         original = self.stands_for.get(tensor.name)
         if original is not None and not self.read_only_by(original, readers):
             return False
-        outputs = [tensor] + [self._tensors[n] for n, t in self.forward.items() if t is tensor]
+        outputs = [tensor] + [self._tensors[n] for n in self._forwarded_into.get(tensor.name, ())]
         return not any(self.is_output(t) for t in outputs) and \
             all(id(n) in ids for n in self.value_readers(tensor))
 

@@ -45,6 +45,7 @@ def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)
+    _read_shared_weights_directly(graph)
     infer_shapes(graph, skeleton)
     for _ in range(MAX_PREPARATION_ROUNDS):
         before = len(graph.nodes)
@@ -52,6 +53,25 @@ def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
         infer_shapes(graph, skeleton)  # shapes the constant folding made static
         if len(graph.nodes) == before:
             break
+
+
+def _read_shared_weights_directly(graph: gs.Graph) -> None:
+    """The TorchScript exporter shares a weight between layers (ALBERT) through Identity
+    nodes; constant folding would turn each Identity's output into a copy of the weight. Its
+    readers read the weight itself instead, so it stays one initializer."""
+    graph_outputs = {t.name for t in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "Identity" or not isinstance(node.inputs[0], gs.Constant) or \
+                node.outputs[0].name in graph_outputs:
+            continue
+        out, weight = node.outputs[0], node.inputs[0]
+        for reader in list(out.outputs):
+            for slot, tensor in enumerate(reader.inputs):
+                if tensor is out:
+                    reader.inputs[slot] = weight
+        node.outputs.clear()
+        node.inputs.clear()
+    graph.cleanup()
 
 
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
