@@ -68,6 +68,11 @@ class _Rewriter:
         self.site: str | None = None  # whose move is being applied
         self._made: dict[tuple, gs.Constant] = {}  # new values of shared constants
         self._shared: set[int] = set()  # constants seen with several readers
+        self.actual: dict[str, Pending] = {}  # the pendings placed so far (the rewrite's)
+
+    def retarget(self, name: str, carrier: gs.Tensor) -> None:
+        """The pending on `name` rides on `carrier` from now on (a re-scaled stream)."""
+        self.actual[name] = replace(self.actual[name], carrier=carrier)
 
     def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
                       weights: tuple[float, float] | None = None) -> None:
@@ -276,7 +281,7 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
     graph = ctx.graph
     rw = _Rewriter(ctx, names, log)
     tensors = graph.tensors()
-    actual: dict[str, Pending] = {}
+    actual: dict[str, Pending] = rw.actual
     stops: dict[tuple[str, int], str] = {}  # (tensor, reader) -> why the reader needs values
 
     def arrived_at(node: gs.Node) -> dict[int, Pending]:

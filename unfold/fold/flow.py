@@ -206,6 +206,9 @@ class Rewrite(Protocol):
                     base: str) -> gs.Tensor:
         """A new tensor affine(source): one Mul, one Add (either left out when neutral)."""
 
+    def retarget(self, name: str, carrier: gs.Tensor) -> None:
+        """The pending on the tensor `name` rides on `carrier` from now on."""
+
 
 def dtype_of(tensor: gs.Tensor) -> np.dtype:
     dtype = getattr(tensor, "dtype", None)
