@@ -157,6 +157,8 @@ def _request(tensor: gs.Tensor, affine: Affine, readers: Collection[gs.Node], ct
     producer = ctx.producer(tensor)
     if producer is None:
         raise _Refused(f"'{tensor.name}' is a graph input")
+    if id(producer) in ctx.site_nodes:  # a norm of its own: the pass moves it, not this
+        raise _Refused(f"it comes from the norm {named(producer)}")
     op = producer.op
     rank = affine.rank
     what = f"{op} '{producer.name}'"

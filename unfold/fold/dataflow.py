@@ -148,6 +148,7 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     order = list(graph.nodes)
     ctx = Context(graph, skip=skip, max_scale=max_scale)
     sites = find_affine_sites(graph)
+    ctx.site_nodes = {id(n) for s in sites for n in s.nodes}
     site_at = {id(s.nodes[0]): s for s in sites}
     inside = {id(n) for s in sites for n in s.nodes[1:]}
     plans, pend = _analyse(order, site_at, inside, ctx)
@@ -449,6 +450,9 @@ def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.
                               rw: _Rewriter, log: _Log) -> None:
     """Every pending whose original tensor is still read, or is a graph output, becomes one Mul
     and one Add from its carrier, producing that tensor."""
+    first_reason: dict[str, str] = {}
+    for (tensor_name, _), reason in stops.items():
+        first_reason.setdefault(tensor_name, reason)
     for name, pending in actual.items():
         tensor = tensors[name]
         carrier = pending.carrier
@@ -473,7 +477,10 @@ def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.
                 log.add(log.ends, origin, "output")
             log.add(log.path, site, f"materialized at the graph output '{name}'")
             continue
-        why = [stops.get((name, id(reader)), FAN_OUT) for reader in readers]
+        # (a reader that came to read it later, through a norm that started afresh on it,
+        # has no entry: the reason is then the one that norm's own edge was given)
+        known = first_reason.get(name, FAN_OUT)
+        why = [stops.get((name, id(reader))) or known for reader in readers]
         for origin in _charged(pending, log.site_ops):
             log.add(log.ends, origin, "interior")
             for reason in why:

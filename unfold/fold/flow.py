@@ -123,6 +123,7 @@ class Context:
         self.forward: dict[str, gs.Tensor] = {}
         self._forwarded_into: dict[str, list[str]] = {}
         self._tensors = graph.tensors()
+        self.site_nodes: set[int] = set()  # the nodes of every norm site (set by the driver)
         self.graph_outputs = {t.name for t in graph.outputs}
         self.skip = frozenset(skip)
         self.max_scale = max_scale

@@ -304,4 +304,6 @@ def repbn_sites(graph: gs.Graph, sites: list[Site]) -> list[Site]:
                                       f"RepBN ({site.kind} + α·x)", site.dtype, site.channels,
                                       label=site.name)
             break
-    return [replaced.get(id(s), s) for s in sites]
+    inside = {id(n) for s in replaced.values() for n in s.nodes}
+    return [replaced.get(id(s), s) for s in sites
+            if id(s) in replaced or not any(id(n) in inside for n in s.nodes)]

@@ -80,8 +80,22 @@ for _rule in RULES.values():
 
 
 def plan_node(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
+    """The first rule's Move for all of the node's pendings; failing that, where several
+    meet (Q and Kᵀ both shifted), the first Move for one of them alone (the others are then
+    materialized for it); else the Stop with the first reason given."""
     if node.op in SHAPE_READERS:  # they see the shape only, which no affine changes
         return Move("shape", "", tuple(pendings), {})
+    found = _plan_all(node, pendings, ctx)
+    if isinstance(found, Move) or len(pendings) < 2:
+        return found
+    for slot in sorted(pendings):
+        alone = _plan_all(node, {slot: pendings[slot]}, ctx)
+        if isinstance(alone, Move):
+            return alone
+    return found
+
+
+def _plan_all(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
     reasons = []
     for rule in _BY_OP.get(node.op, []):
         if rule.name in ctx.skip:

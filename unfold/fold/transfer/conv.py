@@ -49,25 +49,31 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     shift = affine.shift_vector(1, channels)
     if scale is None:
         return Stop("the scale is not per channel on its input's axis 1")
-    if shift is None:
-        return Stop("the shift varies over positions, not only per input channel")
     zero_padding = pads_nothing(node)
-    if not zero_padding and affine.has_shift and not affine.has_scale:
-        return Stop("it pads its input: a shift cannot go into its bias (wrong at the borders)")
+    # the shift goes into the bias where it is per channel and the Conv pads nothing; else
+    # (a padded Conv, or a shift that varies over positions: an explicit zero Pad before it)
+    # only the scale folds and an Add of b⊘s stays before the Conv
+    into_bias = shift is not None and zero_padding
+    if affine.has_shift and not into_bias and not affine.has_scale:
+        return Stop("it pads its input (or the shift varies over positions): a shift cannot "
+                    "go into its bias")
+    if affine.has_shift and not into_bias and np.any(np.abs(scale) < 1e-12):
+        return Stop("the shift stays before it and the scale is ~0 on some channel: the shift "
+                    "cannot move past the scale exactly")
     folded = None
     if not ctx.dry:
         try:
-            folded = fold_into_conv_consumer(ChannelAffine(scale, shift), weight, bias,
-                                             zero_padding, group=group)
+            folded = fold_into_conv_consumer(
+                ChannelAffine(scale, shift if into_bias else np.zeros(channels)), weight,
+                bias, zero_padding=True, group=group)
         except FoldRejected as rejected:
             return Stop(rejected.reason)
-    elif not zero_padding and affine.has_shift and np.any(np.abs(scale) < 1e-12):
-        return Stop("it pads its input and the scale is ~0 on some channel: the shift cannot "
-                    "move past the scale exactly")
     leaves = None
-    if not zero_padding and affine.has_shift:
-        leaves = (f"reader Conv {quoted(node)} pads its input: the shift stays as an Add of b/a "
-                  f"before it (in its bias it would be wrong at the borders)")
+    if affine.has_shift and not into_bias:
+        why = "pads its input" if not zero_padding else "reads a shift that varies over positions"
+        leaves = (f"reader Conv '{node.name}' {why}: the shift stays as an Add of b/a before it "
+                  f"(in its bias it would be wrong at the borders)")
+    stays = Affine.shift_only(affine.shift / affine.scale) if leaves else None
 
     def apply(rw: Rewrite, arrived: dict[int, Pending]) -> None:
         assert folded is not None
@@ -75,15 +81,13 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                          weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
         if has_bias:
             rw.replace_input(node, 2, folded.bias)
-        elif zero_padding and affine.has_shift:
+        elif into_bias and affine.has_shift:
             node.inputs.append(gs.Constant(rw.names.new(f"{node.name}_bias"), folded.bias))
-        if folded.input_shift is not None:
+        if stays is not None:
             carrier = arrived[0].carrier
             assert carrier is not None
-            rank = affine.rank
-            shift_in = folded.input_shift.reshape((1, -1) + (1,) * (rank - 2))
-            node.inputs[0] = rw.materialize(carrier, Affine.shift_only(shift_in),
-                                            dtype_of(carrier), base=f"{node.name}_shift_in")
+            node.inputs[0] = rw.materialize(carrier, stays, dtype_of(carrier),
+                                            base=f"{node.name}_shift_in")
 
     event = f"folded into its reader Conv {quoted(node)}" if leaves is None else \
         f"scale folded into its reader Conv {quoted(node)}"

@@ -66,7 +66,7 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         return Stop("the shift varies along the axis it takes the max over")
     scale = reduce_mean_constant(affine.scale, axes, keepdims)
     shift = reduce_mean_constant(affine.shift, axes, keepdims)
-    if node.op == "ReduceSum":
+    if node.op == "ReduceSum" and affine.has_shift:  # (a pure scale needs no count)
         shape = ctx.shape(node.inputs[0])
         counts = [shape[a] if shape else None for a in axes]
         if not all(isinstance(c, int) for c in counts):
