@@ -123,8 +123,12 @@ def _finish(weight64: np.ndarray, bias64: np.ndarray, original_weight: np.ndarra
     return weight, bias
 
 
-def _max_abs(x: np.ndarray) -> float:
-    return float(np.max(np.abs(x))) if x.size else 0.0
+def max_abs(x: np.ndarray) -> float:
+    """The largest |value|, without an |x| copy of a large weight."""
+    return max(float(x.max()), -float(x.min())) if x.size else 0.0
+
+
+_max_abs = max_abs
 
 
 def _bias64(bias: np.ndarray | None, channels: int) -> np.ndarray:
@@ -611,3 +615,24 @@ def fold_gemm_reader(weight: np.ndarray, c: np.ndarray | None, scale: np.ndarray
     new_b, new_c = _finish(folded.T if trans_b else folded, total, weight,
                            np.zeros(1, dtype=c_dtype), "folding into the Gemm")
     return new_b, new_c, _max_abs(weight), _max_abs(new_b)
+
+
+ROWS_PER_STEP_ELEMENTS = 1 << 20  # rows_affine's working set: a few MiB of float64 at a time
+
+
+def rows_affine(table: np.ndarray, scale: np.ndarray, shift: np.ndarray, *,
+                in_place: bool = False) -> np.ndarray | None:
+    """s⊙T + b for a table T (V, C) in its own dtype, computed in float64 a block of rows at a
+    time (a 30522 x 768 embedding table would otherwise need three float64 copies at once),
+    into T itself with `in_place`; None when a value is not finite in that dtype."""
+    out = table if in_place else np.empty_like(table)
+    step = max(1, ROWS_PER_STEP_ELEMENTS // max(1, table.shape[-1]))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, table.shape[0], step):
+            block = table[start:start + step].astype(np.float64)
+            block *= scale
+            block += shift
+            out[start:start + step] = block
+            if not np.all(np.isfinite(out[start:start + step])):
+                return None
+    return out

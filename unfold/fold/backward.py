@@ -32,7 +32,9 @@ from unfold.fold.algebra import (
     FoldRejected,
     broadcasts_within,
     fold_into_producer,
+    max_abs,
     reshape_constant,
+    rows_affine,
     squeeze_constant,
     transpose_constant,
     unsqueeze_constant,
@@ -186,9 +188,9 @@ def _request(tensor: gs.Tensor, affine: Affine, readers: Collection[gs.Node], ct
             raise _Refused(f"rule '{PRODUCER}' is skipped")
         return _into_linear(producer, affine, ctx, plan, want_shift)
     if op == "Gather":
-        table = ctx.constant(producer.inputs[0])
-        if table is not None:
-            return _into_table(producer, table, affine, ctx, plan, want_shift)
+        shape = ctx.constant_shape(producer.inputs[0])
+        if shape is not None:
+            return _into_table(producer, shape, affine, ctx, plan, want_shift)
     if op == "Concat":
         return _through_concat(producer, affine, ctx, plan, counter, want_shift)
     if op == "Slice":
@@ -282,27 +284,27 @@ def _through_add(node: gs.Node, affine: Affine, ctx: Context, plan: Request,
 
 def _into_linear(node: gs.Node, affine: Affine, ctx: Context, plan: Request,
                  want_shift: bool) -> bool:
-    op, what = node.op, f"{named(node)}"
+    op, what = node.op, named(node)
     rank = affine.rank
-    weight = ctx.constant(node.inputs[1])
-    if weight is None:
+    weight_shape = ctx.constant_shape(node.inputs[1])  # (the values only in the rewrite)
+    if weight_shape is None:
         raise _deep(f"its producer {what} has no constant weight")
     if op == "Conv":
-        axis, out_axis, channels = 1, 0, weight.shape[0]
+        axis, out_axis, channels = 1, 0, weight_shape[0]
         has_bias_slot, can_add_bias = len(node.inputs) > 2, True
         if has_bias_slot and ctx.constant(node.inputs[2]) is None:
             raise _deep(f"its producer {what} has a non-constant bias")
     elif op == "MatMul":
-        if weight.ndim != 2:
+        if len(weight_shape) != 2:
             raise _deep(f"its producer {what} has no 2-D weight")
-        axis, out_axis, channels = rank - 1, 1, weight.shape[1]
+        axis, out_axis, channels = rank - 1, 1, weight_shape[1]
         has_bias_slot, can_add_bias = False, False
     else:  # Gemm
         if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
             raise _deep(f"its producer {what} has alpha/beta other than 1")
         trans_b = bool(node.attrs.get("transB", 0))
         axis, out_axis = 1, 0 if trans_b else 1
-        channels = weight.shape[out_axis]
+        channels = weight_shape[out_axis]
         has_bias_slot, can_add_bias = len(node.inputs) > 2, True
         if has_bias_slot:
             bias = ctx.constant(node.inputs[2])
@@ -319,7 +321,9 @@ def _into_linear(node: gs.Node, affine: Affine, ctx: Context, plan: Request,
     use_shift = shift if takes_shift and shift is not None else np.zeros(channels)
     folded = None
     if not ctx.dry:
+        weight = ctx.constant(node.inputs[1])
         bias = ctx.constant(node.inputs[2]) if has_bias_slot else None
+        assert weight is not None
         try:
             folded = fold_into_producer(ChannelAffine(scale, use_shift), weight, bias, out_axis)
         except FoldRejected as rejected:
@@ -343,34 +347,37 @@ def _into_linear(node: gs.Node, affine: Affine, ctx: Context, plan: Request,
     return takes_shift
 
 
-def _into_table(node: gs.Node, table: np.ndarray, affine: Affine, ctx: Context, plan: Request,
-                want_shift: bool) -> bool:
+def _into_table(node: gs.Node, shape: tuple[int, ...], affine: Affine, ctx: Context,
+                plan: Request, want_shift: bool) -> bool:
     if EMBEDDING in ctx.skip:
         raise _Refused(f"rule '{EMBEDDING}' is skipped")
     what = f"Gather {quoted(node)}"
-    if int(node.attrs.get("axis", 0)) != 0 or table.ndim != 2:
+    if int(node.attrs.get("axis", 0)) != 0 or len(shape) != 2:
         raise _deep(f"{what} does not look rows up in a 2-D table")
     if len(node.inputs[0].outputs) != 1:
         raise _deep(f"the table of {what} is shared with another op (tied): folding would "
                        f"copy it")
     rank = affine.rank
-    channels = table.shape[1]
+    channels = shape[1]
     scale = affine.scale_vector(rank - 1, channels)
     shift = affine.shift_vector(rank - 1, channels)
     if scale is None or shift is None:
         raise _deep(f"the affine varies along more than the channels of {what}")
     use_shift = shift if want_shift else np.zeros(channels)
-    value = None
+    value, before = None, 0.0
     if not ctx.dry:
-        with np.errstate(over="ignore", invalid="ignore"):
-            value = (table.astype(np.float64) * scale + use_shift).astype(table.dtype)
-        if not np.all(np.isfinite(value)):
-            raise _deep(f"the table of {what} would not be finite in {table.dtype}")
-    before = float(np.abs(table).max()) if table.size else 0.0
+        table = ctx.private_constant(node.inputs[0])
+        assert table is not None
+        before = max_abs(table)
+        value = rows_affine(table, scale, use_shift, in_place=True)
+        del table
+        if value is None:
+            raise _deep(f"the table of {what} would not be finite in "
+                        f"{node.inputs[0].dtype}")
 
     def act(rw: Rewrite) -> None:
         assert value is not None
-        rw.replace_input(node, 0, value, weights=(before, float(np.abs(value).max())))
+        rw.replace_input(node, 0, value, weights=(before, max_abs(value)))
 
     plan.actions.append(act)
     plan.absorbed_by.append(node.name)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 import numpy as np
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from unfold.fold.algebra import Affine
 from unfold.fold.graph import SHAPE_READERS, Names, constant_value
@@ -137,7 +138,24 @@ class Context:
         return len(shape) if shape is not None else None
 
     def constant(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """A constant's values (read afresh: a weight's are copied out each time)."""
         return constant_value(tensor)
+
+    def private_constant(self, tensor: gs.Tensor) -> np.ndarray | None:
+        """A constant's values as an array nothing else holds (safe to change in place): a
+        weight read from its TensorProto is that already; a value the fold made is copied."""
+        if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):  # noqa: SLF001
+            return self.constant(tensor)
+        value = self.constant(tensor)
+        return None if value is None else value.copy()
+
+    def constant_shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
+        """A constant's shape without reading its values (a 90 MB embedding table's analysis
+        needs only that); None for a variable."""
+        if isinstance(tensor, gs.Constant):
+            return tuple(int(d) for d in tensor.shape)
+        value = self.constant(tensor)  # a Constant node's (small) value
+        return None if value is None else tuple(value.shape)
 
     def is_output(self, tensor: gs.Tensor) -> bool:
         return tensor.name in self.graph_outputs
