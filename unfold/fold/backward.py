@@ -437,9 +437,8 @@ def _slice_axes(node: gs.Node, ctx: Context) -> list[int] | None:
         return axes
     if axes is None:
         return None
-    starts = node.inputs[1]
-    count = np.size(ctx.constant(starts)) if ctx.constant(starts) is not None else \
-        (ctx.shape(starts) or [None])[0]
+    starts = ctx.constant(node.inputs[1])
+    count = np.size(starts) if starts is not None else (ctx.shape(node.inputs[1]) or [None])[0]
     return list(range(count)) if isinstance(count, int) else None
 
 

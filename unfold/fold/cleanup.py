@@ -51,10 +51,10 @@ def _compose_transposes(graph: gs.Graph) -> None:
             continue  # gone with a round trip before
         middle = second.inputs[0] if second.inputs else None
         first = middle.inputs[0] if middle is not None and len(middle.inputs) == 1 else None
-        if first is None or first.op != "Transpose" or middle.name in graph_outputs or \
-                len(middle.outputs) != 1 or rank(middle) is None:
+        r = rank(middle) if middle is not None else None
+        if first is None or middle is None or r is None or first.op != "Transpose" or \
+                middle.name in graph_outputs or len(middle.outputs) != 1:
             continue
-        r = rank(middle)
         p1 = list(first.attrs.get("perm", reversed(range(r))))
         p2 = list(second.attrs.get("perm", reversed(range(r))))
         perm = [p1[i] for i in p2]

@@ -42,13 +42,15 @@ def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.
 def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if not pendings or any(p.invariant for p in pendings.values()):
         return None
-    rank = next(iter(pendings.values())).affine.rank  # type: ignore[union-attr]
+    affines = [p.affine for p in pendings.values() if p.affine is not None]
+    if len(affines) != len(pendings):
+        return None
+    rank = affines[0].rank
     axis = int(node.attrs.get("axis", 0)) % rank
-    affines = [p.affine for p in pendings.values()]
     common = affines[0] if all(
         a.scale.shape == affines[0].scale.shape and np.array_equal(a.scale, affines[0].scale)
         and a.shift.shape == affines[0].shift.shape and np.array_equal(a.shift, affines[0].shift)
-        for a in affines[1:]) else None  # type: ignore[union-attr]
+        for a in affines[1:]) else None
     if common is not None and (common.scale.shape[axis] > 1 or common.shift.shape[axis] > 1):
         common = None  # varies along the concat axis: no one preimage for a constant part
     parts: list[Affine] = []

@@ -63,9 +63,9 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     folded = None
     if not ctx.dry:
         try:
-            folded = fold_into_conv_consumer(
-                ChannelAffine(scale, shift if into_bias else np.zeros(channels)), weight,
-                bias, zero_padding=True, group=group)
+            into = shift if into_bias and shift is not None else np.zeros(channels)
+            folded = fold_into_conv_consumer(ChannelAffine(scale, into), weight, bias,
+                                             zero_padding=True, group=group)
         except FoldRejected as rejected:
             return Stop(rejected.reason)
     leaves = None

@@ -69,7 +69,8 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if node.op == "ReduceSum" and affine.has_shift:  # (a pure scale needs no count)
         shape = ctx.shape(node.inputs[0])
         counts = [shape[a] if shape else None for a in axes]
-        if not all(isinstance(c, int) for c in counts):
+        known = [c for c in counts if isinstance(c, int)]
+        if len(known) != len(counts):
             return Stop("it sums over axes of unknown size (the shift grows with the count)")
-        shift = shift * float(np.prod(counts))
+        shift = shift * float(np.prod(known))
     return moved(NAME, node, pending, Affine(scale, shift))

@@ -88,24 +88,25 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                         (0, 1), {out: merged([first, second],
                                              Affine(a.scale, a.shift + sign * b.shift))})
         # different scales: one side's carrier re-scaled to the other's, in its producer
-        for keep, other_slot in ((0, 1), (1, 0)):
-            kept, moving = pendings[keep].affine, pendings[other_slot].affine
-            assert kept is not None and moving is not None
-            if np.any(np.abs(kept.scale) < MIN_ABS_SCALE):
+        for kept_slot, other_slot in ((0, 1), (1, 0)):
+            kept_affine, moving_affine = pendings[kept_slot].affine, pendings[other_slot].affine
+            assert kept_affine is not None and moving_affine is not None
+            if np.any(np.abs(kept_affine.scale) < MIN_ABS_SCALE):
                 continue
-            found = _rescale_carrier(node, other_slot, pendings[other_slot],
-                                     Affine(moving.scale / kept.scale, np.zeros(1)), ctx)
+            to_kept = Affine(moving_affine.scale / kept_affine.scale, np.zeros(1))
+            found = _rescale_carrier(node, other_slot, pendings[other_slot], to_kept, ctx)
             if isinstance(found, backward.Request):
                 shift = a.shift + sign * b.shift
                 return Move(NAME, f"carried past {named(node)} (the other side's scale "
                                   f"rescaled in {', '.join(found.absorbed_by)})", (0, 1),
-                            {out: merged([first, second], Affine(kept.scale, shift))},
+                            {out: merged([first, second], Affine(kept_affine.scale, shift))},
                             apply=found.apply)
         # neither producer can: one Mul re-scales one side to the other's scale, here
         #   a⊙p + b1 + c⊙q + b2 = a⊙(p + (c⊘a)⊙q) + (b1 + b2)
         keep = 0 if not np.any(np.abs(a.scale) < MIN_ABS_SCALE) else 1
         kept = pendings[keep].affine
-        if np.any(np.abs(kept.scale) < MIN_ABS_SCALE):  # type: ignore[union-attr]
+        assert kept is not None
+        if np.any(np.abs(kept.scale) < MIN_ABS_SCALE):
             return Stop("two pending affines with different scales meet here, one ~0")
         moving = 1 - keep
         ratio = pendings[moving].affine.scale / kept.scale  # type: ignore[union-attr]
@@ -139,11 +140,11 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                     carrier_slot=slot)
     if not affine.has_scale:  # a pure shift: into the other operand's producer, or along
         # p + b + w = p + (w + b);  p + b − w = p − (w − b);  w − p − b = (w − b) − p
-        found = backward.request(other, Affine(affine.scale, sign * affine.shift), [node], ctx,
+        taker = backward.request(other, Affine(affine.scale, sign * affine.shift), [node], ctx,
                                  want_shift=True) if affine.has_shift else None
-        if isinstance(found, backward.Request) and found.takes_shift:
+        if isinstance(taker, backward.Request) and taker.takes_shift:
             return Move(NAME, f"shift moved into the other operand of {named(node)} "
-                              f"({found.event})", (slot,), {}, apply=found.apply)
+                              f"({taker.event})", (slot,), {}, apply=taker.apply)
         return Move(NAME, f"shift carried past the residual {named(node)}", (slot,),
                     {out: pending.then(Affine(affine.scale, own * affine.shift))})
     if _bound_exceeded(affine, ctx):

@@ -26,6 +26,7 @@ def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
     affine = pending.affine
     assert affine is not None
     rank = affine.rank
+    steps: list[int] | None
     if "starts" in node.attrs:  # opset < 10
         starts, ends = node.attrs["starts"], node.attrs["ends"]
         axes = node.attrs.get("axes", list(range(len(starts))))
