@@ -13,7 +13,7 @@ from onnx import helper
 from typer.testing import CliRunner
 
 from cli.main import app
-from tests.fold.helpers import RNG, const, model, norm_constants
+from tests.fold.helpers import RNG, const, model, norm_constants, post_norm_stack
 
 N = helper.make_node
 runner = CliRunner()
@@ -130,6 +130,60 @@ def test_unknown_skip(tmp_path: Path) -> None:
                        "unknown rule(s) ['nope']; valid: compose, producer, embedding, "
                        "consumer-linear, consumer-conv, token-linear, attention, layout, select, "
                        "pad, pool, concat, constant-op, residual-add, gate, activation")
+
+
+def _ops(path: Path) -> list[str]:
+    return sorted(n.op_type for n in onnx.load(path).graph.node)
+
+
+def test_max_scale_re_scales_a_post_norm_stream_with_reported_muls(tmp_path: Path) -> None:
+    src = tmp_path / "post.onnx"
+    onnx.save(post_norm_stack(6, 8), src)
+    free, bounded = tmp_path / "free.onnx", tmp_path / "bounded.onnx"
+    assert _invoke("fold", src, "--out", free).exit_code == 0
+    result = _invoke("fold", src, "--out", bounded, "--max-scale", "4", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    rescales = [p for site in json.loads(result.stdout)["sites"] for p in site["path"]
+                if "re-scaled" in p]
+    assert rescales and all("beyond --max-scale 4" in p for p in rescales), rescales
+    extra = _ops(bounded)
+    for op in _ops(free):
+        extra.remove(op)
+    assert extra == ["Mul"] * len(rescales), "one Mul per reported re-scale, nothing else"
+
+
+def test_fp16_bounds_the_stream_at_64(tmp_path: Path) -> None:
+    src = tmp_path / "post.onnx"
+    onnx.save(post_norm_stack(6, 8), src)
+    result = _invoke("fold", src, "--out", tmp_path / "f.onnx", "--fp16", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    paths = [p for site in json.loads(result.stdout)["sites"] for p in site["path"]]
+    assert any("beyond --max-scale 64" in p for p in paths), paths
+
+
+def test_fp16_names_a_site_whose_folded_weights_fp16_cannot_hold(tmp_path: Path) -> None:
+    src = tmp_path / "big.onnx"
+    m = onnx.load(_write(tmp_path))
+    for init in m.graph.initializer:
+        if init.name == "norm.scale":  # W' = diag(s)·W: past 65504
+            init.CopyFrom(const("norm.scale", np.full(8, 1e5)))
+    onnx.save(m, src)
+    out = tmp_path / "f.onnx"
+    result = _invoke("fold", src, "--out", out, "--fp16")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "warning: --fp16: site norm_mul's folded weights reach" in result.stderr
+    assert "beyond fp16's 65504" in result.stderr
+    assert out.exists(), "a warning, not a refusal: fp32 engines run it"
+    quiet = _invoke("fold", _write(tmp_path), "--out", tmp_path / "g.onnx", "--fp16")
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+@pytest.mark.parametrize("bound", ["1", "0.5", "-3"])
+def test_max_scale_must_be_above_1(tmp_path: Path, bound: str) -> None:
+    out = tmp_path / "o.onnx"
+    _assert_user_error(_invoke("fold", _write(tmp_path), "--out", out, f"--max-scale={bound}"),
+                       2, f"--max-scale {float(bound):g}: must be above 1")
+    assert not out.exists()
 
 
 def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:

@@ -61,3 +61,30 @@ def zero_one_scale(m: onnx.ModelProto, channel: int, name: str = "norm.scale") -
     scale = next(numpy_helper.to_array(i) for i in m.graph.initializer if i.name == name).copy()
     scale[channel] = 0.0
     replace_initializer(m, name, scale)
+
+
+def post_norm_stack(blocks: int, channels: int, norm: bool = True) -> onnx.ModelProto:
+    """`blocks` post-norm blocks, h = norm(h + fc(h)), every norm's scale ~0.3 (and its shift
+    small): the stream's carried scale is 0.3^k after k blocks, its values 1/0.3^k times the
+    true ones, and each branch's bias c becomes (c + b)/0.3^k."""
+    nodes, inits = [], []
+    h = "x"
+    for i in range(blocks):
+        p = f"b{i}"
+        nodes += [helper.make_node("MatMul", [h, f"{p}.W"], [f"{p}_m"], name=f"{p}_fc"),
+                  helper.make_node("Add", [f"{p}_m", f"{p}.c"], [f"{p}_f"], name=f"{p}_fc_bias"),
+                  helper.make_node("Add", [h, f"{p}_f"], [f"{p}_r"], name=f"{p}_residual")]
+        inits += [const(f"{p}.W", RNG.normal(size=(channels, channels)) / 3),
+                  const(f"{p}.c", RNG.normal(size=channels))]
+        h = f"{p}_r"
+        if norm:
+            nodes += [helper.make_node("Mul", [h, f"{p}.s"], [f"{p}_s"], name=f"{p}_norm_mul"),
+                      helper.make_node("Add", [f"{p}_s", f"{p}.b"], [f"{p}_out"],
+                                       name=f"{p}_norm_add")]
+            inits += [const(f"{p}.s", 0.3 * RNG.uniform(0.9, 1.1, channels)),
+                      const(f"{p}.b", 0.05 * RNG.normal(size=channels))]
+            h = f"{p}_out"
+    nodes += [helper.make_node("MatMul", [h, "Wh"], ["mh"], name="head"),
+              helper.make_node("Add", ["mh", "ch"], ["y"], name="head_bias")]
+    inits += [const("Wh", RNG.normal(size=(channels, 3))), const("ch", RNG.normal(size=3))]
+    return model(nodes, inits, {"x": ["N", 5, channels]}, {"y": ["N", 5, 3]})

@@ -15,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from unfold.fold import fold_model
 
-from .helpers import RNG, assert_same_outputs, const, model, norm_constants
+from .helpers import RNG, assert_same_outputs, const, model, norm_constants, post_norm_stack
 
 N = helper.make_node
 C = 8
@@ -246,28 +246,7 @@ BLOCKS = 6
 
 
 def _post_norm_stack(norm: bool = True) -> onnx.ModelProto:
-    """BLOCKS post-norm blocks, h = norm(h + fc(h)), every norm's scale ~0.3 (and its shift
-    small): the stream's carried scale is 0.3^k after k blocks, its values 1/0.3^k times the
-    true ones, and each branch's bias c becomes (c + b)/0.3^k."""
-    nodes, inits = [], []
-    h = "x"
-    for i in range(BLOCKS):
-        p = f"b{i}"
-        nodes += [N("MatMul", [h, f"{p}.W"], [f"{p}_m"], name=f"{p}_fc"),
-                  N("Add", [f"{p}_m", f"{p}.c"], [f"{p}_f"], name=f"{p}_fc_bias"),
-                  N("Add", [h, f"{p}_f"], [f"{p}_r"], name=f"{p}_residual")]
-        inits += [const(f"{p}.W", RNG.normal(size=(C, C)) / 3), const(f"{p}.c", RNG.normal(size=C))]
-        h = f"{p}_r"
-        if norm:
-            nodes += [N("Mul", [h, f"{p}.s"], [f"{p}_s"], name=f"{p}_norm_mul"),
-                      N("Add", [f"{p}_s", f"{p}.b"], [f"{p}_out"], name=f"{p}_norm_add")]
-            inits += [const(f"{p}.s", 0.3 * RNG.uniform(0.9, 1.1, C)),
-                      const(f"{p}.b", 0.05 * RNG.normal(size=C))]
-            h = f"{p}_out"
-    nodes += [N("MatMul", [h, "Wh"], ["mh"], name="head"),
-              N("Add", ["mh", "ch"], ["y"], name="head_bias")]
-    inits += [const("Wh", RNG.normal(size=(C, 3))), const("ch", RNG.normal(size=3))]
-    return model(nodes, inits, {"x": ["N", 5, C]}, {"y": ["N", 5, 3]})
+    return post_norm_stack(BLOCKS, C, norm=norm)
 
 
 def _largest_constant(m: onnx.ModelProto) -> float:
