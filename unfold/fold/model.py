@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import gc
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -91,6 +92,17 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
     return folded.to_model(), report
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if collecting:
+            gc.enable()
+
+
 def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
                max_scale: float | None = None) -> tuple[ModelParts, FoldReport]:
     """fold_model on a model whose weights are apart (`onnx_files.load_onnx_parts`): each
@@ -103,34 +115,29 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
-    graph = import_parts(parts)
-    _fold_shape_arithmetic(graph, parts.skeleton)
-    # Both made copies of the graph, now garbage in reference cycles that share every
-    # weight: until they go, no weight the fold replaces could be freed.
-    if big:
-        gc.collect()
     # Python's cyclic collector would walk the graph's many small objects again and again (a
-    # quarter of a 128-block fold): replaced weights are freed explicitly (replace_weight),
-    # so it waits until the fold is done
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
+    # third of a 128-block fold): replaced weights are freed explicitly (replace_weight), and
+    # the cycles that hold big ones are collected explicitly below, so it waits until the end
+    with _collector_paused():
+        graph = import_parts(parts)
+        _fold_shape_arithmetic(graph, parts.skeleton)
+        # Both made copies of the graph, now garbage in reference cycles that share every
+        # weight: until they go, no weight the fold replaces could be freed.
+        if big:
+            gc.collect()
         sites = fold_graph(graph, Names(graph), skip=skip, max_scale=max_scale).reports
         graph.cleanup().toposort()
         online = find_online_norms(graph)
         tidy_layout(graph)
-    finally:
-        if collecting:
-            gc.enable()
-    graph.fold_constants().cleanup().toposort()  # what the moves made constant
-    folded = parts_of(graph, parts)
-    for node in graph.nodes:  # let go of every weight the result does not hold, now
-        node.inputs.clear()
-        node.outputs.clear()
-    graph.nodes.clear()
-    del graph
-    if big:
-        gc.collect()
+        graph.fold_constants().cleanup().toposort()  # what the moves made constant
+        folded = parts_of(graph, parts)
+        for node in graph.nodes:  # let go of every weight the result does not hold, now
+            node.inputs.clear()
+            node.outputs.clear()
+        graph.nodes.clear()
+        del graph
+        if big:
+            gc.collect()
     onnx.checker.check_model(weightless_model(folded), full_check=True)
     ops_after = Counter(node.op_type for node in folded.skeleton.graph.node)
     return folded, FoldReport(sites, original_ops, ops_after, online)
