@@ -13,8 +13,10 @@ ARCH = typer.Option(None, "--arch", help="package.module:factory that builds the
                                          "of a state dict or training checkpoint.")
 ARCH_KWARGS = typer.Option(None, "--arch-kwargs",
                            help="""JSON keyword arguments for --arch, e.g. '{"dim": 384}'.""")
-TRUST = typer.Option(False, "--trust", help="Allow loading a fully pickled module: this RUNS "
-                                            "CODE FROM THE FILE. Only for files you trust.")
+TRUST = typer.Option(False, "--trust", help="Allow loading a fully pickled module, or building "
+                                            "the architecture a NAME.arch.json beside the "
+                                            "weights names: this RUNS CODE THE FILE CHOOSES. "
+                                            "Only for files you trust.")
 INPUT_SHAPE = typer.Option([], "--input-shape", help="1x3x224x224, or name:1x128; repeat for "
                                                      "several inputs (in order, or by name).")
 INPUT_DTYPE = typer.Option([], "--input-dtype", help="float32 (default), float16, int64, ... "

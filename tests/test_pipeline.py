@@ -65,13 +65,14 @@ def test_verify_the_written_model_against_its_program(digits) -> None:
 @pytest.mark.slow
 def test_a_state_dict_with_its_arch_json_and_dynamic_lengths(tmp_path: Path) -> None:
     out = tmp_path / "numbers.onnx"
-    report = unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out)
+    report = unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out, trust=True)
     assert report and report.format == "state dict" and report.exporter == "dynamo"
     assert "random, src_len 12, tgt_len 8" in [b.label for b in report.verification.batches]
     assert len(report.fold.folded) == len(report.fold.sites) == 12
     src, prev = report.inputs
     assert dict(src.dynamic) == {0: "batch", 1: "src_len"}
-    model = unfold.load.load_model(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt").module
+    model = unfold.load.load_model(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt",
+                                   trust=True).module
     runner = OrtRunner(out)
     for batch, src_len, tgt_len in [(1, 4, 3), (3, 12, 9)]:
         gen = torch.Generator().manual_seed(batch)
@@ -89,7 +90,7 @@ def test_a_length_the_exporter_baked_in_is_caught(tmp_path: Path) -> None:
     out = tmp_path / "numbers.onnx"
     with pytest.raises(UnfoldError, match='batch "random, src_len 12, tgt_len 8": ONNX Runtime '
                                           'failed') as info:
-        unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out,
+        unfold.convert(CHECKPOINT_DIR / "numbers-enfr-un.state_dict.pt", out, trust=True,
                        exporter="torchscript")
     assert info.value.exit_code == 1
     assert list(tmp_path.iterdir()) == []
@@ -131,12 +132,12 @@ def test_a_post_norm_encoder_decoder_pickled_in_training_mode(tmp_path: Path) ->
 
 def test_a_model_without_offline_norms_converts_and_says_why(tmp_path: Path) -> None:
     source = CHECKPOINT_DIR / "digits-vit-ln.state_dict.pt"
-    report = unfold.convert(source, tmp_path / "ln.onnx", exporter="torchscript")
+    report = unfold.convert(source, tmp_path / "ln.onnx", exporter="torchscript", trust=True)
     assert report and report.fold.sites == []
     assert any(n.startswith("no offline normalization found: nothing to fold (online norms "
                             "stay: ") for n in report.notes), report.notes
     strict = unfold.convert(source, tmp_path / "strict.onnx", exporter="torchscript",
-                            strict=True)
+                            strict=True, trust=True)
     assert not strict and not (tmp_path / "strict.onnx").exists()
 
 
@@ -157,7 +158,7 @@ def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
 
     monkeypatch.setattr(unfold.pipeline, "fold_model", fold_then_corrupt)
     out = tmp_path / "bad.onnx"
-    report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", out,
+    report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", out, trust=True,
                             exporter="torchscript")
     assert not report and not out.exists() and list(tmp_path.iterdir()) == []
     assert report.verification is not None and not report.verification
@@ -168,7 +169,7 @@ def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
 
 def test_no_verify_writes_and_says_so(tmp_path: Path) -> None:
     report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt",
-                            tmp_path / "m.onnx", exporter="torchscript", verify=False)
+                            tmp_path / "m.onnx", trust=True, exporter="torchscript", verify=False)
     assert report and report.verification is None
     assert any("NOT checked" in n for n in report.notes)
 
@@ -177,7 +178,7 @@ def test_real_inputs_from_npz_are_verified_too(tmp_path: Path) -> None:
     data = np.load(DATA_DIR / "digits_test.npz")
     np.savez(tmp_path / "real.npz", images=data["images"][:16])
     report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt",
-                            tmp_path / "m.onnx", exporter="torchscript",
+                            tmp_path / "m.onnx", trust=True, exporter="torchscript",
                             inputs=InputOptions(npz=tmp_path / "real.npz"))
     assert report and report.verification is not None
     assert report.verification.batches[-1].label == f"--inputs {tmp_path / 'real.npz'}"
@@ -188,7 +189,7 @@ def test_an_input_shape_that_does_not_fit_says_what_the_model_takes(tmp_path: Pa
     with pytest.raises(UnfoldError, match=r"does not fit the model, which takes images: "
                                           r"2x1x8x8 float32 in \[0.0, 1.0\], dynamic batch"):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", tmp_path / "m.onnx",
-                       inputs=InputOptions(shapes=["2x3x8x8"]))
+                       trust=True, inputs=InputOptions(shapes=["2x3x8x8"]))
 
 
 @pytest.mark.slow

@@ -21,6 +21,8 @@ from cli.main import app
 from sample_models.registry import CHECKPOINT_DIR
 
 STATE = CHECKPOINT_DIR / "digits-vit-un.state_dict.pt"
+# its digits-vit-un.arch.json names this factory: giving it confirms the file may run it
+CONFIRM = ("--arch", "sample_models.vit:digits_vit")
 runner = CliRunner()
 
 
@@ -37,7 +39,8 @@ def _assert_user_error(result, code: int, text: str) -> None:
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("cli") / "digits.onnx"
-    result = _invoke("convert", STATE, "--out", out, "--exporter", "torchscript", "--json")
+    result = _invoke("convert", STATE, *CONFIRM, "--out", out, "--exporter", "torchscript",
+                     "--json")
     assert result.exit_code == 0, result.output
     assert result.stderr.splitlines()[-1].startswith("PASSED |")
     return out, json.loads(result.stdout)
@@ -52,7 +55,7 @@ def test_convert_writes_and_reports_as_json(converted: tuple[Path, dict]) -> Non
 
 
 def test_convert_table_and_progress(tmp_path: Path) -> None:
-    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+    result = _invoke("convert", STATE, *CONFIRM, "--out", tmp_path / "m.onnx", "--exporter",
                      "torchscript")
     assert result.exit_code == 0, result.output
     for text in ("state dict", "normalization sites", "9 of 9 offline sites folded",
@@ -64,7 +67,7 @@ def test_convert_table_and_progress(tmp_path: Path) -> None:
 def test_verify_model_against_onnx_and_onnx_against_onnx(
         converted: tuple[Path, dict]) -> None:
     out, _ = converted
-    result = _invoke("verify", STATE, out, "--json")
+    result = _invoke("verify", STATE, *CONFIRM, out, "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["passed"]
     same = _invoke("verify", out, out, "--input-shape", "4x1x8x8")
@@ -88,12 +91,12 @@ def test_verify_names_the_node_where_outputs_depart(converted: tuple[Path, dict]
 
 def test_verify_with_tensorrt_missing_exits_3(converted: tuple[Path, dict]) -> None:
     out, _ = converted
-    result = _invoke("verify", STATE, out, "--engine", "trt")
+    result = _invoke("verify", STATE, *CONFIRM, out, "--engine", "trt")
     _assert_user_error(result, 3, "TensorRT")
 
 
 def test_no_verify_is_loud(tmp_path: Path) -> None:
-    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+    result = _invoke("convert", STATE, *CONFIRM, "--out", tmp_path / "m.onnx", "--exporter",
                      "torchscript", "--no-verify")
     assert result.exit_code == 0, result.output
     assert "warning: --no-verify: the output will NOT be checked" in result.stderr
@@ -122,7 +125,7 @@ def test_truncated_model(tmp_path: Path) -> None:
 
 
 def test_wrong_input_shape_says_what_the_model_takes(tmp_path: Path) -> None:
-    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--input-shape",
+    result = _invoke("convert", STATE, *CONFIRM, "--out", tmp_path / "m.onnx", "--input-shape",
                      "2x3x8x8")
     _assert_user_error(result, 2, "--input-shape images:2x3x8x8 does not fit the model, which "
                                   "takes images: 2x1x8x8")
@@ -144,12 +147,34 @@ def test_unknown_arch(tmp_path: Path) -> None:
                                   "has no callable 'no_such_model'")
 
 
+def test_an_arch_json_beside_the_weights_runs_nothing_without_trust(tmp_path: Path) -> None:
+    made = tmp_path / "made_by_the_file"
+    torch.save(torch.load(STATE, weights_only=True), tmp_path / "w.pt")
+    (tmp_path / "w.arch.json").write_text(json.dumps({"arch": "os:mkdir",
+                                                      "arch_kwargs": {"path": str(made)}}))
+    out = tmp_path / "o.onnx"
+    result = _invoke("convert", tmp_path / "w.pt", "--out", out)
+    _assert_user_error(result, 2, f"{tmp_path / 'w.arch.json'} names the architecture os:mkdir: "
+                                  f"building it would import os and run mkdir(")
+    assert "pass --trust if you trust w.arch.json, or give --arch os:mkdir" in result.stderr
+    assert not made.exists() and not out.exists()
+
+
+def test_the_samples_arch_json_converts_once_confirmed(tmp_path: Path) -> None:
+    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+                     "torchscript", "--trust", "--json")
+    assert result.exit_code == 0, result.output
+    notes = json.loads(result.stdout)["notes"]
+    assert "architecture sample_models.vit:digits_vit from digits-vit-un.arch.json (--trust)" \
+        in notes, notes
+
+
 def test_unwritable_output_folder(tmp_path: Path) -> None:
     target = Path("/sys/m.onnx") if os.geteuid() == 0 else tmp_path / "ro" / "m.onnx"
     if os.geteuid() != 0:
         target.parent.mkdir()
         target.parent.chmod(0o500)
-    result = _invoke("convert", STATE, "--out", target)
+    result = _invoke("convert", STATE, *CONFIRM, "--out", target)
     _assert_user_error(result, 2, f"cannot write {target}: the folder {target.parent} is not "
                                   f"writable")
 
@@ -157,13 +182,13 @@ def test_unwritable_output_folder(tmp_path: Path) -> None:
 def test_existing_output_is_kept_without_force(tmp_path: Path) -> None:
     out = tmp_path / "m.onnx"
     out.write_bytes(b"precious")
-    _assert_user_error(_invoke("convert", STATE, "--out", out), 2,
+    _assert_user_error(_invoke("convert", STATE, *CONFIRM, "--out", out), 2,
                        f"{out} exists; pass --force to overwrite it")
     assert out.read_bytes() == b"precious"
 
 
 def test_output_equal_to_input_is_refused() -> None:
-    _assert_user_error(_invoke("convert", STATE, "--out", STATE, "--force"), 2,
+    _assert_user_error(_invoke("convert", STATE, *CONFIRM, "--out", STATE, "--force"), 2,
                        f"--out {STATE} is the input file")
 
 
@@ -191,7 +216,7 @@ def test_ctrl_c_leaves_no_file(tmp_path: Path) -> None:
 
 def test_bad_npz_inputs(tmp_path: Path) -> None:
     np.savez(tmp_path / "x.npz", pixels=np.zeros((2, 1, 8, 8), np.float32))
-    result = _invoke("convert", STATE, "--out", tmp_path / "m.onnx", "--exporter",
+    result = _invoke("convert", STATE, *CONFIRM, "--out", tmp_path / "m.onnx", "--exporter",
                      "torchscript", "--inputs", tmp_path / "x.npz")
     _assert_user_error(result, 2, f"--inputs {tmp_path / 'x.npz'} holds ['pixels']")
     assert not (tmp_path / "m.onnx").exists()

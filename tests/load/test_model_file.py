@@ -68,12 +68,64 @@ def test_a_torch_export_program_carries_its_inputs() -> None:
 
 
 def test_a_state_dict_finds_its_arch_json_beside_it() -> None:
-    loaded = load_model(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt")
+    loaded = load_model(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", trust=True)
     assert loaded.format == "state dict"
     (spec,) = loaded.input_specs
     assert (spec.shape, spec.value_range, dict(spec.dynamic)) == \
         ((2, 1, 8, 8), (0.0, 1.0), {0: "batch"})
-    assert "digits-vit-un.arch.json" in loaded.notes[0]
+    assert loaded.notes[0] == ("architecture sample_models.vit:digits_vit from "
+                               "digits-vit-un.arch.json (--trust)")
+
+
+def _weights_with_arch_file(tmp_path: Path, arch: str, kwargs: dict) -> Path:
+    weights = tmp_path / "w.pt"
+    torch.save(tiny_vit().state_dict(), weights)
+    (tmp_path / "w.arch.json").write_text(json.dumps({"arch": arch, "arch_kwargs": kwargs}))
+    return weights
+
+
+def test_an_arch_json_imports_nothing_without_trust(tmp_path: Path) -> None:
+    """The file beside the weights may have come with them from a download: what it names is
+    imported and called only when the user vouches for it (it could name os:mkdir)."""
+    made = tmp_path / "made_by_the_file"
+    weights = _weights_with_arch_file(tmp_path, "os:mkdir", {"path": str(made)})
+    with pytest.raises(UnfoldError) as info:
+        load_model(weights)
+    message = str(info.value)
+    assert f"{tmp_path / 'w.arch.json'} names the architecture os:mkdir" in message
+    assert f'would import os and run mkdir(**{{"path": "{made}"}})' in message
+    assert "--trust" in message and "--arch os:mkdir" in message
+    assert not made.exists(), "nothing the file names ran"
+
+
+def test_with_trust_an_arch_json_runs_and_its_errors_name_the_file(tmp_path: Path) -> None:
+    made = tmp_path / "made_by_the_file"
+    weights = _weights_with_arch_file(tmp_path, "os:mkdir", {"path": str(made)})
+    with pytest.raises(UnfoldError, match=r'w\.arch\.json\'s "arch" os:mkdir returned a '
+                                          r"NoneType, not a torch.nn.Module"):
+        load_model(weights, trust=True)
+    assert made.is_dir(), "trusted: it ran"
+    _weights_with_arch_file(tmp_path, ARCH, {"depth": 3})
+    with pytest.raises(UnfoldError, match=r'w\.arch\.json\'s "arch" tests.models:tiny_vit '
+                                          r'with .*w\.arch\.json\'s "arch_kwargs" '
+                                          r'\{"depth": 3\} failed'):
+        load_model(weights, trust=True)
+
+
+def test_the_same_arch_on_the_command_line_confirms_the_file(tmp_path: Path) -> None:
+    weights = _weights_with_arch_file(tmp_path, ARCH, {"dim": 32})
+    loaded = load_model(weights, arch=ARCH)
+    assert loaded.notes == [f"architecture {ARCH} from w.arch.json (confirmed by --arch)"]
+    x = torch.rand(*VIT_INPUT)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), _expected(x), rtol=0, atol=1e-6)
+
+
+def test_another_arch_on_the_command_line_ignores_the_file(tmp_path: Path) -> None:
+    weights = _weights_with_arch_file(tmp_path, "os:mkdir", {"path": str(tmp_path / "m")})
+    loaded = load_model(weights, arch=ARCH)
+    assert loaded.notes == [f"--arch {ARCH} given: w.arch.json (which names os:mkdir) ignored"]
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_module_saved_in_training_mode_is_switched_to_eval(files: dict[str, Path]) -> None:
@@ -163,4 +215,4 @@ def test_arch_json_inputs_must_describe_every_input(tmp_path: Path) -> None:
     (tmp_path / "m.arch.json").write_text(json.dumps(
         {"arch": ARCH, "inputs": {"pixels": {"shape": [1, 1, 8, 8]}}}))
     with pytest.raises(UnfoldError, match='"inputs" must describe images'):
-        load_model(tmp_path / "m.state_dict.pt")
+        load_model(tmp_path / "m.state_dict.pt", trust=True)

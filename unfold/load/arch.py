@@ -37,13 +37,20 @@ def parse_arch_kwargs(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
     return value
 
 
-def import_factory(arch: str) -> Any:
-    """`package.module:factory` -> the callable (the working directory is importable, as
-    for `python -m`)."""
+def split_arch(arch: str, origin: str = "--arch") -> tuple[str, str]:
+    """`package.module:factory` -> (module, factory name); `origin` names where it was given
+    (the flag, or the architecture file) in the error."""
     module_name, colon, attr = arch.partition(":")
     if not colon or not module_name or not attr:
-        raise UnfoldError(f"--arch {arch!r}: expected package.module:factory, "
+        raise UnfoldError(f"{origin} {arch!r}: expected package.module:factory, "
                           f"e.g. --arch mypkg.models:vit_small")
+    return module_name, attr
+
+
+def import_factory(arch: str, origin: str = "--arch") -> Any:
+    """`package.module:factory` -> the callable (the working directory is importable, as
+    for `python -m`)."""
+    module_name, attr = split_arch(arch, origin)
     cwd = os.getcwd()
     added = cwd not in sys.path
     if added:
@@ -51,7 +58,7 @@ def import_factory(arch: str) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        raise UnfoldError(f"--arch {arch!r}: cannot import {module_name!r} ({exc}); "
+        raise UnfoldError(f"{origin} {arch!r}: cannot import {module_name!r} ({exc}); "
                           f"is the package installed or in the working directory?") from None
     finally:
         if added:
@@ -60,20 +67,23 @@ def import_factory(arch: str) -> Any:
     if not callable(factory):
         names = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_")
                        and getattr(v, "__module__", None) == module.__name__)
-        raise UnfoldError(f"--arch {arch!r}: {module_name} has no callable {attr!r}; "
+        raise UnfoldError(f"{origin} {arch!r}: {module_name} has no callable {attr!r}; "
                           f"it defines: {', '.join(names[:20]) or 'no public callables'}")
     return factory
 
 
-def build_module(arch: str, kwargs: Mapping[str, Any]) -> torch.nn.Module:
-    factory = import_factory(arch)
+def build_module(arch: str, kwargs: Mapping[str, Any], origin: str = "--arch",
+                 kwargs_origin: str = "--arch-kwargs") -> torch.nn.Module:
+    """`origin` / `kwargs_origin`: where the architecture and its arguments came from (the
+    flags, or the architecture file beside the weights), for the errors."""
+    factory = import_factory(arch, origin)
     try:
         module = factory(**kwargs)
     except Exception as exc:
-        raise UnfoldError(f"--arch {arch} with --arch-kwargs {json.dumps(dict(kwargs))} failed: "
-                          f"{type(exc).__name__}: {exc}") from None
+        raise UnfoldError(f"{origin} {arch} with {kwargs_origin} {json.dumps(dict(kwargs))} "
+                          f"failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(module, torch.nn.Module):
-        raise UnfoldError(f"--arch {arch} returned a {type(module).__name__}, "
+        raise UnfoldError(f"{origin} {arch} returned a {type(module).__name__}, "
                           f"not a torch.nn.Module")
     return module
 
@@ -91,14 +101,14 @@ def _named(keys: list[str]) -> str:
 
 
 def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                 source: Path, arch: str) -> None:
+                 source: Path, arch: str, origin: str = "--arch") -> None:
     """Every weight of the architecture from the state dict, and nothing left over."""
     state = _strip_wrapper_prefix(state)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
         detail = str(exc).split("\n", 1)[-1].strip()
-        raise UnfoldError(f"{source} does not fit --arch {arch}: {detail}") from None
+        raise UnfoldError(f"{source} does not fit {origin} {arch}: {detail}") from None
     problems = []
     if result.missing_keys:
         problems.append(f"missing from the file: {_named(list(result.missing_keys))}")
@@ -106,8 +116,8 @@ def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
         problems.append(f"in the file but not in the architecture: "
                         f"{_named(list(result.unexpected_keys))}")
     if problems:
-        raise UnfoldError(f"{source} does not fit --arch {arch} ({'; '.join(problems)}); "
-                          f"check --arch and --arch-kwargs")
+        raise UnfoldError(f"{source} does not fit {origin} {arch} ({'; '.join(problems)}); "
+                          f"check the architecture and its arguments")
 
 
 def sidecar_arch(path: Path) -> Path | None:

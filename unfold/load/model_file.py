@@ -29,7 +29,7 @@ import torch
 
 from unfold.errors import UnfoldError
 from unfold.inputs import DTYPES, InputSpec, specs_from_arrays
-from unfold.load.arch import build_module, load_weights, parse_arch_kwargs, sidecar_arch
+from unfold.load.arch import build_module, load_weights, parse_arch_kwargs, sidecar_arch, split_arch
 
 FORMATS = ("torch.export program", "TorchScript archive", "state dict", "training checkpoint",
            "pickled module")
@@ -171,29 +171,72 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str
         raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): "
                           f"{type(exc).__name__}: {_first_line(exc)}") from None
     state, fmt = _find_state_dict(obj, path)
+    choice = _choose_arch(path, fmt, arch, arch_kwargs, trust)
+    module = build_module(choice.arch, choice.kwargs, choice.origin, choice.kwargs_origin)
+    load_weights(module, state, source=path, arch=choice.arch, origin=choice.origin)
+    required, optional = _forward_names(module)
+    loaded = LoadedModel(module, path, fmt, required, optional_inputs=optional)
+    loaded.notes += choice.notes
+    if choice.arch_file is not None and "inputs" in choice.described:
+        loaded.input_specs = _specs_from_arch_file(
+            choice.described["inputs"], choice.arch_file, loaded.input_names
+            + [n for n in loaded.optional_inputs if n in choice.described["inputs"]])
+        loaded.notes.append(f"inputs from {choice.arch_file.name}")
+    module.eval()  # freshly built, so in training mode: nothing to report
+    return loaded
+
+
+@dataclass
+class _ArchChoice:
+    arch: str
+    kwargs: dict[str, Any]
+    origin: str  # where `arch` came from, for messages: the flag or the file
+    kwargs_origin: str
+    arch_file: Path | None = None  # the architecture file whose inputs are used, if any
+    described: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _choose_arch(path: Path, fmt: str, arch: str | None,
+                 arch_kwargs: str | Mapping[str, Any] | None, trust: bool) -> _ArchChoice:
+    """The architecture to build for a state dict, and where it came from. An architecture file
+    beside the weights names code to import, and it may have come with a download, like a
+    pickle: its factory is imported only when the user vouches for it, with --trust or by
+    giving the same --arch. Its inputs (data, nothing that runs) are read either way."""
     arch_file = sidecar_arch(path)
-    described: dict[str, Any] = {}
-    if arch is None:
-        if arch_file is None:
+    if arch_file is None:
+        if arch is None:
             raise UnfoldError(
                 f"{path} is a {fmt} (weights only): give the architecture with "
                 f"--arch package.module:factory (and --arch-kwargs '{{...}}' for its "
                 f"arguments), or put a {path.stem}.arch.json beside it")
-        described = _read_arch_file(arch_file)
-        arch, kwargs = described["arch"], described.get("arch_kwargs", {})
+        return _ArchChoice(arch, parse_arch_kwargs(arch_kwargs), "--arch", "--arch-kwargs")
+    described = _read_arch_file(arch_file)
+    named, named_kwargs = described["arch"], described.get("arch_kwargs", {})
+    origin = f'{arch_file}\'s "arch"'
+    if not isinstance(named_kwargs, dict):
+        raise UnfoldError(f'{arch_file}: "arch_kwargs" must be a JSON object of keyword '
+                          f"arguments, not {type(named_kwargs).__name__}")
+    if arch is not None and arch != named:
+        return _ArchChoice(arch, parse_arch_kwargs(arch_kwargs), "--arch", "--arch-kwargs",
+                           notes=[f"--arch {arch} given: {arch_file.name} (which names "
+                                  f"{named}) ignored"])
+    if arch is None and not trust:
+        module_name, factory = split_arch(named, origin)
+        call = f"{factory}(**{json.dumps(named_kwargs)})" if named_kwargs else f"{factory}()"
+        raise UnfoldError(
+            f"{arch_file} names the architecture {named}: building it would import "
+            f"{module_name} and run {call}. A file beside the weights does not choose what "
+            f"code runs unless you say so: pass --trust if you trust {arch_file.name}, or "
+            f"give --arch {named} yourself")
+    if arch_kwargs is not None:
+        kwargs, kwargs_origin = parse_arch_kwargs(arch_kwargs), "--arch-kwargs"
     else:
-        kwargs = parse_arch_kwargs(arch_kwargs)
-    module = build_module(arch, kwargs)
-    load_weights(module, state, source=path, arch=arch)
-    required, optional = _forward_names(module)
-    loaded = LoadedModel(module, path, fmt, required, optional_inputs=optional)
-    if arch_file is not None and "inputs" in described:
-        loaded.input_specs = _specs_from_arch_file(
-            described["inputs"], arch_file, loaded.input_names
-            + [n for n in loaded.optional_inputs if n in described["inputs"]])
-        loaded.notes.append(f"architecture and inputs from {arch_file.name}")
-    module.eval()  # freshly built, so in training mode: nothing to report
-    return loaded
+        kwargs, kwargs_origin = dict(named_kwargs), f'{arch_file}\'s "arch_kwargs"'
+    how = "--trust" if arch is None else "confirmed by --arch"
+    return _ArchChoice(named, kwargs, origin if arch is None else "--arch", kwargs_origin,
+                       arch_file, described,
+                       notes=[f"architecture {named} from {arch_file.name} ({how})"])
 
 
 def _load_trusted(path: Path) -> LoadedModel:
