@@ -5,6 +5,8 @@ external-data path runs on a small model) and fold again from there."""
 from __future__ import annotations
 
 import io
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,39 @@ def test_streaming_writes_parts_as_their_model() -> None:
     buffer = io.BytesIO()
     write_streaming(folded, buffer)
     assert onnx.load_from_string(buffer.getvalue()) == folded.to_model()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external_data"])
+def test_a_new_file_gets_the_mode_open_would_give_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, umask: int, external: bool) -> None:
+    """Not the temporary file's private 0600: a server running as another user reads it."""
+    if external:
+        monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    before = os.umask(umask)
+    try:
+        save_onnx_atomic(_norm_then_linear(), tmp_path / "m.onnx")
+    finally:
+        os.umask(before)
+    written = sorted(tmp_path.iterdir())
+    assert [p.name for p in written] == (["m.onnx", "m.onnx.data"] if external else ["m.onnx"])
+    assert all(_mode(p) == 0o666 & ~umask for p in written), [oct(_mode(p)) for p in written]
+
+
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external_data"])
+def test_overwriting_keeps_the_replaced_files_mode(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, external: bool) -> None:
+    if external:
+        monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    out = tmp_path / "m.onnx"
+    save_onnx_atomic(_norm_then_linear(), out)
+    written = sorted(tmp_path.iterdir())
+    for path, mode in zip(written, (0o640, 0o604), strict=False):
+        path.chmod(mode)
+    save_onnx_atomic(_norm_then_linear(), out)
+    assert [oct(_mode(p)) for p in sorted(tmp_path.iterdir())] == \
+        [oct(m) for m in (0o640, 0o604)[:len(written)]]

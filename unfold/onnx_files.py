@@ -5,6 +5,7 @@ data for models over 2 GiB."""
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -361,11 +362,25 @@ def _raw_key(length: int) -> bytes:
     return _varint(RAW_DATA_FIELD << 3 | 2) + _varint(length)
 
 
+def _mode_for(path: Path) -> int:
+    """The permission bits a written file gets: those of the file it replaces (--force), or
+    what `open()` would give a new one (0666 less the umask). The temporary file is created
+    private (mkstemp: 0600) and that mode would survive the rename: a server running as
+    another user could not read the model."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 def _write(model: onnx.ModelProto | ModelParts, out: Path, tmp_path: Path, data_name: str,
            external: bool) -> None:
     if not external:
         with open(tmp_path, "wb") as file:
             write_streaming(model, file)
+        os.chmod(tmp_path, _mode_for(out))
         os.replace(tmp_path, out)
         return
     # the .onnx names its data file by its final name; the data is renamed into place
@@ -373,5 +388,7 @@ def _write(model: onnx.ModelProto | ModelParts, out: Path, tmp_path: Path, data_
     data_tmp = out.parent / (data_name + ".tmp")
     with open(tmp_path, "wb") as file, open(data_tmp, "wb") as data:
         write_streaming(model, file, external=(data, data_name))
+    os.chmod(data_tmp, _mode_for(out.parent / data_name))
+    os.chmod(tmp_path, _mode_for(out))
     os.replace(data_tmp, out.parent / data_name)
     os.replace(tmp_path, out)
