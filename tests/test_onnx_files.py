@@ -195,3 +195,21 @@ def test_overwriting_keeps_the_replaced_files_mode(
     save_onnx_atomic(_norm_then_linear(), out)
     assert [oct(_mode(p)) for p in sorted(tmp_path.iterdir())] == \
         [oct(m) for m in (0o640, 0o604)[:len(written)]]
+
+
+@pytest.mark.parametrize(("domain", "named"), [("", "the default ONNX domain"),
+                                               ("ai.onnx.ml", "domain 'ai.onnx.ml'")])
+@pytest.mark.parametrize("load", [load_onnx, load_onnx_parts], ids=["model", "parts"])
+def test_an_opset_newer_than_onnx_knows_is_refused_at_load(
+        tmp_path: Path, domain: str, named: str, load) -> None:
+    m = _norm_then_linear()
+    if domain:
+        m.opset_import.append(helper.make_opsetid(domain, 1))
+    next(o for o in m.opset_import if o.domain == domain).version = 999
+    path = tmp_path / "future.onnx"
+    onnx.save(m, path)
+    newest = onnx.defs.onnx_opset_version() if not domain else max(
+        s.since_version for s in onnx.defs.get_all_schemas_with_history() if s.domain == domain)
+    with pytest.raises(UnfoldError, match=rf"future.onnx declares opset 999 of {named}; the "
+                                          rf"installed onnx \S+ supports opsets up to {newest}$"):
+        load(path)

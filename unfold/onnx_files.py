@@ -13,6 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 import onnx
+import onnx.defs
 import onnx.external_data_helper
 import onnx.numpy_helper
 
@@ -58,10 +59,32 @@ def _unreadable(path: Path, exc: Exception) -> UnfoldError:
                        f"{type(exc).__name__}: {exc}")
 
 
+def _newest_opsets() -> dict[str, int]:
+    """The newest opset of each ONNX domain the installed onnx has operator schemas for."""
+    newest: dict[str, int] = {}
+    for schema in onnx.defs.get_all_schemas_with_history():
+        newest[schema.domain] = max(newest.get(schema.domain, 0), schema.since_version)
+    newest[""] = max(newest.get("", 0), onnx.defs.onnx_opset_version())
+    return newest
+
+
+def _check_opsets(path: Path, model: onnx.ModelProto) -> None:
+    """An opset newer than the installed onnx knows would be folded by rules it does not know
+    and written, and then refused by the runtime: refused here instead."""
+    newest = _newest_opsets()
+    for opset in model.opset_import:
+        domain = "" if opset.domain == "ai.onnx" else opset.domain
+        if domain in newest and opset.version > newest[domain]:
+            name = f"domain {domain!r}" if domain else "the default ONNX domain"
+            raise UnfoldError(f"{path} declares opset {opset.version} of {name}; the installed "
+                              f"onnx {onnx.__version__} supports opsets up to {newest[domain]}")
+
+
 def _check(path: Path, parts: ModelParts) -> None:
     graph = parts.skeleton.graph
     if not graph.node and not graph.output:
         raise UnfoldError(f"{path} holds no ONNX graph (is it an ONNX file?)")
+    _check_opsets(path, parts.skeleton)
     try:  # on a weightless copy: checking the model itself serializes every weight once more
         onnx.checker.check_model(weightless_model(parts), full_check=True)
     except Exception as exc:

@@ -100,6 +100,17 @@ def test_truncated_onnx(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "Traceback" not in result.stderr, result.stderr
 
 
+def test_an_opset_newer_than_onnx_knows_exits_2_and_writes_nothing(tmp_path: Path) -> None:
+    m = onnx.load(_write(tmp_path))
+    m.opset_import[0].version = 999
+    onnx.save(m, tmp_path / "future.onnx")
+    out = tmp_path / "o.onnx"
+    _assert_user_error(_invoke("fold", tmp_path / "future.onnx", "--out", out), 2,
+                       f"{tmp_path / 'future.onnx'} declares opset 999 of the default ONNX "
+                       f"domain; the installed onnx")
+    assert not out.exists()
+
+
 def test_existing_output_is_not_overwritten_without_force(tmp_path: Path) -> None:
     out = tmp_path / "o.onnx"
     out.write_bytes(b"precious")
