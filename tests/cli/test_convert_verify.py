@@ -108,12 +108,27 @@ def test_missing_model(tmp_path: Path) -> None:
                        2, f"{tmp_path / 'none.pt'}: no such file")
 
 
-@pytest.mark.parametrize("content", [b"", bytes(range(256)) * 4, b"\x80\x02garbage"])
-def test_not_a_pytorch_file(tmp_path: Path, content: bytes) -> None:
+@pytest.mark.parametrize(("content", "says"), [
+    (b"", "is empty (0 bytes): not a model file"),
+    (bytes(range(256)) * 4, "is not a PyTorch file (or is damaged or truncated): "),
+    (b"\x80\x02garbage", "is not a PyTorch file (or is damaged or truncated): it does not "
+                          "unpickle"),
+], ids=["empty", "bytes", "bad_pickle"])
+def test_not_a_pytorch_file(tmp_path: Path, content: bytes, says: str) -> None:
     (tmp_path / "model.pt").write_bytes(content)
     result = _invoke("convert", tmp_path / "model.pt", "--out", tmp_path / "m.onnx")
-    _assert_user_error(result, 2, f"{tmp_path / 'model.pt'} is not a PyTorch file")
+    _assert_user_error(result, 2, f"{tmp_path / 'model.pt'} {says}")
+    assert "weights_only" not in result.stderr, "torch's advice is no advice here"
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_onnx_file_given_to_convert_points_at_fold(tmp_path: Path,
+                                                      converted: tuple[Path, dict]) -> None:
+    onnx_file, _ = converted
+    result = _invoke("convert", onnx_file, "--out", tmp_path / "m.onnx")
+    _assert_user_error(result, 2, f"{onnx_file} is an ONNX model, not a PyTorch one")
+    assert f"run `unfold fold {onnx_file} --out FOLDED.onnx`" in result.stderr
+    assert "weights_only" not in result.stderr
 
 
 def test_truncated_model(tmp_path: Path) -> None:

@@ -188,7 +188,7 @@ def test_bad_files(files: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(UnfoldError, match="not a PyTorch file"):
         load_model(tmp_path / "random.pt")
     (tmp_path / "empty.pt").write_bytes(b"")
-    with pytest.raises(UnfoldError, match="not a PyTorch file"):
+    with pytest.raises(UnfoldError, match=r"empty.pt is empty \(0 bytes\): not a model file"):
         load_model(tmp_path / "empty.pt")
     data = files["state"].read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])

@@ -74,6 +74,12 @@ def load_model(path: str | Path, *, arch: str | None = None,
         raise UnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise UnfoldError(f"{path} is a directory; give a model file (.pt, .pt2, .pth)")
+    if path.stat().st_size == 0:
+        raise UnfoldError(f"{path} is empty (0 bytes): not a model file")
+    if _is_onnx(path):
+        raise UnfoldError(f"{path} is an ONNX model, not a PyTorch one: `unfold convert` starts "
+                          f"from the trained torch model; to fold an ONNX file, run `unfold fold "
+                          f"{path} --out FOLDED.onnx`")
     kind = _sniff(path)
     if kind == "pt2":
         loaded = _load_program(path)
@@ -84,6 +90,21 @@ def load_model(path: str | Path, *, arch: str | None = None,
     if arch and loaded.format not in ("state dict", "training checkpoint"):
         loaded.notes.append(f"--arch ignored: a {loaded.format} carries its architecture")
     return loaded
+
+
+def _is_onnx(path: Path) -> bool:
+    """An ONNX file: a ModelProto, whose first field is its IR version (tag 0x08), with a
+    graph. (A pickle starts 0x80, a zip PK.)"""
+    with open(path, "rb") as file:
+        if file.read(1) != b"\x08":
+            return False
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return False
+    return bool(model.graph.node or model.graph.output)
 
 
 def _sniff(path: Path) -> str:
@@ -157,9 +178,9 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         needs = re.search(r"GLOBAL ([\w.]+)", str(exc))
-        if not needs:
+        if not needs:  # (torch's advice to set weights_only=False is no advice for this file)
             raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): "
-                              f"{_first_line(exc)}") from None
+                              f"it does not unpickle") from None
         if not trust:
             raise UnfoldError(
                 f"{path} is a pickled Python object (it names {needs[1]}); loading it runs code "
@@ -167,9 +188,12 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str
                 f"where the file came from, or save the weights instead "
                 f"(torch.save(model.state_dict(), ...)) and give --arch") from None
         return _load_trusted(path)
+    except EOFError:
+        raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): it ends "
+                          f"before its data does") from None
     except Exception as exc:
         raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): "
-                          f"{type(exc).__name__}: {_first_line(exc)}") from None
+                          f"{_error_text(exc)}") from None
     state, fmt = _find_state_dict(obj, path)
     choice = _choose_arch(path, fmt, arch, arch_kwargs, trust)
     module = build_module(choice.arch, choice.kwargs, choice.origin, choice.kwargs_origin)
@@ -321,6 +345,12 @@ def _to_eval(loaded: LoadedModel) -> None:
         loaded.module.eval()
         loaded.notes.append(f"{training} module(s) were in training mode: switched to eval "
                             f"(offline norms use their learned statistics)")
+
+
+def _error_text(exc: BaseException) -> str:
+    """`Type: first line`, or just `Type` when it says nothing more (not "EOFError: EOFError")."""
+    line = _first_line(exc)
+    return type(exc).__name__ if line == type(exc).__name__ else f"{type(exc).__name__}: {line}"
 
 
 def _first_line(exc: BaseException) -> str:
