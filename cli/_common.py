@@ -27,9 +27,6 @@ def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         code = exc.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        code = ExitCode.CHECK_FAILED
     status = "PASSED" if code == ExitCode.OK else "FAILED"
     print(f"{status} | {time.perf_counter() - start:.2f}s | unfold {name}", file=sys.stderr)
     raise typer.Exit(int(code))

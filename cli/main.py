@@ -1,56 +1,57 @@
-"""`unfold`: the command-line entry point. Each command lives in its own module under cli/ and
-registers itself on `app`; this module owns only the app and the global options."""
+"""`unfold`: the entry point. It imports almost nothing itself, so that the first thing it
+does is take over SIGINT and SIGTERM: an interrupt at any moment, even while torch and
+onnxruntime are still importing, ends with one line `interrupted` and exit 130 (143 for
+SIGTERM), and, because it arrives as an exception, every temporary file is removed on the way
+out (`unfold.onnx_files.save_onnx_atomic`). Nothing is written by then: outputs are renamed
+into place only once complete."""
 
 from __future__ import annotations
 
-import typer
-
-import unfold
-
-app = typer.Typer(
-    name="unfold",
-    help=(
-        "Fold offline normalizations (Unified Normalization, PowerNorm*, BatchNorm) out of "
-        "Transformers exported to ONNX, verify the result against PyTorch, measure it."
-    ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+import signal
+import sys
+from types import FrameType
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(f"unfold {unfold.__version__}")
-        raise typer.Exit()
+class Interrupted(BaseException):
+    """SIGINT or SIGTERM. A BaseException that is not KeyboardInterrupt, so that neither an
+    `except Exception` nor click's own Ctrl-C handling ("Aborted!", exit 1) catches it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
-@app.callback()
-def main(
-    version: bool = typer.Option(
-        False, "--version", callback=_print_version, is_eager=True,
-        help="Print the version and exit.",
-    ),
-) -> None:
-    """Fold offline normalizations out of Transformers; prove and measure the result."""
+_received: list[int] = []
 
 
-# one module per command
-from cli.convert import convert  # noqa: E402
-from cli.fold import fold  # noqa: E402
-from cli.inspect import inspect  # noqa: E402
-from cli.rules import rules  # noqa: E402
-from cli.verify import verify  # noqa: E402
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    _received.append(signum)
+    raise Interrupted(signum)
 
-app.command("convert")(convert)
-app.command("fold")(fold)
-app.command("inspect")(inspect)
-app.command("verify")(verify)
-app.command("rules")(rules)
+
+def _interrupted(signum: int) -> None:
+    # (a second Ctrl-C while this prints must not print a traceback either)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    print("interrupted", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 def run() -> None:
-    app()
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        from cli.app import app
+
+        app()
+    except Interrupted as exc:
+        _interrupted(exc.signum)
+    except BaseException:
+        # An interrupt landing inside an extension module's import comes out as some other
+        # error (onnxruntime: "ImportError: initialization failed"): still an interrupt.
+        if _received:
+            _interrupted(_received[0])
+        raise
 
 
 if __name__ == "__main__":

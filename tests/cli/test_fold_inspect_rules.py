@@ -12,7 +12,7 @@ import pytest
 from onnx import helper
 from typer.testing import CliRunner
 
-from cli.main import app
+from cli.app import app
 from tests.fold.helpers import RNG, const, model, norm_constants, post_norm_stack
 
 N = helper.make_node

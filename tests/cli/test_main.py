@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import unfold
-from cli.main import app
+from cli.app import app
 
 
 def test_version() -> None:
