@@ -5,6 +5,7 @@ and a fold that goes wrong (caught, located, nothing written)."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -233,3 +234,45 @@ def test_a_timm_vit_from_a_state_dict(tmp_path: Path) -> None:
     assert [s.status for s in report.fold.sites] == ["folded"] * 5, \
         [(s.name, s.reasons) for s in report.fold.left]
     assert not {n.op_type for n in onnx.load(tmp_path / "vit.onnx").graph.node} & NORM_OPS
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"atol": ["-1"]}, "--atol '-1': expected a number >= 0"),
+    ({"rtol": ["logits=x"]}, "--rtol 'logits=x': expected a number >= 0"),
+    ({"inputs": InputOptions(shapes=["1x"])}, "--input-shape '1x': expected dimensions"),
+    ({"inputs": InputOptions(dtypes=["images:int65"])}, "--input-dtype 'int65': valid: "),
+    ({"inputs": InputOptions(int_ranges=["zzz"])}, "--int-range 'zzz': expected LOW,HIGH"),
+    ({"inputs": InputOptions(dynamic="batch,sideways")}, "'sideways' is not an axis name"),
+    ({"exporter": "nosuch"}, "--exporter 'nosuch': valid: auto, dynamo, torchscript"),
+    ({"skip": ["nosuch"]}, r"unknown rule\(s\) \['nosuch'\]"),
+    ({"max_scale": 0.5}, "max_scale must be above 1"),
+])
+def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             options: dict, message: str) -> None:
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded before the options were checked")
+
+    monkeypatch.setattr(unfold.pipeline, "load_model", no_work)
+    with pytest.raises(UnfoldError, match=message):
+        unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx", **options)
+    verify_options = {k: v for k, v in options.items() if k in ("atol", "rtol", "inputs")}
+    if verify_options:
+        with pytest.raises(UnfoldError, match=message):
+            unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",
+                          **verify_options)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (InputOptions(int_ranges=["0,9"]),
+     "--int-range '0,9': the model has no integer input to apply it to; its inputs: images "
+     "(float32)"),
+    (InputOptions(int_ranges=["images:0,9"]),
+     "--int-range 'images:0,9': input images is not an integer input"),
+])
+def test_a_range_that_applies_to_no_input_is_an_error(tmp_path: Path, options: InputOptions,
+                                                      message: str) -> None:
+    with pytest.raises(UnfoldError, match=re.escape(message)):
+        unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",
+                       inputs=options)
+    assert list(tmp_path.iterdir()) == []

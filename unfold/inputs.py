@@ -96,6 +96,40 @@ def parse_dynamic(text: str | None) -> dict[int, str]:
     return axes
 
 
+def check_input_options(*, shapes: Sequence[str] = (), dtypes: Sequence[str] = (),
+                        int_ranges: Sequence[str] = (), float_ranges: Sequence[str] = (),
+                        dynamic: str | None = None) -> None:
+    """Everything about the input options that can be checked without the model (their
+    syntax), so that a typo fails before minutes of loading and exporting, not after."""
+    for text in shapes:
+        parse_shape(text)
+    for value in dtypes:
+        text = value.rpartition(":")[2]
+        if text not in DTYPES:
+            raise UnfoldError(f"--input-dtype {text!r}: valid: {', '.join(DTYPES)}")
+    for option, values, integer in (("--int-range", int_ranges, True),
+                                    ("--float-range", float_ranges, False)):
+        for value in values:
+            _parse_range(option, value.rpartition(":")[2], integer)
+    parse_dynamic(dynamic)
+
+
+def _check_range_targets(option: str, values: Sequence[str], specs: Sequence[InputSpec],
+                         integer: bool) -> None:
+    """A range that applies to no input is a mistake, not something to ignore."""
+    kind, a_kind = ("integer", "an integer") if integer else ("float", "a float")
+    fitting = [s.name for s in specs if s.is_integer == integer]
+    inputs = ", ".join(f"{s.name} ({s.dtype})" for s in specs)
+    for value in values:
+        name = value.rpartition(":")[0]
+        if name and name not in fitting and any(s.name == name for s in specs):
+            raise UnfoldError(f"{option} {value!r}: input {name} is not {a_kind} input; "
+                              f"the model's inputs: {inputs}")
+        if not name and not fitting:
+            raise UnfoldError(f"{option} {value!r}: the model has no {kind} input to apply "
+                              f"it to; its inputs: {inputs}")
+
+
 def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
                        optional_names: Sequence[str] = (),
                        dtypes: Sequence[str] = (), int_ranges: Sequence[str] = (),
@@ -132,6 +166,7 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
         by_name[name] = replace(by_name[name], dtype=text)
     for option, values, integer in (("--int-range", int_ranges, True),
                                     ("--float-range", float_ranges, False)):
+        _check_range_targets(option, values, [by_name[n] for n in input_names], integer)
         for name, text in _named(option, values, input_names).items():
             if by_name[name].is_integer == integer:
                 by_name[name] = replace(by_name[name],

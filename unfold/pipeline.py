@@ -23,10 +23,17 @@ from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError
 from unfold.fold import FoldReport, fold_model
-from unfold.inputs import InputSpec, load_npz, specs_from_arrays, specs_from_options
+from unfold.inputs import (
+    InputSpec,
+    check_input_options,
+    load_npz,
+    specs_from_arrays,
+    specs_from_options,
+)
 from unfold.load import LoadedModel, load_model
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
+from unfold.verification.tolerances import check_tolerances
 
 Progress = Callable[[str], None]
 
@@ -93,6 +100,14 @@ class _Stages:
         self.progress(f"{message} done in {self.seconds[name]:.1f}s")
 
 
+def _check_options(inputs: InputOptions, atol: Sequence[str], rtol: Sequence[str]) -> None:
+    """What can be checked before any work is: so a typo costs nothing."""
+    check_input_options(shapes=inputs.shapes, dtypes=inputs.dtypes,
+                        int_ranges=inputs.int_ranges, float_ranges=inputs.float_ranges,
+                        dynamic=inputs.dynamic)
+    check_tolerances(atol, rtol)
+
+
 def resolve_specs(loaded: LoadedModel, options: InputOptions) -> list[InputSpec]:
     """The inputs to export and verify at: the command line over what the model says."""
     defaults = list(loaded.input_specs)
@@ -137,9 +152,20 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
             progress: Progress | None = None) -> ConvertReport:
     """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
     only if no normalization is left)."""
-    from unfold.export import export_onnx
+    from unfold.export import EXPORTERS, export_onnx
+    from unfold.fold.transfer import RULES
 
     inputs = inputs or InputOptions()
+    _check_options(inputs, atol, rtol)
+    if exporter not in EXPORTERS:
+        raise UnfoldError(f"--exporter {exporter!r}: valid: {', '.join(EXPORTERS)}")
+    if opset is not None and opset < 1:
+        raise UnfoldError(f"--opset {opset}: must be a positive ONNX opset version")
+    unknown = sorted(set(skip) - set(RULES))
+    if unknown:
+        raise UnfoldError(f"unknown rule(s) {unknown}; valid: {', '.join(RULES)}")
+    if max_scale is not None and not max_scale > 1.0:
+        raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
     target = check_output_path(out, force=force, inputs=(Path(model),))
     stages = _Stages(progress)
     with stages.stage("load", f"loading {model}"):
@@ -232,6 +258,7 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
     if engine not in ENGINES:
         raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
     inputs = inputs or InputOptions()
+    _check_options(inputs, atol, rtol)
     reference, candidate = Path(reference), Path(candidate)
     stages = _Stages(progress)
     example: dict[str, np.ndarray] = {}

@@ -41,7 +41,14 @@ def default_tolerance(dtype: np.dtype | str) -> Tolerance:
     return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT)
 
 
-def _parse(option: str, values: Sequence[str], output_names: Sequence[str]
+def check_tolerances(atol: Sequence[str] = (), rtol: Sequence[str] = ()) -> None:
+    """The tolerances' syntax and values, before any work (output names are checked once the
+    model's outputs are known)."""
+    _parse("--atol", atol, None)
+    _parse("--rtol", rtol, None)
+
+
+def _parse(option: str, values: Sequence[str], output_names: Sequence[str] | None
            ) -> dict[str | None, float]:
     out: dict[str | None, float] = {}
     for value in values:
@@ -52,7 +59,7 @@ def _parse(option: str, values: Sequence[str], output_names: Sequence[str]
         except (ValueError, AssertionError):
             raise UnfoldError(f"{option} {value!r}: expected a number >= 0 (e.g. 1e-4) or "
                               f"OUTPUT=number (e.g. logits=1e-4)") from None
-        if eq and name not in output_names:
+        if eq and output_names is not None and name not in output_names:
             raise UnfoldError(f"{option} {value!r}: no output {name!r}; outputs: "
                               f"{', '.join(output_names)}")
         out[name if eq else None] = parsed
