@@ -4,10 +4,12 @@ what the inputs are (all optional for a self-describing model)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from unfold.pipeline import InputOptions
+if TYPE_CHECKING:
+    from unfold.pipeline import InputOptions
 
 ARCH = typer.Option(None, "--arch", help="package.module:factory that builds the architecture "
                                          "of a state dict or training checkpoint.")
@@ -36,6 +38,8 @@ RTOL = typer.Option([], "--rtol", help="Tolerance relative to the output's scale
 def input_options(shapes: list[str], dtypes: list[str], int_ranges: list[str],
                   float_ranges: list[str], dynamic: str | None,
                   npz: Path | None) -> InputOptions:
+    from unfold.pipeline import InputOptions
+
     return InputOptions(shapes=shapes, dtypes=dtypes, int_ranges=int_ranges,
                         float_ranges=float_ranges, dynamic=dynamic, npz=npz)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -15,8 +16,9 @@ from cli.fold import FP16, MAX_SCALE, SKIP_HELP, max_scale_for, render, warn_fp1
 from cli.verify import render_verification
 from unfold.errors import ExitCode
 from unfold.export import EXPORTERS
-from unfold.pipeline import ConvertReport
-from unfold.pipeline import convert as convert_model
+
+if TYPE_CHECKING:  # (torch is imported when a command runs, not for --help)
+    from unfold.pipeline import ConvertReport
 
 
 def render_convert(report: ConvertReport) -> None:
@@ -72,6 +74,8 @@ def convert(
     """Convert a trained model to a verified ONNX with every offline normalization folded."""
 
     def body() -> ExitCode:
+        from unfold.pipeline import convert as convert_model
+
         bound = max_scale_for(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the output will NOT be checked against torch",

@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
 from cli._common import run_command, stdout
 from unfold.errors import ExitCode, UnfoldError
-from unfold.fold import FoldReport, fold_parts
 from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
-from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
+
+if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
+    from unfold.fold import FoldReport
 
 SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."
 MAX_SCALE = typer.Option(None, "--max-scale",
@@ -78,6 +80,9 @@ def fold(
     """Fold every offline normalization of MODEL into its neighbouring linear ops."""
 
     def body() -> ExitCode:
+        from unfold.fold import fold_parts
+        from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
+
         bound = max_scale_for(max_scale, fp16)
         target = check_output_path(out, force=force, inputs=(model,))
         folded, report = fold_parts(load_onnx_parts(model), skip=skip, max_scale=bound)

@@ -11,8 +11,6 @@ import typer
 from cli._common import run_command, stdout
 from cli.fold import render
 from unfold.errors import ExitCode
-from unfold.fold import fold_parts
-from unfold.onnx_files import load_onnx_parts
 
 
 def inspect(
@@ -23,6 +21,9 @@ def inspect(
     """List MODEL's normalization sites: offline (foldable or why not) and online."""
 
     def body() -> ExitCode:
+        from unfold.fold import fold_parts
+        from unfold.onnx_files import load_onnx_parts
+
         _, report = fold_parts(load_onnx_parts(model))  # the weights apart, as fold does
         if as_json:
             stdout.print_json(json.dumps(report.to_dict()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -13,8 +14,9 @@ from cli import _inputs as opt
 from cli._common import run_command, stdout
 from unfold.engines import ENGINES
 from unfold.errors import ExitCode
-from unfold.pipeline import verify as verify_models
-from unfold.verification import VerifyReport
+
+if TYPE_CHECKING:  # (torch is imported when a command runs, not for --help)
+    from unfold.verification import VerifyReport
 
 
 def render_verification(report: VerifyReport) -> None:
@@ -59,6 +61,8 @@ def verify(
     """Check that CANDIDATE computes what REFERENCE computes, within explicit tolerances."""
 
     def body() -> ExitCode:
+        from unfold.pipeline import verify as verify_models
+
         report = verify_models(
             reference, candidate, engine=engine, device=device, arch=arch,
             arch_kwargs=arch_kwargs, trust=trust,

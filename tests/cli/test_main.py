@@ -38,3 +38,39 @@ def test_installed_console_script() -> None:
     result = subprocess.run([exe, "--version"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"unfold {unfold.__version__}"
+
+
+_IMPORTED = """
+import atexit, sys
+atexit.register(lambda: print("IMPORTED", *sorted(m for m in ("torch", "onnx", "onnxruntime")
+                                                   if m in sys.modules), file=sys.stderr))
+sys.argv = ["unfold", *sys.argv[1:]]
+from cli.main import run
+run()
+"""
+
+
+def _imported(*args: str) -> set[str]:
+    done = subprocess.run([sys.executable, "-c", _IMPORTED, *args], capture_output=True,
+                          text=True, cwd=__import__("pathlib").Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stderr.splitlines() if x.startswith("IMPORTED"))
+    return set(line.split()[1:])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["rules"], ["rules", "--json"],
+                                  ["fold", "--help"], ["convert", "--help"]])
+def test_help_and_rules_import_neither_torch_nor_onnx(args: list[str]) -> None:
+    """(torch and onnx cost seconds of start-up: benchmarks/startup.py)"""
+    assert _imported(*args) == set()
+
+
+def test_fold_imports_no_torch(tmp_path) -> None:
+    import onnx
+
+    from tests.fold.helpers import post_norm_stack
+
+    onnx.save(post_norm_stack(2, 8), tmp_path / "m.onnx")
+    assert "torch" not in _imported("fold", str(tmp_path / "m.onnx"), "--out",
+                                    str(tmp_path / "f.onnx"))
+    assert "torch" not in _imported("inspect", str(tmp_path / "m.onnx"))

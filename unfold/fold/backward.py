@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import (
     Affine,
@@ -40,6 +40,9 @@ from unfold.fold.algebra import (
     unsqueeze_constant,
 )
 from unfold.fold.flow import Context, Pending, Rewrite, ints, named, quoted
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 PRODUCER = "producer"
 EMBEDDING = "embedding"
@@ -336,9 +339,9 @@ def _into_linear(node: gs.Node, affine: Affine, ctx: Context, plan: Request,
         if has_bias_slot:
             rw.replace_input(node, 2, folded.bias)
         elif can_add_bias and takes_shift:
-            node.inputs.append(gs.Constant(rw.names.new(f"{node.name}_bias"), folded.bias))
+            rw.set_input(node, 2, folded.bias, f"{node.name}_bias")
         elif can_add_bias and np.any(folded.bias != 0):
-            node.inputs.append(gs.Constant(rw.names.new(f"{node.name}_bias"), folded.bias))
+            rw.set_input(node, 2, folded.bias, f"{node.name}_bias")
 
     plan.actions.append(act)
     plan.absorbed_by.append(node.name)

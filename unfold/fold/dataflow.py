@@ -97,6 +97,14 @@ class _Rewriter:
             before, after = self.log.weights.get(self.site, (0.0, 0.0))
             self.log.weights[self.site] = (max(before, weights[0]), max(after, weights[1]))
 
+    def set_input(self, node: gs.Node, slot: int, value: np.ndarray, base: str) -> None:
+        constant = gs.Constant(self.names.new(base), value)
+        if slot < len(node.inputs):
+            node.inputs[slot] = constant
+        else:
+            assert slot == len(node.inputs), (node.name, slot)
+            node.inputs.append(constant)
+
     def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype, base: str,
                     out: gs.Tensor | None = None) -> gs.Tensor:
         """out (a new tensor unless given) = affine(source): a Mul and an Add, each left out

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field, replace
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
-import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from unfold.fold.algebra import Affine
 from unfold.fold.graph import SHAPE_READERS, Names, constant_value
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 
 @dataclass
@@ -144,7 +145,10 @@ class Context:
     def private_constant(self, tensor: gs.Tensor) -> np.ndarray | None:
         """A constant's values as an array nothing else holds (safe to change in place): a
         weight read from its TensorProto is that already; a value the fold made is copied."""
-        if isinstance(tensor, gs.Constant) and isinstance(tensor._values, LazyValues):  # noqa: SLF001
+        import onnx_graphsurgeon as gs
+
+        if isinstance(tensor, gs.Constant) and \
+                isinstance(tensor._values, gs.ir.tensor.LazyValues):  # noqa: SLF001
             return self.constant(tensor)
         value = self.constant(tensor)
         return None if value is None else value.copy()
@@ -152,6 +156,8 @@ class Context:
     def constant_shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
         """A constant's shape without reading its values (a 90 MB embedding table's analysis
         needs only that); None for a variable."""
+        import onnx_graphsurgeon as gs
+
         if isinstance(tensor, gs.Constant):
             return tuple(int(d) for d in tensor.shape)
         value = self.constant(tensor)  # a Constant node's (small) value
@@ -220,6 +226,10 @@ class Rewrite(Protocol):
                       weights: tuple[float, float] | None = None) -> None:
         """node.inputs[slot] = a new constant `value` (a weight when `weights` gives its largest
         |value| before and after, for the report)."""
+
+    def set_input(self, node: gs.Node, slot: int, value: np.ndarray, base: str) -> None:
+        """node.inputs[slot] = a new constant `value` named after `base`, where nothing (or
+        an empty optional input) was: a bias a linear did not have."""
 
     def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype,
                     base: str) -> gs.Tensor:

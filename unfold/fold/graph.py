@@ -4,19 +4,24 @@ copy), replacing a weight, readers, reshape targets, layout round trips, fresh n
 from __future__ import annotations
 
 import itertools
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_graphsurgeon as gs
-from onnx_graphsurgeon.ir.tensor import LazyValues
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     """The value of an initializer or of a Constant node's output; None for a variable. An
     initializer's weights are read afresh each time, never cached (its TensorProto keeps them;
     see weights.py)."""
+    import onnx_graphsurgeon as gs  # (here, not at import: `unfold rules` needs no onnx)
+
     if isinstance(tensor, gs.Constant):
         values = tensor._values  # noqa: SLF001 - .values would cache a copy of every weight
-        return values.load() if isinstance(values, LazyValues) else np.asarray(values)
+        return values.load() if isinstance(values, gs.ir.tensor.LazyValues) else \
+            np.asarray(values)
     if len(tensor.inputs) == 1 and tensor.inputs[0].op == "Constant":
         value = tensor.inputs[0].attrs.get("value")
         if isinstance(value, gs.Constant):
@@ -29,6 +34,8 @@ def replace_weight(node: gs.Node, slot: int, value: np.ndarray, names: Names) ->
     The replaced constant lets its values go when no node reads it any more: onnx-graphsurgeon
     tensors sit in reference cycles, so a replaced weight would otherwise stay in memory until
     Python's next full garbage collection (a post-norm fold replaces nearly every weight)."""
+    import onnx_graphsurgeon as gs  # (here, not at import: `unfold rules` needs no onnx)
+
     old = node.inputs[slot]
     node.inputs[slot] = gs.Constant(names.new(old.name), value)
     if isinstance(old, gs.Constant) and not old.outputs:

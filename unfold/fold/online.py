@@ -12,10 +12,12 @@ Found so they can be reported (kind and reason) instead of silently left in the 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
 
 from unfold.fold.graph import constant_value, rank
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 ONLINE_OPS = {
     "LayerNormalization": "LayerNorm",

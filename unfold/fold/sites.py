@@ -18,9 +18,9 @@ constants that vary along more than one axis (a position table, a mask).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import (
     Affine,
@@ -31,6 +31,9 @@ from unfold.fold.algebra import (
     transpose_constant,
 )
 from unfold.fold.graph import constant_value, undoes
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 ELEMENTWISE = frozenset({"Mul", "Add", "Sub", "Div"})
 LINEAR_PRODUCERS = frozenset({"MatMul", "Gemm", "Conv"})

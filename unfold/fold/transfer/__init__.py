@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
 
 from unfold.fold import backward
 from unfold.fold.flow import Context, Move, Pending, Stop
@@ -34,7 +33,10 @@ from unfold.fold.transfer import (
     select,
 )
 
-PlanFunction = Callable[[gs.Node, dict[int, Pending], Context], Move | Stop | None]
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+PlanFunction = Callable[["gs.Node", dict[int, Pending], Context], Move | Stop | None]
 
 
 @dataclass(frozen=True)

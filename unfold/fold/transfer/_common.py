@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
-import onnx_graphsurgeon as gs
+from typing import TYPE_CHECKING
 
 from unfold.fold.algebra import MAX_CONSTANT_ELEMENTS, Affine
 from unfold.fold.flow import Move, Pending, Stop, ints, named
 from unfold.fold.graph import undoes
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 # Materializing after a commuting op costs the same ops as before it; after is preferred (it
 # keeps layout round trips next to each other, which cleanup then removes, and after a

@@ -3,11 +3,15 @@ a ConvNet's BatchNorm folded into the Conv before it leaves one after a bias-les
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.flow import Context, Move, Pending, Stop
 from unfold.fold.transfer._common import moved
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "activation"
 OPS = frozenset({"Relu", "LeakyRelu", "PRelu"})

@@ -12,11 +12,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import Context, Move, Pending, Stop, quoted
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "attention"
 OPS = frozenset({"MatMul", "Softmax", "Mul", "Div", "Add", "Sub", "Identity", "Dropout",

@@ -11,12 +11,16 @@ contributes the identity (its size along the axis must then be known).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, concat_constants
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, merged, quoted
 from unfold.fold.transfer._common import too_big
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "concat"
 OPS = frozenset({"Concat"})

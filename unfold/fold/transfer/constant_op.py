@@ -13,12 +13,16 @@ pending and deletes them, rule 4.)
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, broadcasts_within
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, named
 from unfold.fold.transfer._common import too_big
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "constant-op"
 OPS = frozenset({"Mul", "Add", "Sub", "Div"})

@@ -9,11 +9,15 @@ W·s scales each input channel (per group); exact at the padding because s⊙0 =
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, quoted
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "consumer-conv"
 OPS = frozenset({"Conv"})
@@ -82,7 +86,7 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         if has_bias:
             rw.replace_input(node, 2, folded.bias)
         elif into_bias and affine.has_shift:
-            node.inputs.append(gs.Constant(rw.names.new(f"{node.name}_bias"), folded.bias))
+            rw.set_input(node, 2, folded.bias, f"{node.name}_bias")
         if stays is not None:
             carrier = arrived[0].carrier
             assert carrier is not None

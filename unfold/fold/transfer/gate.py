@@ -3,11 +3,15 @@ not with a shift:   (s⊙x)⊙g = s⊙(x⊙g),   (s⊙x)/g = s⊙(x/g)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, broadcasts_within
 from unfold.fold.flow import Context, Move, Pending, Stop, named
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "gate"
 OPS = frozenset({"Mul", "Div"})

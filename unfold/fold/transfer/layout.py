@@ -11,8 +11,9 @@ dims the affine does not vary along may be dynamic.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import (
     Affine,
@@ -24,6 +25,9 @@ from unfold.fold.algebra import (
 from unfold.fold.flow import Context, Move, Pending, Stop
 from unfold.fold.graph import reshape_last_dim
 from unfold.fold.transfer._common import ints, moved
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "layout"
 OPS = frozenset({"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squeeze",

@@ -14,8 +14,9 @@ The arithmetic is algebra.fold_matmul_reader / fold_gemm_reader.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import (
     Affine,
@@ -25,6 +26,9 @@ from unfold.fold.algebra import (
     fold_matmul_reader,
 )
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 CONSUMER = "consumer-linear"
 TOKEN = "token-linear"
@@ -144,11 +148,7 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
         if c is not None and beta != 0.0:
             rw.replace_input(node, 2, new_c)
         elif np.any(new_c != 0):
-            constant = gs.Constant(rw.names.new(f"{node.name}_C"), new_c)
-            if len(node.inputs) > 2:
-                node.inputs[2] = constant
-            else:
-                node.inputs.append(constant)
+            rw.set_input(node, 2, new_c, f"{node.name}_C")
             node.attrs["beta"] = 1.0
 
     return Move(CONSUMER, "", (0,), {}, apply=apply, absorbed_by=(node.name,))

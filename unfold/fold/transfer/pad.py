@@ -9,12 +9,16 @@ padded axes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, pad_constant
 from unfold.fold.flow import Context, Move, Pending, Stop
 from unfold.fold.transfer._common import ints, moved
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "pad"
 OPS = frozenset({"Pad"})

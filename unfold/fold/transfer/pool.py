@@ -8,12 +8,16 @@ head's ReduceMean.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine, reduce_mean_constant
 from unfold.fold.flow import Context, Move, Pending, Stop
 from unfold.fold.transfer._common import ints, moved
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "pool"
 OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool",

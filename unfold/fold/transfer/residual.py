@@ -13,12 +13,16 @@ stream (the pending becomes a pure shift), so an fp16 engine stays in range.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, merged, named
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "residual-add"
 OPS = frozenset({"Add", "Sub"})

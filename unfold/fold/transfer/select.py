@@ -10,12 +10,16 @@ torch.roll (two Slices, then a Concat).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import gather_constant, slice_constant
 from unfold.fold.flow import Context, Move, Pending, Stop, quoted
 from unfold.fold.transfer._common import ints, moved, too_big
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
 
 NAME = "select"
 OPS = frozenset({"Slice", "Gather", "Split"})
