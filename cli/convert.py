@@ -3,7 +3,6 @@ only then write."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,8 +10,8 @@ from typing import TYPE_CHECKING
 import typer
 
 from cli import _inputs as opt
-from cli._common import run_command, stdout
-from cli.fold import FP16, MAX_SCALE, SKIP_HELP, max_scale_for, render, warn_fp16
+from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
+from cli.fold import FP16, MAX_SCALE, SKIP, max_scale_for, render, warn_fp16
 from cli.verify import render_verification
 from unfold.errors import ExitCode
 from unfold.export import EXPORTERS
@@ -39,9 +38,10 @@ def render_convert(report: ConvertReport) -> None:
 
 
 def convert(
-    model: Path = typer.Argument(..., help="The trained model: .pt2 (torch.export), "
-                                           "TorchScript, state dict or checkpoint (--arch), "
-                                           "pickled module (--trust)."),
+    model: Path = typer.Argument(..., metavar="MODEL",
+                                 help="The trained model: .pt2 (torch.export), TorchScript, "
+                                      "state dict or checkpoint (--arch), pickled module "
+                                      "(--trust)."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded ONNX."),
     arch: str | None = opt.ARCH,
     arch_kwargs: str | None = opt.ARCH_KWARGS,
@@ -53,6 +53,8 @@ def convert(
     dynamic: str | None = opt.DYNAMIC,
     inputs: Path | None = opt.INPUTS,
     exporter: str = typer.Option("auto", "--exporter",
+                                 parser=one_of("--exporter", EXPORTERS, "an exporter"),
+                                 metavar="EXPORTER",
                                  help=f"{', '.join(EXPORTERS)} (auto: dynamo, falling back to "
                                       f"the TorchScript exporter)."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the "
@@ -61,15 +63,15 @@ def convert(
     rtol: list[str] = opt.RTOL,
     no_verify: bool = typer.Option(False, "--no-verify",
                                    help="Write without checking against torch (not advised)."),
-    skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    skip: list[str] = SKIP,
     max_scale: float | None = MAX_SCALE,
     fp16: bool = FP16,
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 (writing nothing) if any normalization is left."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random verification batches."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    as_json: bool = JSON,
+    debug: bool = DEBUG,
 ) -> None:
     """Convert a trained model to a verified ONNX with every offline normalization folded."""
 
@@ -87,10 +89,7 @@ def convert(
             exporter=exporter, opset=opset, verify=not no_verify, atol=atol, rtol=rtol,
             skip=skip, max_scale=bound, force=force, seed=seed, strict=strict,
             progress=opt.progress)
-        if as_json:
-            stdout.print_json(json.dumps(report.to_dict()))
-        else:
-            render_convert(report)
+        show(report, as_json, render_convert)
         if fp16:
             warn_fp16(report.fold)
         if report.verification is not None and not report.verification:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from cli._common import run_command, stdout
+from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.errors import ExitCode, UnfoldError
 from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
@@ -18,7 +17,9 @@ from unfold.fold.transfer import RULES
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
     from unfold.fold import FoldReport
 
-SKIP_HELP = f"A rule to skip: {', '.join(RULES)}."
+SKIP = typer.Option([], "--skip", parser=one_of("--skip", RULES, "a rule"), metavar="RULE",
+                    help=f"A rule to leave out, repeatable: {', '.join(RULES)} (`unfold "
+                         f"rules`).")
 MAX_SCALE = typer.Option(None, "--max-scale",
                          help="Bound on the scale a post-norm residual stream carries: where "
                               "dividing a branch by it would grow weights by more, one Mul "
@@ -66,16 +67,16 @@ def render(report: FoldReport) -> None:
 
 
 def fold(
-    model: Path = typer.Argument(..., help="The ONNX model to fold."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="The ONNX model to fold."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded model."),
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 (writing nothing) if any normalization is left."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    skip: list[str] = typer.Option([], "--skip", help=SKIP_HELP),
+    as_json: bool = JSON,
+    skip: list[str] = SKIP,
     max_scale: float | None = MAX_SCALE,
     fp16: bool = FP16,
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: bool = DEBUG,
 ) -> None:
     """Fold every offline normalization of MODEL into its neighbouring linear ops."""
 
@@ -86,10 +87,7 @@ def fold(
         bound = max_scale_for(max_scale, fp16)
         target = check_output_path(out, force=force, inputs=(model,))
         folded, report = fold_parts(load_onnx_parts(model), skip=skip, max_scale=bound)
-        if as_json:
-            stdout.print_json(json.dumps(report.to_dict()))
-        else:
-            render(report)
+        show(report, as_json, render)
         if fp16:
             warn_fp16(report)
         if strict and not report:
@@ -97,6 +95,7 @@ def fold(
                   file=sys.stderr)
             return ExitCode.CHECK_FAILED
         save_onnx_atomic(folded, target)
+        print(f"wrote {target}", file=sys.stderr)
         return ExitCode.OK
 
     run_command("fold", body, debug)

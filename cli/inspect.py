@@ -3,20 +3,19 @@ whether each can be folded (by running the fold, writing nothing)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
-from cli._common import run_command, stdout
+from cli._common import DEBUG, JSON, run_command, show
 from cli.fold import render
 from unfold.errors import ExitCode
 
 
 def inspect(
-    model: Path = typer.Argument(..., help="Any ONNX model."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    model: Path = typer.Argument(..., metavar="MODEL", help="Any ONNX model."),
+    as_json: bool = JSON,
+    debug: bool = DEBUG,
 ) -> None:
     """List MODEL's normalization sites: offline (foldable or why not) and online."""
 
@@ -25,10 +24,7 @@ def inspect(
         from unfold.onnx_files import load_onnx_parts
 
         _, report = fold_parts(load_onnx_parts(model))  # the weights apart, as fold does
-        if as_json:
-            stdout.print_json(json.dumps(report.to_dict()))
-        else:
-            render(report)
+        show(report, as_json, render)
         return ExitCode.OK
 
     run_command("inspect", body, debug)

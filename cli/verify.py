@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +10,7 @@ import typer
 from rich.table import Table
 
 from cli import _inputs as opt
-from cli._common import run_command, stdout
+from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.engines import ENGINES
 from unfold.errors import ExitCode
 
@@ -37,10 +36,13 @@ def render_verification(report: VerifyReport) -> None:
 
 
 def verify(
-    reference: Path = typer.Argument(..., help="model.pt (run by torch) or an .onnx "
-                                               "(run by ONNX Runtime)."),
-    candidate: Path = typer.Argument(..., help="The .onnx to check (or another model.pt)."),
-    engine: str = typer.Option("ort", "--engine",
+    reference: Path = typer.Argument(..., metavar="REFERENCE",
+                                     help="model.pt (run by torch) or an .onnx (run by ONNX "
+                                          "Runtime)."),
+    candidate: Path = typer.Argument(..., metavar="CANDIDATE",
+                                     help="The .onnx to check (or another model.pt)."),
+    engine: str = typer.Option("ort", "--engine", parser=one_of("--engine", ENGINES, "an engine"),
+                               metavar="ENGINE",
                                help=f"What runs CANDIDATE: {', '.join(ENGINES)}."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     arch: str | None = opt.ARCH,
@@ -55,8 +57,8 @@ def verify(
     atol: list[str] = opt.ATOL,
     rtol: list[str] = opt.RTOL,
     seed: int = typer.Option(0, "--seed", help="Seed of the random batches."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    as_json: bool = JSON,
+    debug: bool = DEBUG,
 ) -> None:
     """Check that CANDIDATE computes what REFERENCE computes, within explicit tolerances."""
 
@@ -69,10 +71,7 @@ def verify(
             inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
                                      inputs),
             atol=atol, rtol=rtol, seed=seed, progress=opt.progress)
-        if as_json:
-            stdout.print_json(json.dumps(report.to_dict()))
-        else:
-            render_verification(report)
+        show(report, as_json, render_verification)
         if not report:
             print("error: outputs differ beyond tolerance", file=sys.stderr)
             return ExitCode.CHECK_FAILED

@@ -52,7 +52,7 @@ def test_fold_writes_the_folded_model_and_reports(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["folded"] == 1 and report["no_norm_left"] is True
     assert report["ops_after"] == {"Add": 1, "MatMul": 1}
-    assert "PASSED" in result.stderr
+    assert "PASSED" in result.stderr and f"wrote {out}" in result.stderr
     folded = onnx.load(out)
     onnx.checker.check_model(folded, full_check=True)
     assert sorted(n.op_type for n in folded.graph.node) == ["Add", "MatMul"]
@@ -135,12 +135,30 @@ def test_output_folder_missing(tmp_path: Path) -> None:
                        f"cannot write {out}: the folder {out.parent} does not exist")
 
 
-def test_unknown_skip(tmp_path: Path) -> None:
-    _assert_user_error(_invoke("fold", _write(tmp_path), "--out", tmp_path / "o.onnx",
-                               "--skip", "nope"), 2,
-                       "unknown rule(s) ['nope']; valid: compose, producer, embedding, "
-                       "consumer-linear, consumer-conv, token-linear, attention, layout, select, "
-                       "pad, pool, concat, constant-op, residual-add, gate, activation")
+@pytest.mark.parametrize(("args", "message"), [
+    (["fold", "m.onnx", "--out", "o.onnx", "--skip", "nope"],
+     "Invalid value for --skip: 'nope' is not a rule; valid: compose, producer, embedding, "
+     "consumer-linear, consumer-conv, token-linear, attention, layout, select, pad, pool, "
+     "concat, constant-op, residual-add, gate, activation"),
+    (["convert", "m.pt", "--out", "o.onnx", "--exporter", "nosuch"],
+     "Invalid value for --exporter: 'nosuch' is not an exporter; valid: auto, dynamo, "
+     "torchscript"),
+    (["verify", "m.pt", "m.onnx", "--engine", "nosuch"],
+     "Invalid value for --engine: 'nosuch' is not an engine; valid: ort, trt, torch"),
+])
+def test_a_name_outside_its_registry_fails_while_parsing(tmp_path: Path, args: list[str],
+                                                         message: str) -> None:
+    """(the files do not even exist: nothing is read before the command line is valid)"""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def test_help_lists_each_registry_and_shows_flags_as_flags() -> None:
+    fold_help = runner.invoke(app, ["fold", "--help"]).stdout
+    assert "--skip RULE" in fold_help and "consumer-linear" in fold_help
+    assert "--force " in fold_help and "<bool>" not in fold_help
+    assert "What runs CANDIDATE: ort, trt, torch" in runner.invoke(app, ["verify", "--help"]).stdout
 
 
 def _ops(path: Path) -> list[str]:

@@ -74,3 +74,17 @@ def test_fold_imports_no_torch(tmp_path) -> None:
     assert "torch" not in _imported("fold", str(tmp_path / "m.onnx"), "--out",
                                     str(tmp_path / "f.onnx"))
     assert "torch" not in _imported("inspect", str(tmp_path / "m.onnx"))
+
+
+def test_piped_tables_keep_one_row_per_line() -> None:
+    """rich lays tables out for 80 columns when stdout is no terminal: a pipe or a file must
+    still get one row per line (grep, awk)."""
+    from unfold.fold.transfer import RULES
+
+    done = subprocess.run([sys.executable, "-m", "cli", "rules"], capture_output=True,
+                          text=True, cwd=__import__("pathlib").Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    for rule in RULES.values():
+        (row,) = [line for line in done.stdout.splitlines()
+                  if line.split("│")[1:2] and line.split("│")[1].strip() == rule.name]
+        assert rule.algebra in row, (rule.name, row)

@@ -44,7 +44,8 @@ def _tensorrt_installed() -> bool:
 
 @pytest.mark.skipif(_tensorrt_installed(), reason="TensorRT is installed here")
 def test_tensorrt_missing_is_exit_code_3_with_what_to_do() -> None:
-    with pytest.raises(UnfoldError, match=r"TensorRT is not installed.*unfold\[trt\]") as info:
+    with pytest.raises(UnfoldError,
+                       match=r"TensorRT is not installed: `pip install -e \"\.\[trt\]\"`") as info:
         TrtRunner(b"", [])
     assert info.value.exit_code == ExitCode.ENGINE_MISSING
 

@@ -26,8 +26,9 @@ def require_tensorrt() -> None:
         if not hasattr(tensorrt, "Builder"):  # e.g. only tensorrt-stubs: a bare namespace
             raise ImportError("no TensorRT library")
     except ImportError:
-        raise UnfoldError("TensorRT is not installed: `pip install unfold[trt]` on a machine "
-                          "with an NVIDIA GPU (its wheels come from NVIDIA's index)",
+        raise UnfoldError("TensorRT is not installed: `pip install -e \".[trt]\"` (the `trt` "
+                          "extra) in this checkout, on a machine with an NVIDIA GPU (its wheels "
+                          "come from NVIDIA's index)",
                           ExitCode.ENGINE_MISSING) from None
     import torch
 
