@@ -135,11 +135,15 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
                        dtypes: Sequence[str] = (), int_ranges: Sequence[str] = (),
                        float_ranges: Sequence[str] = (),
                        dynamic: str | None = None,
-                       defaults: Sequence[InputSpec] = ()) -> list[InputSpec]:
+                       defaults: Sequence[InputSpec] = (),
+                       partial: Mapping[str, Sequence[int | str]] | None = None
+                       ) -> list[InputSpec]:
     """The specs the command line describes, over `defaults` (what the model itself says).
 
     Shapes are given in input order or by name; every input needs one (from either).
-    `optional_names` (forward's parameters with defaults) are used only where given."""
+    `optional_names` (forward's parameters with defaults) are used only where given.
+    `partial`: what the model knows of an input's shape that has no default (an ONNX input's
+    dims, a name where one varies), for the hint when none is given."""
     by_name = {spec.name: spec for spec in defaults}
     known = list(input_names) + list(optional_names)
     positional = iter(input_names)
@@ -157,8 +161,7 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
         by_name[name] = (replace(old, shape=shape) if old else InputSpec(name, shape))
     missing = [n for n in input_names if n not in by_name]
     if missing:
-        raise UnfoldError(f"no shape for input(s) {', '.join(missing)}: give --input-shape "
-                          f"(e.g. --input-shape {missing[0]}:1x3x224x224), or --inputs FILE.npz")
+        raise UnfoldError(_no_shape_message(missing, partial or {}))
     input_names = [n for n in known if n in by_name]  # forward's order
     for name, text in _named("--input-dtype", dtypes, input_names).items():
         if text not in DTYPES:
@@ -182,6 +185,20 @@ def specs_from_options(input_names: Sequence[str], *, shapes: Sequence[str],
                               f"--int-range {name}:LOW,HIGH (e.g. token ids 0,30000)")
         specs.append(spec)
     return specs
+
+
+def _no_shape_message(missing: Sequence[str], partial: Mapping[str, Sequence[int | str]]) -> str:
+    """What to give, in the model's own names and, where it knows them, shapes."""
+    known = [n for n in missing if n in partial]
+    if not known:
+        return (f"no shape for input(s) {', '.join(missing)}: give --input-shape NAME:DIMS "
+                f"for each (e.g. --input-shape {missing[0]}:1x128), or --inputs FILE.npz")
+    takes = ", ".join(f"{n}: {'x'.join(map(str, partial[n]))}" for n in known)
+    example = " ".join(f"--input-shape {n}:"
+                       + "x".join(str(d) if isinstance(d, int) else "1" for d in partial[n])
+                       for n in known)
+    return (f"no shape for input(s) {', '.join(missing)}: the model takes {takes}; give the "
+            f"varying dimensions, e.g. {example} (or --inputs FILE.npz)")
 
 
 def _describe_names(required: Sequence[str], optional: Sequence[str]) -> str:

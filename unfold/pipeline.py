@@ -227,10 +227,13 @@ def _onnx_specs(model: onnx.ModelProto, options: InputOptions) -> list[InputSpec
     from onnx.helper import tensor_dtype_to_np_dtype
 
     defaults, names = [], []
+    partial: dict[str, list[int | str]] = {}
     for value in model.graph.input:
         tensor = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
         names.append(value.name)
+        partial[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                               for d in tensor.shape.dim]
         dynamic = {i: d.dim_param or f"dim{i}" for i, d in enumerate(tensor.shape.dim)
                    if not d.HasField("dim_value")}
         if not dynamic:
@@ -239,7 +242,7 @@ def _onnx_specs(model: onnx.ModelProto, options: InputOptions) -> list[InputSpec
     return specs_from_options(names, shapes=options.shapes, dtypes=options.dtypes,
                               int_ranges=options.int_ranges,
                               float_ranges=options.float_ranges, dynamic=options.dynamic,
-                              defaults=defaults)
+                              defaults=defaults, partial=partial)
 
 
 def _is_onnx(path: Path) -> bool:

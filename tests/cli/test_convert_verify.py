@@ -86,6 +86,18 @@ def test_verify_names_the_node_where_outputs_depart(converted: tuple[Path, dict]
     assert f"first departing node: {reader.name} ({reader.op_type})" in result.stdout
 
 
+def test_a_missing_shape_is_hinted_in_the_models_own_names_and_dims(tmp_path: Path) -> None:
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Relu", ["x"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])])
+    onnx.save(onnx.helper.make_model(graph), tmp_path / "a.onnx")
+    result = _invoke("verify", tmp_path / "a.onnx", tmp_path / "a.onnx")
+    _assert_user_error(result, 2, "no shape for input(s) x: the model takes x: Nx1x8x8; give "
+                                  "the varying dimensions, e.g. --input-shape x:1x1x8x8")
+    assert "images" not in result.stderr and "224" not in result.stderr
+
+
 def test_verify_with_tensorrt_missing_exits_3(converted: tuple[Path, dict]) -> None:
     out, _ = converted
     result = _invoke("verify", STATE, *CONFIRM, out, "--engine", "trt")
