@@ -15,7 +15,7 @@ from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
-    from unfold.fold import FoldReport
+    from unfold.fold import FoldReport, SiteReport
 
 SKIP = typer.Option([], "--skip", parser=one_of("--skip", RULES, "a rule"), metavar="RULE",
                     help=f"A rule to leave out, repeatable: {', '.join(RULES)} (`unfold "
@@ -42,16 +42,20 @@ def warn_fp16(report: FoldReport) -> None:
               f"{site.max_abs_weight_after:.3g}, beyond fp16's {FP16_MAX:g}", file=sys.stderr)
 
 
+def site_detail(site: SiteReport) -> str:
+    """Where a site's affine went (its path, the ops that took it) and why any stayed."""
+    where = ", ".join(site.absorbed_by)
+    if site.path:
+        where = "; ".join([*site.path, where] if where else site.path)
+    return "; ".join(filter(None, [where, *site.reasons]))
+
+
 def render(report: FoldReport) -> None:
     table = Table(title="normalization sites")
     for column in ("site", "kind", "status", "went to / stayed because"):
         table.add_column(column)
     for site in report.sites:
-        where = ", ".join(site.absorbed_by)
-        if site.path:
-            where = "; ".join([*site.path, where] if where else site.path)
-        detail = "; ".join(filter(None, [where, *site.reasons]))
-        table.add_row(site.name, site.kind, site.status, detail)
+        table.add_row(site.name, site.kind, site.status, site_detail(site))
     for norm in report.online:
         table.add_row(norm.name, norm.kind, "online", norm.reason)
     stdout.print(table)

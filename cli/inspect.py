@@ -4,12 +4,41 @@ whether each can be folded (by running the fold, writing nothing)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+from rich.table import Table
 
-from cli._common import DEBUG, JSON, run_command, show
-from cli.fold import render
+from cli._common import DEBUG, JSON, run_command, show, stdout
+from cli.fold import site_detail
 from unfold.errors import ExitCode
+
+if TYPE_CHECKING:
+    from unfold.fold import FoldReport
+
+# what the fold would make of a site (FoldReport's statuses say what it did)
+WOULD = {"folded": "would fold", "materialized": "would fold into one Mul+Add at an output",
+         "partial": "would partly fold", "stayed": "would stay", "kept": "kept (no norm)"}
+
+
+def render_inspect(report: FoldReport) -> None:
+    if not report.sites and not report.online:
+        stdout.print("no normalization found: nothing to fold")
+        return
+    table = Table(title="normalization sites")
+    for column in ("site", "kind", "fold", "into / why not"):
+        table.add_column(column)
+    for site in report.sites:
+        table.add_row(site.name, site.kind, WOULD.get(site.status, site.status),
+                      site_detail(site))
+    for norm in report.online:
+        table.add_row(norm.name, norm.kind, "online: stays", norm.reason)
+    stdout.print(table)
+    would = sum(s.status in ("folded", "materialized") for s in report.sites)
+    stdout.print(f"{len(report.sites)} offline sites: {would} would fold, "
+                 f"{len(report.sites) - would} would not entirely; "
+                 f"{len(report.online)} online norms (they stay); "
+                 f"`unfold fold` writes the folded model")
 
 
 def inspect(
@@ -24,7 +53,7 @@ def inspect(
         from unfold.onnx_files import load_onnx_parts
 
         _, report = fold_parts(load_onnx_parts(model))  # the weights apart, as fold does
-        show(report, as_json, render)
+        show(report, as_json, render_inspect)
         return ExitCode.OK
 
     run_command("inspect", body, debug)

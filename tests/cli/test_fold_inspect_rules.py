@@ -234,6 +234,10 @@ def test_inspect_lists_offline_and_online_norms(tmp_path: Path) -> None:
     assert [(o["name"], o["kind"]) for o in report["online"]] == [("ln", "LayerNorm")]
     assert report["no_norm_left"] is False
     assert not list(tmp_path.glob("*.onnx"))[1:], "inspect writes nothing"
+    table = _invoke("inspect", path).stdout
+    assert "would fold" in table and "online: stays" in table
+    assert "1 offline sites: 1 would fold" in table
+    assert "sites folded" not in table and "ops before" not in table, "it changes nothing"
 
 
 def test_rules_lists_the_registry() -> None:
