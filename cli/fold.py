@@ -38,7 +38,7 @@ def max_scale_for(max_scale: float | None, fp16: bool) -> float | None:
 
 def warn_fp16(report: FoldReport) -> None:
     for site in report.fp16_overflows():
-        print(f"warning: --fp16: site {site.name}'s folded weights reach "
+        print(f"warning: --fp16: site {site.label}'s folded weights reach "
               f"{site.max_abs_weight_after:.3g}, beyond fp16's {FP16_MAX:g}", file=sys.stderr)
 
 
@@ -55,9 +55,9 @@ def render(report: FoldReport) -> None:
     for column in ("site", "kind", "status", "went to / stayed because"):
         table.add_column(column)
     for site in report.sites:
-        table.add_row(site.name, site.kind, site.status, site_detail(site))
+        table.add_row(site.label, site.kind, site.status, site_detail(site))
     for norm in report.online:
-        table.add_row(norm.name, norm.kind, "online", norm.reason)
+        table.add_row(norm.label, norm.kind, "online", norm.reason)
     stdout.print(table)
     ops = Table(title="ops before -> after (changed only)")
     for column in ("op", "before", "after"):

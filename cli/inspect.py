@@ -29,10 +29,10 @@ def render_inspect(report: FoldReport) -> None:
     for column in ("site", "kind", "fold", "into / why not"):
         table.add_column(column)
     for site in report.sites:
-        table.add_row(site.name, site.kind, WOULD.get(site.status, site.status),
+        table.add_row(site.label, site.kind, WOULD.get(site.status, site.status),
                       site_detail(site))
     for norm in report.online:
-        table.add_row(norm.name, norm.kind, "online: stays", norm.reason)
+        table.add_row(norm.label, norm.kind, "online: stays", norm.reason)
     stdout.print(table)
     would = sum(s.status in ("folded", "materialized") for s in report.sites)
     stdout.print(f"{len(report.sites)} offline sites: {would} would fold, "

@@ -37,6 +37,9 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> tuple[unfold.pipeline.Co
 
 def test_a_shipped_program_converts_with_no_flags(digits) -> None:
     report, out = digits
+    assert [s.label for s in report.fold.sites] == [
+        f"blocks.{i}.norm{j}" for i in range(4) for j in (1, 2)] + ["norm"], \
+        "sites named by the torch module the dynamo exporter recorded"
     assert report.written == out and out.is_file()
     assert (report.format, report.exporter) == ("torch.export program", "dynamo")
     assert len(report.fold.folded) == len(report.fold.sites) == 9

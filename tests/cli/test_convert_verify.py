@@ -56,7 +56,7 @@ def test_convert_table_and_progress(tmp_path: Path) -> None:
                      "torchscript")
     assert result.exit_code == 0, result.output
     for text in ("state dict", "normalization sites", "9 of 9 offline sites folded",
-                 "max abs", "time per stage"):
+                 "max abs", "time per stage", "│ blocks.3.norm2 "):
         assert text in result.stdout, text
     assert "[unfold] exporting to ONNX ..." in result.stderr
 

@@ -18,7 +18,7 @@ from unfold.fold.cleanup import tidy_layout
 from unfold.fold.dataflow import fold_graph
 from unfold.fold.graph import Names
 from unfold.fold.online import find_online_norms
-from unfold.fold.report import FoldReport
+from unfold.fold.report import FoldReport, torch_module
 from unfold.fold.transfer import RULES
 from unfold.fold.weights import (
     ModelParts,
@@ -114,6 +114,8 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     if max_scale is not None and not max_scale > 1.0:
         raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
+    modules = {node.name: module for node in parts.skeleton.graph.node
+               if (module := torch_module(node)) is not None}
     big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
     # Python's cyclic collector would walk the graph's many small objects again and again (a
     # third of a 128-block fold): replaced weights are freed explicitly (replace_weight), and
@@ -140,4 +142,8 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
             gc.collect()
     onnx.checker.check_model(weightless_model(folded), full_check=True)
     ops_after = Counter(node.op_type for node in folded.skeleton.graph.node)
+    for site in sites:
+        site.module = modules.get(site.name)
+    for norm in online:
+        norm.module = modules.get(norm.name)
     return folded, FoldReport(sites, original_ops, ops_after, online)

@@ -35,6 +35,11 @@ class OnlineNorm:
     name: str
     kind: str
     reason: str = REASON
+    module: str | None = None  # the torch module it was exported from, where recorded
+
+    @property
+    def label(self) -> str:
+        return self.module or self.name
 
 
 def _reduces_last_axis(node: gs.Node) -> bool:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unfold.fold.online import OnlineNorm
+
+if TYPE_CHECKING:
+    import onnx
 
 FP16_MAX = 65504.0  # the largest finite float16
 # --fp16's bound on the scale a post-norm stream carries (transfer/residual.py, norm.py):
@@ -16,9 +20,28 @@ FP16_MAX = 65504.0  # the largest finite float16
 FP16_MAX_SCALE = 64.0
 
 
+def torch_module(node: onnx.NodeProto) -> str | None:
+    """The torch module an exported node came from, where the exporter recorded it: the
+    dynamo exporter in the node's metadata (`pkg.torch.onnx.name_scopes`: `['', 'blocks.3',
+    'blocks.3.norm1', 'mul_21']`), the TorchScript exporter in its name
+    (`/blocks.3/norm1/Mul`). None for the top-level module, or a graph from elsewhere."""
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return None
+            modules = [s for s in scopes[:-1] if isinstance(s, str) and s]
+            return modules[-1] if modules else None
+    parts = node.name.split("/")
+    if node.name.startswith("/") and len(parts) > 2 and all(parts[1:-1]):
+        return ".".join(parts[1:-1])
+    return None
+
+
 @dataclass
 class SiteReport:
-    name: str
+    name: str  # the ONNX node the site starts at
     kind: str
     channels: int
     # "folded": gone; "materialized": a pending affine left as one Mul/Add at a graph output
@@ -34,6 +57,12 @@ class SiteReport:
     # min and max |scale| the site's affine had while it was carried (a post-norm stream's is
     # the product of every norm's so far: dividing weights by it grows them by 1/min)
     scale_range: list[float] | None = None
+    module: str | None = None  # the torch module it was exported from, where recorded
+
+    @property
+    def label(self) -> str:
+        """How a person knows it: its torch module (blocks.3.norm1), else its node's name."""
+        return self.module or self.name
 
 
 @dataclass
