@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.engines import ONNX_ENGINES, Runner
+from unfold.engines import ONNX_ENGINES, Runner, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError
@@ -272,6 +272,11 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
         if candidate_onnx is not None and engine == "torch":
             raise UnfoldError(f"--engine torch runs model.pt files; {candidate} is ONNX: "
                               f"use --engine {' or '.join(ONNX_ENGINES)}")
+        # (before the reference loads: a missing engine costs nothing)
+        if engine == "openvino":
+            from unfold.engines.openvino import require_openvino
+
+            require_openvino()
         output_names = [o.name for o in candidate_onnx.graph.output] if candidate_onnx else []
         reference_onnx = None
         if _is_onnx(reference):
@@ -288,14 +293,9 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
         if candidate_onnx is None:
             other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
             other.use_inputs([spec.name for spec in specs])
-            cand_runner = TorchRunner(other.module, other.input_names, device=device,
-                                      by_keyword=other.by_keyword)
-        elif engine == "trt":
-            from unfold.engines.trt import TrtRunner
-
-            cand_runner = TrtRunner(candidate_onnx, specs)
+            cand_runner = runner_for(other, "torch", device=device)
         else:
-            cand_runner = OrtRunner(candidate_onnx, device=device)
+            cand_runner = runner_for(candidate_onnx, engine, device=device, specs=specs)
         user = (f"--inputs {inputs.npz}", load_npz(inputs.npz, specs)) if inputs.npz else None
     with stages.stage("verify", "comparing outputs"):
         batches = make_batches(specs, seed=seed, example=example, user=user)

@@ -144,7 +144,7 @@ def test_output_folder_missing(tmp_path: Path) -> None:
      "Invalid value for --exporter: 'nosuch' is not an exporter; valid: auto, dynamo, "
      "torchscript"),
     (["verify", "m.pt", "m.onnx", "--engine", "nosuch"],
-     "Invalid value for --engine: 'nosuch' is not an engine; valid: ort, trt, torch"),
+     "Invalid value for --engine: 'nosuch' is not an engine; valid: ort, openvino, trt, torch"),
 ])
 def test_a_name_outside_its_registry_fails_while_parsing(tmp_path: Path, args: list[str],
                                                          message: str) -> None:
@@ -158,7 +158,8 @@ def test_help_lists_each_registry_and_shows_flags_as_flags() -> None:
     fold_help = runner.invoke(app, ["fold", "--help"]).stdout
     assert "--skip RULE" in fold_help and "consumer-linear" in fold_help
     assert "--force " in fold_help and "<bool>" not in fold_help
-    assert "What runs CANDIDATE: ort, trt, torch" in runner.invoke(app, ["verify", "--help"]).stdout
+    verify_help = runner.invoke(app, ["verify", "--help"]).stdout
+    assert "What runs CANDIDATE: ort, openvino, trt, torch" in verify_help
 
 
 def _ops(path: Path) -> list[str]:

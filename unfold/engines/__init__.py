@@ -1,8 +1,11 @@
 """One runner per engine, each `run(feeds: dict[name, ndarray]) -> dict[name, ndarray]`:
 
 - `ort`: ONNX Runtime (CUDA when onnxruntime-gpu sees a GPU, else CPU), on an ONNX model;
+- `openvino`: OpenVINO's CPU plugin (fp32), on an ONNX model;
 - `trt`: TensorRT 10, on an ONNX model (built into an engine in memory) or a serialized engine;
-- `torch`: PyTorch, on a loaded model.
+- `torch`: PyTorch, on a loaded model (eager, or torch.compile'd).
+
+`runner_for(model, engine, ...)` picks one, for `verify` and `bench` alike.
 
 Each engine's package is imported only when that engine is asked for; one that is not
 installed is an `UnfoldError` with exit code 3 that says how to get it.
@@ -10,11 +13,18 @@ installed is an `UnfoldError` with exit code 3 that says how to get it.
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-ONNX_ENGINES = ("ort", "trt")
+from unfold.errors import UnfoldError
+
+if TYPE_CHECKING:
+    from unfold.inputs import InputSpec
+
+ONNX_ENGINES = ("ort", "openvino", "trt")
 ENGINES = (*ONNX_ENGINES, "torch")
 
 
@@ -24,3 +34,43 @@ class Runner(Protocol):
     description: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def runner_for(model: Any, engine: str, *, device: str = "cpu",
+               threads: int | None = None, specs: Sequence[InputSpec] = (),
+               compile: bool = False) -> Runner:
+    """The runner of `engine` for `model`: an ONNX model (a ModelProto or its path) for the
+    ONNX engines, a loaded torch model (`unfold.load.LoadedModel`) for `torch`. `threads`
+    fixes the engine's intra-op threads; `specs` (the inputs' shapes) are what a TensorRT
+    engine is built for; `compile` runs the torch model through torch.compile."""
+    if engine not in ENGINES:
+        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
+    is_torch = hasattr(model, "module")
+    if engine == "torch":
+        if not is_torch:
+            raise UnfoldError(f"--engine torch runs model.pt files; {model} is ONNX: use "
+                              f"--engine {' or '.join(ONNX_ENGINES)}")
+        from unfold.engines.torch_runner import TorchRunner
+
+        return TorchRunner(model.module, model.input_names, device=device,
+                           by_keyword=model.by_keyword, threads=threads, compile=compile)
+    if is_torch:
+        raise UnfoldError(f"--engine {engine} runs ONNX models; {model.source} is a "
+                          f"{model.format}: use --engine torch, or convert it first")
+    if compile:
+        raise UnfoldError("--compile applies to --engine torch only")
+    if engine == "ort":
+        from unfold.engines.ort import OrtRunner
+
+        return OrtRunner(model, device=device, threads=threads)
+    if engine == "openvino":
+        from unfold.engines.openvino import OpenVinoRunner
+
+        return OpenVinoRunner(model, device=device, threads=threads)
+    from unfold.engines.trt import TrtRunner
+
+    if not isinstance(model, (str, Path)):
+        return TrtRunner(model, specs)
+    import onnx
+
+    return TrtRunner(onnx.load(str(model)), specs)

@@ -28,11 +28,17 @@ def _providers(device: str) -> list[str]:
 
 class OrtRunner:
     def __init__(self, model: onnx.ModelProto | str | Path, *, device: str = "cpu",
-                 extra_outputs: Sequence[str] = ()) -> None:
+                 extra_outputs: Sequence[str] = (), threads: int | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.log_severity_level = 4  # failures are raised, with the inputs
+        if threads is not None:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        # worker threads that spin after a run steal the next session's cores (BENCHMARKS.md:
+        # on 2 cores one session's spinning doubled the next one's latency)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if extra_outputs:
             # intermediates as outputs: optimizations would fuse some of them away
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL

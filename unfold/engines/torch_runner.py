@@ -27,13 +27,17 @@ def named_outputs(value: Any, prefix: str = "output") -> list[tuple[str, torch.T
 class TorchRunner:
     def __init__(self, module: torch.nn.Module, input_names: Sequence[str],
                  output_names: Sequence[str] = (), *, device: str = "cpu",
-                 by_keyword: bool = False) -> None:
-        self.module = module.to(device) if device != "cpu" else module
+                 by_keyword: bool = False, threads: int | None = None,
+                 compile: bool = False) -> None:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        module = module.to(device) if device != "cpu" else module
+        self.module: Any = torch.compile(module) if compile else module
         self.device = device
         self.input_names = list(input_names)
         self.by_keyword = by_keyword  # module(**inputs): inputs chosen among optional ones
         self.output_names = list(output_names)
-        self.description = f"torch {torch.__version__} ({device})"
+        self.description = f"torch {torch.__version__} ({device}{', compiled' if compile else ''})"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
