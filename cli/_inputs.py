@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import typer
 
 if TYPE_CHECKING:
-    from unfold.pipeline import InputOptions
+    from unfold.inputs import InputOptions
 
 ARCH = typer.Option(None, "--arch", help="package.module:factory that builds the architecture "
                                          "of a state dict or training checkpoint.")
@@ -38,7 +38,7 @@ RTOL = typer.Option([], "--rtol", help="Tolerance relative to the output's scale
 def input_options(shapes: list[str], dtypes: list[str], int_ranges: list[str],
                   float_ranges: list[str], dynamic: str | None,
                   npz: Path | None) -> InputOptions:
-    from unfold.pipeline import InputOptions
+    from unfold.inputs import InputOptions
 
     return InputOptions(shapes=shapes, dtypes=dtypes, int_ranges=int_ranges,
                         float_ranges=float_ranges, dynamic=dynamic, npz=npz)

@@ -12,10 +12,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unfold.errors import UnfoldError
+
+if TYPE_CHECKING:
+    import onnx
 
 DTYPES: dict[str, type] = {
     "float32": np.float32, "float16": np.float16, "float64": np.float64,
@@ -283,3 +287,49 @@ def load_npz(path: str | Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarr
             raise UnfoldError(f"--inputs {path}: {spec.name} has shape {tuple(array.shape)}, "
                               f"the model takes {spec.describe()}")
     return {name: arrays[name] for name in names}
+
+
+@dataclass
+class InputOptions:
+    """What the command line says about the inputs (all optional for a self-describing
+    model): see unfold.inputs."""
+    shapes: Sequence[str] = ()
+    dtypes: Sequence[str] = ()
+    int_ranges: Sequence[str] = ()
+    float_ranges: Sequence[str] = ()
+    dynamic: str | None = None
+    npz: str | Path | None = None
+
+    @property
+    def given(self) -> bool:
+        return bool(self.shapes or self.dtypes or self.int_ranges or self.float_ranges
+                    or self.dynamic)
+
+
+def onnx_input_specs(model: onnx.ModelProto, options: InputOptions | None = None, *,
+                     batch: int | None = None) -> list[InputSpec]:
+    """An ONNX model's inputs: its static dims, the options for the rest. With `batch`, an
+    input whose only varying dimension is the first takes `batch` there (what `bench` runs)."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+
+    options = options or InputOptions()
+    defaults, names = [], []
+    partial: dict[str, list[int | str]] = {}
+    for value in model.graph.input:
+        tensor = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
+        names.append(value.name)
+        partial[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                               for d in tensor.shape.dim]
+        dynamic = {i: d.dim_param or f"dim{i}" for i, d in enumerate(tensor.shape.dim)
+                   if not d.HasField("dim_value")}
+        dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)).name
+        if not dynamic:
+            defaults.append(InputSpec(value.name, tuple(dims), dtype))
+        elif batch is not None and set(dynamic) == {0}:
+            defaults.append(InputSpec(value.name, (batch, *dims[1:]), dtype,
+                                      dynamic={0: "batch"}))
+    return specs_from_options(names, shapes=options.shapes, dtypes=options.dtypes,
+                              int_ranges=options.int_ranges,
+                              float_ranges=options.float_ranges, dynamic=options.dynamic,
+                              defaults=defaults, partial=partial)

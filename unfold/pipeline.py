@@ -24,9 +24,11 @@ from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError
 from unfold.fold import FoldReport, fold_model
 from unfold.inputs import (
+    InputOptions,
     InputSpec,
     check_input_options,
     load_npz,
+    onnx_input_specs,
     specs_from_arrays,
     specs_from_options,
 )
@@ -36,23 +38,6 @@ from unfold.verification import VerifyReport, first_divergence, make_batches, ru
 from unfold.verification.tolerances import check_tolerances
 
 Progress = Callable[[str], None]
-
-
-@dataclass
-class InputOptions:
-    """What the command line says about the inputs (all optional for a self-describing
-    model): see unfold.inputs."""
-    shapes: Sequence[str] = ()
-    dtypes: Sequence[str] = ()
-    int_ranges: Sequence[str] = ()
-    float_ranges: Sequence[str] = ()
-    dynamic: str | None = None
-    npz: str | Path | None = None
-
-    @property
-    def given(self) -> bool:
-        return bool(self.shapes or self.dtypes or self.int_ranges or self.float_ranges
-                    or self.dynamic)
 
 
 @dataclass
@@ -222,29 +207,6 @@ def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.Mode
             f"abs error {worst.max_abs:.3g}): an exporter problem, try --exporter torchscript")
 
 
-def _onnx_specs(model: onnx.ModelProto, options: InputOptions) -> list[InputSpec]:
-    """An ONNX reference's inputs: its static dims, the command line for the rest."""
-    from onnx.helper import tensor_dtype_to_np_dtype
-
-    defaults, names = [], []
-    partial: dict[str, list[int | str]] = {}
-    for value in model.graph.input:
-        tensor = value.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tensor.shape.dim]
-        names.append(value.name)
-        partial[value.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                               for d in tensor.shape.dim]
-        dynamic = {i: d.dim_param or f"dim{i}" for i, d in enumerate(tensor.shape.dim)
-                   if not d.HasField("dim_value")}
-        if not dynamic:
-            dtype = np.dtype(tensor_dtype_to_np_dtype(tensor.elem_type)).name
-            defaults.append(InputSpec(value.name, tuple(dims), dtype))
-    return specs_from_options(names, shapes=options.shapes, dtypes=options.dtypes,
-                              int_ranges=options.int_ranges,
-                              float_ranges=options.float_ranges, dynamic=options.dynamic,
-                              defaults=defaults, partial=partial)
-
-
 def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
@@ -282,7 +244,7 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
         if _is_onnx(reference):
             reference_onnx = load_onnx(reference)
             ref_runner: Runner = OrtRunner(reference_onnx, device=device)
-            specs = _onnx_specs(reference_onnx, inputs)
+            specs = onnx_input_specs(reference_onnx, inputs)
         else:
             loaded = load_model(reference, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
             specs = resolve_specs(loaded, inputs)
