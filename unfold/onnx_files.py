@@ -381,6 +381,26 @@ PACKED_TYPES = frozenset(getattr(onnx.TensorProto, name) for name in
                          if hasattr(onnx.TensorProto, name))
 
 
+def write_bytes_atomic(data: bytes, out: str | Path) -> Path:
+    """Any file unfold writes (a benchmark's JSON, a plot, an engine): to a temporary file
+    beside `out`, then renamed into place with the mode `open()` would give it (or the
+    replaced file's); an error or an interrupt leaves nothing behind."""
+    out = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
+    tmp_path = Path(tmp)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+        os.chmod(tmp_path, _mode_for(out))
+        os.replace(tmp_path, out)
+    except OSError as exc:
+        raise UnfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+    return out
+
+
 def _raw_key(length: int) -> bytes:
     return _varint(RAW_DATA_FIELD << 3 | 2) + _varint(length)
 

@@ -1,0 +1,204 @@
+"""Timing and memory, honestly (BENCHMARKS.md): several models on one engine, warmed up, then
+timed in interleaved rounds (A B C A B C ...), per batch size; median / p90 / p99 latency,
+throughput, each model's peak memory in a process of its own, and each model's per-round ratio
+to a baseline with a bootstrap 95% interval.
+
+    report = unfold.bench.bench(["ln.onnx", "un-folded.onnx", "none.onnx"], engine="ort",
+                                batches=(1, 8), threads=2, rounds=200, baseline="none")
+    report.results[0].latency.median, report.results[0].ratio.describe()
+
+Models are named by their file's stem (`un-folded.onnx` is `un-folded`). Nothing here asserts a
+timing; `tests/bench` checks the mechanics.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unfold.bench.memory import MemoryUse, measure_in_child
+from unfold.bench.models import Target, load_target, options_json
+from unfold.bench.stats import Latency, Ratio, ratio_interval
+from unfold.bench.timing import interleaved
+from unfold.engines import ENGINES
+from unfold.errors import UnfoldError
+from unfold.inputs import InputOptions, check_input_options
+
+# (batch, rounds done, rounds in all or None for a time budget): a progress bar
+Progress = Callable[[int, int, int | None], None]
+
+
+@dataclass
+class BenchResult:
+    model: str
+    path: str
+    batch: int
+    shapes: dict[str, list[int]]
+    seconds: list[float]  # per timed round
+    latency: Latency
+    ratio: Ratio | None  # to the baseline (None for the baseline itself)
+    memory: MemoryUse | None = None
+
+    @property
+    def throughput(self) -> float:
+        """Items per second at the median latency."""
+        return self.batch / self.latency.median
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "path": self.path, "batch": self.batch,
+                "shapes": self.shapes, "latency_s": asdict(self.latency),
+                "throughput_per_s": self.throughput,
+                "ratio_to_baseline": asdict(self.ratio) if self.ratio else None,
+                "memory": self.memory.to_dict() if self.memory else None,
+                "seconds": self.seconds}
+
+
+@dataclass
+class BenchReport:
+    engine: str
+    runtime: str  # the engine and its version, as its runner describes itself
+    device: str
+    threads: int | None
+    batches: list[int]
+    warmup: int
+    rounds: int | None
+    seconds_budget: float | None
+    baseline: str
+    results: list[BenchResult] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+
+    def for_batch(self, batch: int) -> list[BenchResult]:
+        return [r for r in self.results if r.batch == batch]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": "unfold.bench/1", "engine": self.engine, "runtime": self.runtime,
+                "device": self.device, "threads": self.threads, "batches": self.batches,
+                "warmup": self.warmup, "rounds": self.rounds,
+                "seconds_budget": self.seconds_budget, "baseline": self.baseline,
+                "environment": self.environment,
+                "results": [r.to_dict() for r in self.results]}
+
+
+def model_names(paths: Sequence[Path]) -> list[str]:
+    """Each model's name: its file's stem, with its folder where two stems are the same."""
+    stems = [p.stem for p in paths]
+    names = [f"{p.parent.name}/{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    if len(set(names)) != len(names):
+        raise UnfoldError(f"models given twice: {', '.join(str(p) for p in paths)}")
+    return names
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _environment(engine: str, device: str) -> dict[str, str]:
+    import onnx
+
+    from unfold import __version__
+
+    env = {"unfold": __version__, "python": sys.version.split()[0], "numpy": np.__version__,
+           "onnx": onnx.__version__, "platform": platform.platform(), "cpu": cpu_name(),
+           "cpus_available": str(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                 else os.cpu_count())}
+    if device == "cuda":
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def check_bench_options(*, engine: str, batches: Sequence[int], threads: int | None,
+                        rounds: int | None, seconds: float | None, warmup: int) -> None:
+    """Everything checkable before a model loads."""
+    if engine not in ENGINES:
+        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
+    if not batches or any(b < 1 for b in batches):
+        raise UnfoldError(f"--batch {','.join(map(str, batches))}: batch sizes are positive "
+                          f"integers, e.g. --batch 1,8")
+    if threads is not None and threads < 1:
+        raise UnfoldError(f"--threads {threads}: must be at least 1")
+    if rounds is not None and seconds is not None:
+        raise UnfoldError("give --rounds or --seconds, not both")
+    if rounds is not None and rounds < 2:
+        raise UnfoldError(f"--rounds {rounds}: at least 2 (a ratio's interval needs rounds)")
+    if seconds is not None and not seconds > 0:
+        raise UnfoldError(f"--seconds {seconds:g}: must be positive")
+    if warmup < 0:
+        raise UnfoldError(f"--warmup {warmup}: must be 0 or more")
+
+
+def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequence[int] = (1,),
+          threads: int | None = None, rounds: int | None = None, seconds: float | None = None,
+          warmup: int = 3, baseline: str | None = None, inputs: InputOptions | None = None,
+          device: str = "cpu", compile: bool = False, memory: bool = True, seed: int = 0,
+          trust: bool = False, arch: str | None = None,
+          progress: Progress | None = None) -> BenchReport:
+    """Time `models` on `engine` at each batch size (see the module's docstring). Without
+    `rounds` or `seconds`: 100 rounds. `baseline` names the model the ratios are to (default:
+    the first); `threads` defaults to the CPUs this process may use."""
+    if rounds is None and seconds is None:
+        rounds = 100
+    check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
+                        seconds=seconds, warmup=warmup)
+    inputs = inputs or InputOptions()
+    check_input_options(shapes=inputs.shapes, dtypes=inputs.dtypes,
+                        int_ranges=inputs.int_ranges, float_ranges=inputs.float_ranges,
+                        dynamic=inputs.dynamic)
+    paths = [Path(m) for m in models]
+    if not paths:
+        raise UnfoldError("no model to bench: give one or more model files")
+    for path in paths:
+        if not path.is_file():
+            raise UnfoldError(f"{path}: no such file")
+    names = model_names(paths)
+    baseline = baseline or names[0]
+    if baseline not in names:
+        raise UnfoldError(f"--baseline {baseline!r}: not one of the models: {', '.join(names)}")
+    if threads is None and device == "cpu":
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
+            (os.cpu_count() or 1)
+    targets: dict[str, Target] = {n: load_target(p, engine, trust=trust, arch=arch)
+                                  for n, p in zip(names, paths, strict=True)}
+    report = BenchReport(engine, "", device, threads, list(batches), warmup, rounds, seconds,
+                         baseline, environment=_environment(engine, device))
+    for batch in batches:
+        prepared = {n: t.prepare(batch, threads=threads, device=device, compile=compile,
+                                 seed=seed, inputs=inputs) for n, t in targets.items()}
+        report.runtime = next(iter(prepared.values()))[0].description
+        runs = {n: functools.partial(runner.run, feeds) for n, (runner, feeds) in
+                prepared.items()}
+        on_round = None
+        if progress is not None:
+            def on_round(done: int, batch: int = batch, report_to: Progress = progress) -> None:
+                report_to(batch, done, rounds)
+        times = interleaved(runs, rounds=rounds, seconds=seconds, warmup=warmup,
+                            on_round=on_round)
+        for name, (_, feeds) in prepared.items():
+            ratio = None if name == baseline else ratio_interval(times[name], times[baseline])
+            report.results.append(BenchResult(
+                name, str(targets[name].path), batch,
+                {k: list(v.shape) for k, v in feeds.items()}, times[name],
+                Latency.of(times[name]), ratio))
+        del prepared, runs
+    if memory:
+        for result in report.results:
+            result.memory = measure_in_child({
+                "model": result.path, "engine": engine, "batch": result.batch,
+                "threads": threads, "device": device, "compile": compile, "seed": seed,
+                "trust": trust, "arch": arch, "inputs": options_json(inputs)})
+    return report

@@ -1,0 +1,85 @@
+"""What a benchmark times: a model file, loaded for one engine (an .onnx for the ONNX engines, a
+model.pt for `torch`), and for each batch size a runner and random inputs of that batch (never
+zeros: BENCHMARKS.md). The same function prepares the model in the timing process and in the
+memory child, so both run the same thing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from unfold.engines import ONNX_ENGINES, Runner, runner_for
+from unfold.errors import UnfoldError
+from unfold.inputs import InputOptions, InputSpec, onnx_input_specs, random_batch
+
+
+def _options(inputs: InputOptions | dict[str, Any] | None) -> InputOptions:
+    if isinstance(inputs, InputOptions):
+        return inputs
+    return InputOptions(**(inputs or {}))
+
+
+def options_json(inputs: InputOptions | None) -> dict[str, Any]:
+    """The input options as the memory child reads them back."""
+    data = asdict(inputs or InputOptions())
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+
+
+@dataclass
+class Target:
+    path: Path
+    engine: str
+    model: Any  # an onnx.ModelProto, or an unfold.load.LoadedModel for torch
+
+    def specs(self, batch: int, inputs: InputOptions | dict[str, Any] | None = None
+              ) -> list[InputSpec]:
+        options = _options(inputs)
+        if self.engine in ONNX_ENGINES:
+            specs = onnx_input_specs(self.model, options, batch=batch)
+        else:
+            from unfold.pipeline import resolve_specs
+
+            specs = resolve_specs(self.model, options)
+        fitted = []
+        for spec in specs:
+            if spec.shape and spec.shape[0] == batch:
+                fitted.append(spec)
+            elif 0 in spec.dynamic:
+                fitted.append(spec.with_batch(batch))
+            else:
+                raise UnfoldError(f"{self.path}: input {spec.name} has a fixed first "
+                                  f"dimension {spec.shape[0] if spec.shape else '(scalar)'}: "
+                                  f"--batch {batch} cannot apply (export it with a dynamic "
+                                  f"batch, or bench at --batch {spec.shape[0]})")
+        return fitted
+
+    def prepare(self, batch: int, *, threads: int | None = None, device: str = "cpu",
+                compile: bool = False, seed: int = 0,
+                inputs: InputOptions | dict[str, Any] | None = None
+                ) -> tuple[Runner, dict[str, np.ndarray]]:
+        specs = self.specs(batch, inputs)
+        runner = runner_for(self.model, self.engine, device=device, threads=threads,
+                            specs=specs, compile=compile)
+        feeds = random_batch(specs, np.random.default_rng(seed))
+        runner.run(feeds)  # fails here, with the inputs named, not inside the timing
+        return runner, feeds
+
+
+def load_target(path: Path, engine: str, *, trust: bool = False,
+                arch: str | None = None) -> Target:
+    if engine in ONNX_ENGINES:
+        if path.suffix.lower() != ".onnx":
+            raise UnfoldError(f"--engine {engine} runs ONNX models; {path} is not an .onnx "
+                              f"(--engine torch runs model.pt files)")
+        from unfold.onnx_files import load_onnx
+
+        return Target(path, engine, load_onnx(path))
+    if path.suffix.lower() == ".onnx":
+        raise UnfoldError(f"--engine torch runs model.pt files; {path} is ONNX: use --engine "
+                          f"{' or '.join(ONNX_ENGINES)}")
+    from unfold.load import load_model
+
+    return Target(path, engine, load_model(path, trust=trust, arch=arch))
