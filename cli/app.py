@@ -39,6 +39,7 @@ def main(
 
 # one module per command
 from cli.bench import bench  # noqa: E402
+from cli.build import build  # noqa: E402
 from cli.convert import convert  # noqa: E402
 from cli.fold import fold  # noqa: E402
 from cli.inspect import inspect  # noqa: E402
@@ -51,3 +52,4 @@ app.command("inspect")(inspect)
 app.command("verify")(verify)
 app.command("rules")(rules)
 app.command("bench")(bench)
+app.command("build")(build)

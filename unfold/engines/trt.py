@@ -1,21 +1,39 @@
-"""TensorRT 10: an ONNX model built into an engine in memory (one optimization profile that
-covers the verification shapes: batch 1 up to the declared batch + 3), or a serialized engine,
-run with device buffers from torch.cuda.
+"""TensorRT 10: an ONNX model built into an engine, in memory (`build_serialized`, for
+verification: one optimization profile that covers the verification shapes, batch 1 up to the
+declared batch + 3) or into a file (`build_engine`, for `unfold build`: the profile from
+`--shapes`, fp16/bf16, a workspace limit, a timing cache); and a serialized engine run with
+device buffers from torch.cuda (`TrtRunner`).
 
-Loaded only when asked for: without the `tensorrt` package, or without a CUDA GPU, every entry
-point raises an UnfoldError with exit code 3.
+What needs no TensorRT is here too and runs anywhere, so that bad input fails before TensorRT is
+even looked for: `--shapes` parsed (`parse_shape_ranges`) and checked against the ONNX model's
+inputs (`resolve_profile`), the ONNX parser's errors described node by node
+(`describe_parser_errors`), the workspace and timing-cache options checked.
+
+TensorRT is loaded only when asked for: without the `tensorrt` package, or without a CUDA GPU,
+every entry point that builds or runs raises an UnfoldError with exit code 3.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import onnx
 
 from unfold.errors import ExitCode, UnfoldError
 from unfold.inputs import InputSpec
+from unfold.onnx_files import check_output_path, write_bytes_atomic
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+    from unfold.engines.precision import Fp16RangeReport
+    from unfold.fold.weights import ModelParts
 
 
 def require_tensorrt() -> None:
@@ -44,38 +62,416 @@ def profile_shapes(spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...], t
     return low, spec.shape, high
 
 
+@dataclass(frozen=True)
+class ShapeRange:
+    """One input's shapes in an optimization profile: min <= opt <= max on every axis. The
+    engine runs any shape from `min` to `max`; TensorRT picks its kernels for `opt`."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+    @classmethod
+    def fixed(cls, shape: Sequence[int]) -> ShapeRange:
+        return cls(tuple(shape), tuple(shape), tuple(shape))
+
+    def describe(self) -> str:
+        """`1x3x224x224/8x3x224x224/32x3x224x224`: the form --shapes takes."""
+        return "/".join(_dims_text(shape) for shape in (self.min, self.opt, self.max))
+
+    def to_dict(self) -> dict[str, list[int]]:
+        return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+SHAPES_FORM = ("NAME:MIN/OPT/MAX, each shape positive integers joined by 'x' (e.g. "
+               "x:1x3x224x224/8x3x224x224/32x3x224x224), or NAME:DIMS for one fixed shape")
+
+
+def _dims_text(dims: Sequence[int | str]) -> str:
+    return "x".join(map(str, dims))
+
+
+def parse_shape_ranges(texts: Sequence[str]) -> dict[str, ShapeRange]:
+    """`--shapes`, repeatable: `NAME:MIN/OPT/MAX` (or `NAME:DIMS`, one fixed shape) -> name ->
+    its range. The syntax and each range's own consistency (one rank, min <= opt <= max) only:
+    no model is needed, so a typo fails before anything is loaded; `resolve_profile` checks
+    the ranges against the model's inputs."""
+    ranges: dict[str, ShapeRange] = {}
+    for text in texts:
+        name, colon, spec = text.rpartition(":")  # (an ONNX name may hold a ':' itself)
+        if not colon or not name:
+            raise UnfoldError(f"--shapes {text!r}: no input name; expected {SHAPES_FORM}")
+        parts = spec.split("/")
+        if len(parts) not in (1, 3):
+            raise UnfoldError(f"--shapes {text!r}: {len(parts)} shapes; expected three "
+                              f"(MIN/OPT/MAX) or one (fixed): {SHAPES_FORM}")
+        shapes = []
+        for label, part in zip(("min", "opt", "max") if len(parts) == 3 else ("shape",), parts,
+                               strict=True):
+            if not re.fullmatch(r"\d+(x\d+)*", part) or any(int(d) == 0 for d in part.split("x")):
+                raise UnfoldError(f"--shapes {text!r}: {label} {part!r} is not a shape; expected "
+                                  f"positive integers joined by 'x', e.g. 1x3x224x224")
+            shapes.append(tuple(int(d) for d in part.split("x")))
+        low, opt, high = shapes if len(shapes) == 3 else shapes * 3
+        if not len(low) == len(opt) == len(high):
+            raise UnfoldError(f"--shapes {text!r}: min, opt and max have {len(low)}, {len(opt)} "
+                              f"and {len(high)} dims; all three need the input's rank")
+        for axis, (a, b, c) in enumerate(zip(low, opt, high, strict=True)):
+            if not a <= b <= c:
+                order = "min > opt" if a > b else "opt > max"
+                raise UnfoldError(f"--shapes {text!r}: axis {axis} is {a}/{b}/{c} ({order}); "
+                                  f"need min <= opt <= max on every axis")
+        if name in ranges:
+            raise UnfoldError(f"--shapes {text!r}: {name} was given already "
+                              f"({name}:{ranges[name].describe()}); give one range per input")
+        ranges[name] = ShapeRange(low, opt, high)
+    return ranges
+
+
+# an ONNX input's dims: a static size, or a dynamic dimension's name ('?' where it has none)
+OnnxDims = list[int | str]
+
+
+def onnx_inputs(model: onnx.ModelProto | ModelParts) -> dict[str, OnnxDims | None]:
+    """Each input of `model` (a ModelProto or `unfold.onnx_files` parts; initializers that old
+    exporters list as inputs too are left out) -> its dims, None where the model gives no
+    shape at all."""
+    if isinstance(model, onnx.ModelProto):
+        graph, weights = model.graph, {t.name for t in model.graph.initializer}
+    else:
+        graph, weights = model.skeleton.graph, set(model.weights)
+    inputs: dict[str, OnnxDims | None] = {}
+    for value in graph.input:
+        if value.name in weights:
+            continue
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            inputs[value.name] = None
+            continue
+        inputs[value.name] = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                              else (d.dim_param or "?") for d in tensor.shape.dim]
+    return inputs
+
+
+def describe_input(name: str, dims: OnnxDims | None) -> str:
+    """`x: Nx1x8x8`, `t: scalar`, `m: no shape in the model`."""
+    if dims is None:
+        return f"{name}: no shape in the model"
+    return f"{name}: {_dims_text(dims) or 'scalar'}"
+
+
+def resolve_profile(model: onnx.ModelProto | ModelParts, given: Mapping[str, ShapeRange], *,
+                    declared: Mapping[str, Sequence[int]] | None = None
+                    ) -> dict[str, ShapeRange]:
+    """One optimization profile for every input of `model`, in its input order: the ranges
+    `given` (`parse_shape_ranges`), each checked against the model (an input it has, its rank,
+    its static dims); an input not given takes its static dims, and where it has dynamic ones
+    and a `declared` shape (e.g. what verification runs), 1 to that (opt = max = declared). An
+    input with a dynamic dim and neither is an error that names it and its dims."""
+    inputs = onnx_inputs(model)
+    for name, shape_range in given.items():
+        if name not in inputs:
+            takes = ", ".join(describe_input(n, d) for n, d in inputs.items()) or "none"
+            raise UnfoldError(f"--shapes {name}:{shape_range.describe()}: the model has no "
+                              f"input {name!r}; its inputs: {takes}")
+    profile: dict[str, ShapeRange] = {}
+    missing = []
+    for name, dims in inputs.items():
+        if name in given:
+            profile[name] = _checked(name, dims, given[name],
+                                     f"--shapes {name}:{given[name].describe()}")
+        elif dims is not None and all(isinstance(d, int) for d in dims):
+            profile[name] = ShapeRange.fixed([int(d) for d in dims])
+        elif dims is not None and declared and name in declared:
+            shape = tuple(declared[name])
+            low = tuple(1 if isinstance(d, str) else size
+                        for d, size in zip(dims, shape, strict=False))
+            profile[name] = _checked(name, dims, ShapeRange(low, shape, shape),
+                                     f"the declared shape {_dims_text(shape)}")
+        else:
+            missing.append(name)
+    if missing:
+        raise UnfoldError(_no_range_message({n: inputs[n] for n in missing}))
+    return profile
+
+
+def _checked(name: str, dims: OnnxDims | None, shape_range: ShapeRange,
+             source: str) -> ShapeRange:
+    """`shape_range` for the input `name`, unless its rank or a static dim disagrees with the
+    model's `dims`."""
+    if dims is None:
+        return shape_range
+    model_takes = describe_input(name, dims)
+    if any(len(shape) != len(dims) for shape in (shape_range.min, shape_range.opt,
+                                                 shape_range.max)):
+        raise UnfoldError(f"{source}: {len(shape_range.opt)} dims, but the model's input has "
+                          f"{len(dims)} ({model_takes})")
+    for axis, size in enumerate(dims):
+        sizes = (shape_range.min[axis], shape_range.opt[axis], shape_range.max[axis])
+        if isinstance(size, int) and sizes != (size, size, size):
+            raise UnfoldError(f"{source}: axis {axis} is {'/'.join(map(str, sizes))}, but it is "
+                              f"static in the model ({model_takes}): give {size} there in min, "
+                              f"opt and max")
+    return shape_range
+
+
+def _no_range_message(missing: Mapping[str, OnnxDims | None]) -> str:
+    """What to give for inputs with dynamic dims, in the model's own names and dims."""
+    takes = ", ".join(describe_input(n, d) for n, d in missing.items())
+    examples = []
+    varying: list[str] = []
+    for name, dims in missing.items():
+        if dims is None:
+            examples.append(f"--shapes {name}:MIN/OPT/MAX")
+            continue
+        varying += [d for d in dims if isinstance(d, str) and d not in varying]
+        examples.append(f"--shapes {name}:" + "/".join(
+            _dims_text([d if isinstance(d, int) else size for d in dims]) for size in (1, 8, 32)))
+    labels = [d for d in varying if d != "?"] + (["each ?"] if "?" in varying else [])
+    sizes = f" ({', '.join(labels)} from 1 to 32, tuned for 8)" if labels else ""
+    return (f"no --shapes for input(s) with dynamic dims: {takes}; give the range of each, "
+            f"e.g. {' '.join(examples)}{sizes}")
+
+
+def workspace_bytes_for(gib: float | None) -> int | None:
+    """`--workspace` in GiB -> bytes (None: TensorRT's default, the whole GPU's memory)."""
+    if gib is None:
+        return None
+    if not 0 < gib < float("inf"):
+        raise UnfoldError(f"--workspace {gib:g}: must be a positive number of GiB (the GPU "
+                          f"memory TensorRT may use for scratch while it builds), e.g. 4")
+    return max(1, int(gib * 2**30))
+
+
+def check_timing_cache_path(path: str | Path, *, inputs: tuple[Path, ...] = ()) -> Path:
+    """`--timing-cache FILE` is read when it exists and written back after the build: refuse
+    a directory, a missing folder, or one of the command's other files (`inputs`). Called
+    before any work, like `check_output_path`."""
+    path = Path(path)
+    for other in inputs:
+        if path.resolve() == Path(other).resolve():
+            raise UnfoldError(f"--timing-cache {path} is {other}, a file of the build itself; "
+                              f"give a file of its own (e.g. {path.with_suffix('.cache').name})")
+    if path.is_dir():
+        raise UnfoldError(f"--timing-cache {path} is a directory; give a file name")
+    folder = path.parent
+    if not folder.is_dir():
+        raise UnfoldError(f"--timing-cache {path}: the folder {folder} does not exist")
+    return path
+
+
+class ParserErrorLike(Protocol):
+    """What TensorRT 10's `ParserError` says of one error (`OnnxParser.get_error(i)`)."""
+
+    def code(self) -> object: ...
+
+    def desc(self) -> str: ...
+
+    def node(self) -> int: ...
+
+    def node_name(self) -> str: ...
+
+    def node_operator(self) -> str: ...
+
+
+def describe_parser_errors(errors: Sequence[ParserErrorLike],
+                           nodes: Sequence[onnx.NodeProto] = ()) -> str:
+    """The ONNX parser's errors, one line each, by node: `node 3 'fc' (MatMul):
+    UNSUPPORTED_NODE: ...`. `nodes` (the model's, where it is at hand) names a node that the
+    parser gives by index only."""
+    lines = []
+    for error in errors:
+        code = error.code()
+        index, name, op = error.node(), error.node_name(), error.node_operator()
+        if 0 <= index < len(nodes):
+            name, op = name or nodes[index].name, op or nodes[index].op_type
+        if index >= 0:
+            where = f"node {index}" + (f" {name!r}" if name else "") + (f" ({op})" if op else "")
+        else:
+            where = "the model"  # an error of no one node (a bad graph, a failed read)
+        lines.append(f"{where}: {getattr(code, 'name', None) or code}: {error.desc()}")
+    count = f"{len(lines)} error{'s' if len(lines) != 1 else ''}"
+    return "\n  ".join([f"TensorRT's ONNX parser rejects the model ({count}):", *lines])
+
+
+def _parse_onnx(logger: trt.ILogger, builder: trt.Builder, model: onnx.ModelProto | Path
+                ) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    """The network TensorRT's ONNX parser makes of `model` (a file: external data read from
+    beside it), and the parser: it holds the weights the network points to and must live
+    until the engine is built."""
+    import tensorrt as trt
+
+    network = builder.create_network(0)  # (TensorRT 10: explicit batch, the only mode)
+    parser = trt.OnnxParser(network, logger)
+    if isinstance(model, Path):
+        parsed = parser.parse_from_file(str(model))
+        nodes: Sequence[onnx.NodeProto] = ()
+    else:
+        parsed = parser.parse(model.SerializeToString())
+        nodes = model.graph.node
+    if not parsed:
+        errors: list[trt.ParserError] = [parser.get_error(i) for i in range(parser.num_errors)]
+        raise UnfoldError(describe_parser_errors(errors, nodes), ExitCode.CHECK_FAILED)
+    return network, parser
+
+
+def _builder_config(builder: trt.Builder, *, fp16: bool, bf16: bool,
+                    workspace_bytes: int | None) -> trt.IBuilderConfig:
+    import tensorrt as trt
+
+    config = builder.create_builder_config()
+    if workspace_bytes is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    if bf16:
+        config.set_flag(trt.BuilderFlag.BF16)
+    return config
+
+
+def _add_profile(builder: trt.Builder, network: trt.INetworkDefinition,
+                 config: trt.IBuilderConfig, profile: Mapping[str, ShapeRange]) -> None:
+    """One optimization profile: a range for every input of the network."""
+    import tensorrt as trt
+
+    optimization = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if tensor.is_shape_tensor:
+            raise UnfoldError(f"input {tensor.name} is a shape tensor (its values are a "
+                              f"shape); unfold builds profiles for data inputs only")
+        if tensor.name not in profile:
+            raise UnfoldError(f"no shape for the engine input {tensor.name}")
+        shapes = profile[tensor.name]
+        try:
+            optimization.set_shape(tensor.name, trt.Dims(list(shapes.min)),
+                                   trt.Dims(list(shapes.opt)), trt.Dims(list(shapes.max)))
+        except ValueError as exc:
+            raise UnfoldError(f"TensorRT refuses the shapes {tensor.name}:{shapes.describe()}: "
+                              f"{exc}") from None
+    if config.add_optimization_profile(optimization) < 0:
+        shown = ", ".join(f"{n}:{r.describe()}" for n, r in profile.items())
+        raise UnfoldError(f"TensorRT refuses the optimization profile {shown}")
+
+
+def _serialize(builder: trt.Builder, network: trt.INetworkDefinition,
+               config: trt.IBuilderConfig) -> trt.IHostMemory:
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UnfoldError("TensorRT failed to build an engine (see its log above)",
+                          ExitCode.CHECK_FAILED)
+    return serialized
+
+
 def build_serialized(model: onnx.ModelProto, specs: Sequence[InputSpec], *,
                      fp16: bool = False, workspace_bytes: int = 4 << 30) -> bytes:
+    """An engine for `model`, in memory, its one profile covering the shapes verification runs
+    (`profile_shapes` of each spec)."""
     require_tensorrt()
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse(model.SerializeToString()):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UnfoldError(f"TensorRT's ONNX parser rejects the model: {errors}",
-                          ExitCode.CHECK_FAILED)
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    by_name = {s.name: s for s in specs}
-    profile = builder.create_optimization_profile()
-    for i in range(network.num_inputs):
-        tensor = network.get_input(i)
-        if tensor.name not in by_name:
-            raise UnfoldError(f"no shape for the engine input {tensor.name}")
-        low, opt, high = profile_shapes(by_name[tensor.name])
-        profile.set_shape(tensor.name, trt.Dims(list(low)), trt.Dims(list(opt)),
-                          trt.Dims(list(high)))
-    config.add_optimization_profile(profile)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UnfoldError("TensorRT failed to build an engine (see its log above)",
-                          ExitCode.CHECK_FAILED)
-    return bytes(serialized)
+    network, parser = _parse_onnx(logger, builder, model)  # (the parser lives to the end)
+    config = _builder_config(builder, fp16=fp16, bf16=False, workspace_bytes=workspace_bytes)
+    _add_profile(builder, network, config,
+                 {spec.name: ShapeRange(*profile_shapes(spec)) for spec in specs})
+    return bytes(_serialize(builder, network, config))
+
+
+@dataclass
+class BuildReport:
+    """What `build_engine` built and wrote, and what it took."""
+
+    engine: str
+    engine_bytes: int
+    build_seconds: float  # the build alone (TensorRT's kernel timing), not parsing or writing
+    tensorrt: str  # TensorRT's version (an engine runs only on the version that built it)
+    precisions: list[str]  # what TensorRT may pick per layer: fp32, and fp16 / bf16 if allowed
+    workspace_bytes: int | None  # None: TensorRT's default
+    profile: dict[str, ShapeRange]
+    timing_cache: str | None = None
+    timing_cache_read_bytes: int = 0  # 0: a new cache
+    timing_cache_written_bytes: int = 0
+    fp16_range: Fp16RangeReport | None = None  # the caller's check before an fp16 build
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine, "engine_bytes": self.engine_bytes,
+            "build_seconds": self.build_seconds, "tensorrt": self.tensorrt,
+            "precisions": self.precisions, "workspace_bytes": self.workspace_bytes,
+            "profile": {name: r.to_dict() for name, r in self.profile.items()},
+            "timing_cache": None if self.timing_cache is None else {
+                "path": self.timing_cache, "read_bytes": self.timing_cache_read_bytes,
+                "written_bytes": self.timing_cache_written_bytes},
+            "fp16_range": self.fp16_range.to_dict() if self.fp16_range is not None else None,
+        }
+
+
+def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, ShapeRange], *,
+                 fp16: bool = False, bf16: bool = False, workspace_bytes: int | None = None,
+                 timing_cache: str | Path | None = None, force: bool = False) -> BuildReport:
+    """Build the ONNX file `model` (TensorRT reads its external data from beside it) into an
+    engine with one optimization profile, `profile` (`resolve_profile`), and write it to `out`
+    atomically (never over an existing file without `force`). `fp16` / `bf16` let TensorRT run
+    a layer in that precision where it is faster (both: it picks per layer); `workspace_bytes`
+    bounds its scratch memory. `timing_cache` is read if it exists and written back after the
+    build, atomically too: a rebuild by the same TensorRT on the same GPU skips timing the
+    kernels it timed already. Parser errors (by node) and a failed build exit 1."""
+    model = Path(model)
+    if not model.is_file():
+        raise UnfoldError(f"{model}: no such file")
+    target = check_output_path(out, force=force, inputs=(model,))
+    cache_path = None if timing_cache is None else \
+        check_timing_cache_path(timing_cache, inputs=(model, target))
+    require_tensorrt()
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network, parser = _parse_onnx(logger, builder, model)
+    config = _builder_config(builder, fp16=fp16, bf16=bf16, workspace_bytes=workspace_bytes)
+    _add_profile(builder, network, config, profile)
+    cache, read_bytes = _attach_timing_cache(config, cache_path)
+    start = time.perf_counter()
+    serialized = _serialize(builder, network, config)
+    seconds = time.perf_counter() - start
+    engine = bytes(serialized)
+    del serialized
+    write_bytes_atomic(engine, target)
+    report = BuildReport(str(target), len(engine), seconds, trt.__version__,
+                         ["fp32", *(["fp16"] if fp16 else []), *(["bf16"] if bf16 else [])],
+                         workspace_bytes, dict(profile))
+    if cache_path is not None:
+        updated = bytes(config.get_timing_cache().serialize())
+        write_bytes_atomic(updated, cache_path)
+        report.timing_cache = str(cache_path)
+        report.timing_cache_read_bytes = read_bytes
+        report.timing_cache_written_bytes = len(updated)
+    del cache, parser  # (both had to outlive the build)
+    return report
+
+
+def _attach_timing_cache(config: trt.IBuilderConfig, path: Path | None
+                         ) -> tuple[trt.ITimingCache | None, int]:
+    """The timing cache read from `path` (a new one where the file does not exist) set on
+    `config`, and how many bytes were read. The cache must live until the build is done."""
+    if path is None:
+        return None, 0
+    data = b""
+    if path.exists():
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise UnfoldError(f"cannot read --timing-cache {path}: {exc.strerror}") from None
+    cache = config.create_timing_cache(data)
+    if cache is None:
+        raise UnfoldError(f"--timing-cache {path} is not a TensorRT timing cache (or is "
+                          f"truncated); give another file, or delete it to start a new one")
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise UnfoldError(f"--timing-cache {path} was made by another TensorRT version or on "
+                          f"another GPU; give another file, or delete it to start a new one")
+    return cache, len(data)
 
 
 class TrtRunner:
