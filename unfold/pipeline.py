@@ -207,6 +207,9 @@ def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.Mode
             f"abs error {worst.max_abs:.3g}): an exporter problem, try --exporter torchscript")
 
 
+PLAN_SUFFIXES = (".plan", ".engine")  # what `unfold build` writes (TensorRT's own names)
+
+
 def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
@@ -217,7 +220,8 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
            rtol: Sequence[str] = (), seed: int = 0,
            progress: Progress | None = None) -> VerifyReport:
     """Run REFERENCE (model.pt on torch, or an .onnx on ONNX Runtime) and CANDIDATE (an
-    .onnx on `engine`, or a model.pt on torch) on the same inputs and compare every output."""
+    .onnx on `engine`, a TensorRT engine built by `unfold build` (.plan, .engine) with
+    `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output."""
     from unfold.engines import ENGINES
 
     if engine not in ENGINES:
@@ -228,8 +232,19 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
     stages = _Stages(progress)
     example: dict[str, np.ndarray] = {}
     with stages.stage("load", f"loading {reference} and {candidate}"):
+        candidate_plan = candidate.suffix.lower() in PLAN_SUFFIXES
+        if candidate_plan:
+            if engine != "trt":
+                raise UnfoldError(f"{candidate} is a TensorRT engine: verify it with --engine "
+                                  f"trt")
+            from unfold.engines.trt import require_tensorrt
+
+            require_tensorrt()  # (before the reference loads: a missing engine costs nothing)
+            if not candidate.is_file():
+                raise UnfoldError(f"{candidate}: no such file")
         candidate_onnx = load_onnx(candidate) if _is_onnx(candidate) else None
-        if candidate_onnx is None and engine in ONNX_ENGINES and engine != "ort":
+        if candidate_onnx is None and not candidate_plan and engine in ONNX_ENGINES and \
+                engine != "ort":
             raise UnfoldError(f"--engine {engine} runs ONNX models; {candidate} is not one")
         if candidate_onnx is not None and engine == "torch":
             raise UnfoldError(f"--engine torch runs model.pt files; {candidate} is ONNX: "
@@ -240,6 +255,12 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
 
             require_openvino()
         output_names = [o.name for o in candidate_onnx.graph.output] if candidate_onnx else []
+        plan_runner = None
+        if candidate_plan:
+            from unfold.engines.trt import TrtRunner
+
+            plan_runner = TrtRunner(candidate.read_bytes(), [])
+            output_names = plan_runner.output_names
         reference_onnx = None
         if _is_onnx(reference):
             reference_onnx = load_onnx(reference)
@@ -252,7 +273,9 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
                                      device=device, by_keyword=loaded.by_keyword)
             example = loaded.example_inputs
         cand_runner: Runner
-        if candidate_onnx is None:
+        if plan_runner is not None:
+            cand_runner = plan_runner
+        elif candidate_onnx is None:
             other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)

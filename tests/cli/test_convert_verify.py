@@ -104,6 +104,15 @@ def test_verify_with_tensorrt_missing_exits_3(converted: tuple[Path, dict]) -> N
     _assert_user_error(result, 3, "TensorRT")
 
 
+def test_verify_a_built_engine_needs_tensorrt(tmp_path: Path) -> None:
+    plan = tmp_path / "m.plan"
+    plan.write_bytes(b"not checked before TensorRT is")
+    result = _invoke("verify", CHECKPOINT_DIR / "digits-vit-un.pt2", plan, "--engine", "trt")
+    _assert_user_error(result, 3, "TensorRT is not installed")
+    result = _invoke("verify", CHECKPOINT_DIR / "digits-vit-un.pt2", plan)
+    _assert_user_error(result, 2, f"{plan} is a TensorRT engine: verify it with --engine trt")
+
+
 def test_no_verify_is_loud(tmp_path: Path) -> None:
     result = _invoke("convert", STATE, *CONFIRM, "--out", tmp_path / "m.onnx", "--exporter",
                      "torchscript", "--no-verify")
