@@ -20,6 +20,16 @@ if TYPE_CHECKING:  # (torch is imported when a command runs, not for --help)
     from unfold.pipeline import ConvertReport
 
 
+# what the command says, and its exit code, for each way a conversion ends
+ENDINGS = {
+    "written": ("wrote {written}", ExitCode.OK),
+    "mismatch": ("error: the folded ONNX does not match torch; nothing written",
+                 ExitCode.CHECK_FAILED),
+    "norms left": ("error: --strict: normalization left in the graph; nothing written",
+                   ExitCode.CHECK_FAILED),
+}
+
+
 def render_convert(report: ConvertReport) -> None:
     stdout.print(f"{report.source}: {report.format}")
     for spec in report.inputs:
@@ -92,15 +102,8 @@ def convert(
         show(report, as_json, render_convert)
         if fp16:
             warn_fp16(report.fold)
-        if report.verification is not None and not report.verification:
-            print("error: the folded ONNX does not match torch; nothing written",
-                  file=sys.stderr)
-            return ExitCode.CHECK_FAILED
-        if not report:
-            print("error: --strict: normalization left in the graph; nothing written",
-                  file=sys.stderr)
-            return ExitCode.CHECK_FAILED
-        print(f"wrote {report.written}", file=sys.stderr)
-        return ExitCode.OK
+        message, code = ENDINGS[report.outcome]
+        print(message.format(written=report.written), file=sys.stderr)
+        return code
 
     run_command("convert", body, debug)

@@ -20,7 +20,7 @@ from tests.models import SRC_VOCAB, TGT_VOCAB, tiny_translator, tiny_vit, transl
 from tests.optional import import_or_skip
 from unfold.engines.ort import OrtRunner
 from unfold.errors import UnfoldError
-from unfold.pipeline import InputOptions
+from unfold.pipeline import InputOptions, Outcome
 
 METRICS = json.loads(METRICS_PATH.read_text())
 NORM_OPS = {"ReduceMean", "Sqrt", "Pow", "Div", "Reciprocal", "BatchNormalization",
@@ -143,6 +143,8 @@ def test_a_model_without_offline_norms_converts_and_says_why(tmp_path: Path) -> 
     strict = unfold.convert(source, tmp_path / "strict.onnx", exporter="torchscript",
                             strict=True, trust=True)
     assert not strict and not (tmp_path / "strict.onnx").exists()
+    assert strict.outcome is Outcome.NORMS_LEFT and report.outcome is Outcome.WRITTEN
+    assert strict.to_dict()["outcome"] == "norms left"
 
 
 def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
@@ -165,6 +167,7 @@ def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
     report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", out, trust=True,
                             exporter="torchscript")
     assert not report and not out.exists() and list(tmp_path.iterdir()) == []
+    assert report.outcome is Outcome.MISMATCH
     assert report.verification is not None and not report.verification
     assert "the export matches torch; the fold departs" in report.verification.notes
     assert report.verification.divergence is not None

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,13 @@ from unfold.verification.tolerances import check_tolerances
 Progress = Callable[[str], None]
 
 
+class Outcome(str, Enum):
+    """How a conversion ended."""
+    WRITTEN = "written"  # verified (or --no-verify) and written
+    MISMATCH = "mismatch"  # the folded ONNX does not compute what torch does: nothing written
+    NORMS_LEFT = "norms left"  # strict, and a normalization stayed: nothing written
+
+
 @dataclass
 class ConvertReport:
     source: str
@@ -54,9 +62,17 @@ class ConvertReport:
     notes: list[str] = field(default_factory=list)
     written: Path | None = None
 
+    @property
+    def outcome(self) -> Outcome:
+        if self.written is not None:
+            return Outcome.WRITTEN
+        if self.verification is not None and not self.verification:
+            return Outcome.MISMATCH
+        return Outcome.NORMS_LEFT
+
     def __bool__(self) -> bool:
         """True when the output was written (verification passed, or was skipped)."""
-        return self.written is not None
+        return self.outcome is Outcome.WRITTEN
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -68,6 +84,7 @@ class ConvertReport:
             "verified": self.verification is not None and bool(self.verification),
             "seconds": self.seconds, "notes": self.notes,
             "written": str(self.written) if self.written else None,
+            "outcome": self.outcome.value,
         }
 
 

@@ -231,3 +231,11 @@ def test_bad_npz_inputs(tmp_path: Path) -> None:
                      "torchscript", "--inputs", tmp_path / "x.npz")
     _assert_user_error(result, 2, f"--inputs {tmp_path / 'x.npz'} holds ['pixels']")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_every_way_a_conversion_ends_has_its_message_and_exit_code() -> None:
+    from cli.convert import ENDINGS
+    from unfold.pipeline import Outcome
+
+    assert set(ENDINGS) == {o.value for o in Outcome}
+    assert [ENDINGS[o][1] for o in Outcome] == [0, 1, 1]
