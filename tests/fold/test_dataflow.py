@@ -287,3 +287,35 @@ def test_max_scale_re_scales_the_stream_with_one_mul() -> None:
     assert _largest_constant(folded) <= 4 * _largest_constant(m), \
         "no constant grew beyond the bound"
     assert_same_outputs(m, folded, _x())
+
+
+# --- a constant Mul before the reader that stops a pending ----------------------------------
+
+def _two_scaled_tanhs(norm: bool) -> onnx.ModelProto:
+    """A norm read by two DyT-like branches, Mul(α) -> Tanh -> MatMul, summed: kept, the norm
+    is a Mul and an Add; carried, each α takes its scale and each branch keeps only an Add of
+    the shift before its Tanh: as many ops, one Mul fewer."""
+    source = "normed" if norm else "x"
+    nodes = [*NORM] if norm else []
+    inits = [const("W", RNG.normal(size=(C, 3)))]
+    for branch in ("a", "b"):
+        nodes += [N("Mul", [source, f"alpha_{branch}"], [f"in_{branch}"],
+                    name=f"alpha_mul_{branch}"),
+                  N("Tanh", [f"in_{branch}"], [f"t_{branch}"], name=f"tanh_{branch}"),
+                  N("MatMul", [f"t_{branch}", "W"], [f"y_{branch}"], name=f"fc_{branch}")]
+        inits.append(const(f"alpha_{branch}", np.array(0.7 if branch == "a" else 1.3)))
+    nodes.append(N("Add", ["y_a", "y_b"], ["y"], name="sum"))
+    if norm:
+        inits += norm_constants(C)
+    return model(nodes, inits, {"x": ["N", 5, C]}, {"y": ["N", 5, 3]})
+
+
+def test_a_scale_stopped_after_a_constant_mul_goes_into_that_constant() -> None:
+    m = _two_scaled_tanhs(norm=True)
+    folded, report = fold_model(m)
+    _, twin = fold_model(_two_scaled_tanhs(norm=False))
+    assert report.ops_after == twin.ops_after + Counter(Add=2), \
+        "each α took the scale: an Add of the shift per branch, no Mul more than the twin"
+    assert_same_outputs(m, folded, _x())
+    _, second = fold_model(folded)
+    assert second.ops_after == report.ops_after, "a second fold finds nothing more to do"

@@ -36,6 +36,7 @@ from unfold.fold.transfer import plan_node
 from unfold.fold.transfer.norm import START, plan_site
 
 OUTPUT_DISCOUNT = 0.25  # a materialization at a graph output is what DESIGN allows: prefer it
+MUL_PREMIUM = 0.01  # ties between as many ops: fewer Muls
 FAN_OUT = "fan-out: materialized once here rather than carried into every reader"
 
 Edge = tuple[str, int, int]  # (tensor name, id of the reading node, input slot)
@@ -105,6 +106,35 @@ class _Rewriter:
             assert slot == len(node.inputs), (node.name, slot)
             node.inputs.append(constant)
 
+    def _scale_into_producer(self, source: gs.Tensor, scale: np.ndarray) -> bool:
+        """Where `source` is a Mul by a constant that only this materialization reads (DyT's
+        tanh(α·x), a constant Mul before an activation), the scale goes into that constant,
+        s⊙(x·c) = x·(c⊙s): one Mul fewer than a Mul of its own (which a second fold would
+        otherwise compose). False, touching nothing, anywhere else."""
+        if len(source.inputs) != 1 or len(source.outputs) != 1 or self.ctx.is_output(source):
+            return False
+        producer = source.inputs[0]
+        if producer.op != "Mul" or len(producer.inputs) != 2 or \
+                id(producer) in self.ctx.site_nodes:
+            return False
+        values = [self.ctx.constant(t) for t in producer.inputs]
+        if (values[0] is None) == (values[1] is None):
+            return False
+        slot = 0 if values[0] is not None else 1
+        value = values[slot]
+        assert value is not None
+        if not np.issubdtype(value.dtype, np.floating):
+            return False
+        merged = np.asarray(value, np.float64) * np.asarray(scale, np.float64)
+        shape = self.ctx.shape(source)
+        if shape is None or merged.ndim > len(shape) or any(
+                m != 1 and m != d for m, d in zip(merged.shape[::-1], shape[::-1], strict=False)):
+            return False  # it would broadcast the product beyond the tensor's own shape
+        if not np.all(np.isfinite(merged)):
+            return False
+        self.replace_input(producer, slot, merged.astype(value.dtype))
+        return True
+
     def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype, base: str,
                     out: gs.Tensor | None = None) -> gs.Tensor:
         """out (a new tensor unless given) = affine(source): a Mul and an Add, each left out
@@ -115,6 +145,8 @@ class _Rewriter:
         ops = [(op, value) for op, value, neutral in (("Mul", affine.scale, 1.0),
                                                       ("Add", affine.shift, 0.0))
                if np.any(value != neutral)]
+        if ops and ops[0][0] == "Mul" and self._scale_into_producer(source, affine.scale):
+            ops = ops[1:]
         if not ops:
             self.graph.nodes.append(gs.Node("Identity", self.names.new(base), inputs=[source],
                                             outputs=[out]))
@@ -210,10 +242,30 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
 # --- 2. decision ------------------------------------------------------------------------------
 
 def _materialize_cost(tensor: gs.Tensor, pending: Pending, ctx: Context) -> float:
+    """The ops materializing `pending` on `tensor` adds: its Mul (none where the tensor comes
+    from a constant Mul that takes the scale, _Rewriter._scale_into_producer) and its Add; a
+    Mul counts a little more than an Add, so that of two ways with as many ops the one that
+    leaves Adds (what DESIGN's minima are: a shift with no bias to go into) wins."""
     if pending.invariant:
         return math.inf
-    ops = pending.affine.ops()  # type: ignore[union-attr]
-    return ops - OUTPUT_DISCOUNT if ctx.is_output(tensor) and ops else float(ops)
+    affine = pending.affine
+    assert affine is not None
+    scale = float(affine.has_scale) * (0.0 if _constant_mul_takes_scale(tensor, ctx)
+                                       else 1.0 + MUL_PREMIUM)
+    ops = scale + float(affine.has_shift)
+    return ops - OUTPUT_DISCOUNT if ctx.is_output(tensor) and ops else ops
+
+
+def _constant_mul_takes_scale(tensor: gs.Tensor, ctx: Context) -> bool:
+    """Whether `tensor` is a Mul by a constant that only its one reader reads (see
+    _Rewriter._scale_into_producer, which decides for good with the values)."""
+    if len(tensor.inputs) != 1 or len(tensor.outputs) != 1 or ctx.is_output(tensor):
+        return False
+    producer = tensor.inputs[0]
+    if producer.op != "Mul" or len(producer.inputs) != 2 or id(producer) in ctx.site_nodes:
+        return False
+    constants = [ctx.constant_shape(t) is not None for t in producer.inputs]
+    return constants[0] != constants[1]
 
 
 def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move | Stop],
