@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -88,3 +90,39 @@ def post_norm_stack(blocks: int, channels: int, norm: bool = True) -> onnx.Model
               helper.make_node("Add", ["mh", "ch"], ["y"], name="head_bias")]
     inits += [const("Wh", RNG.normal(size=(channels, 3))), const("ch", RNG.normal(size=3))]
     return model(nodes, inits, {"x": ["N", 5, channels]}, {"y": ["N", 5, 3]})
+
+
+# --- what a pending affine leaves at a model's outputs (the twin checks of tests/fold and
+# tests/zoo: a Mul and an Add materialized at an output are allowed beyond the twin)
+
+AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
+
+
+def at_outputs(model: onnx.ModelProto) -> list[Counter[str]]:
+    """Per graph output, the Mul/Add/Sub/Div by a constant that end the path to it (an
+    affine materialized at that output, and the head's own bias Add)."""
+    constants = {t.name for t in model.graph.initializer}
+    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found = []
+    for output in model.graph.output:
+        ops: Counter[str] = Counter()
+        node = producer.get(output.name)
+        while node is not None and node.op_type in AFFINE_OPS:
+            variable = [i for i in node.input if i not in constants]
+            if len(variable) != 1 or len(node.input) != 2:
+                break
+            ops[node.op_type] += 1
+            node = producer.get(variable[0])
+        found.append(ops)
+    return found
+
+
+def materialized(folded: onnx.ModelProto, twin: onnx.ModelProto) -> Counter[str]:
+    """What the folded model has more than its twin at its outputs, at most one Mul and one
+    Add per output: a pending affine materialized there (allowed)."""
+    allowed: Counter[str] = Counter()
+    for f, t in zip(at_outputs(folded), at_outputs(twin), strict=True):
+        for op in ("Mul", "Add"):
+            allowed[op] += min(1, max(0, f[op] - t[op]))
+    return allowed

@@ -34,6 +34,7 @@ from onnx import numpy_helper
 
 from unfold.fold import fold_model
 
+from .helpers import materialized
 from .twin_graphs import (
     CF_KINDS,
     KINDS,
@@ -53,7 +54,6 @@ from .twin_graphs import (
     specs,
 )
 
-AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 TOLERANCE = 1e-5  # of each output's largest |value|, fp32
 
 
@@ -76,34 +76,6 @@ def _output_differences(a: list[np.ndarray], b: list[np.ndarray], rel: float) ->
     return failures
 
 
-def _at_outputs(model: onnx.ModelProto) -> list[Counter[str]]:
-    """Per graph output, the Mul/Add/Sub/Div by a constant that end the path to it (an
-    affine materialized at that output, and the head's own bias Add)."""
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found = []
-    for output in model.graph.output:
-        ops: Counter[str] = Counter()
-        node = producer.get(output.name)
-        while node is not None and node.op_type in AFFINE_OPS:
-            variable = [i for i in node.input if i not in constants]
-            if len(variable) != 1 or len(node.input) != 2:
-                break
-            ops[node.op_type] += 1
-            node = producer.get(variable[0])
-        found.append(ops)
-    return found
-
-
-def _materialized(folded: onnx.ModelProto, twin: onnx.ModelProto) -> Counter[str]:
-    """What the folded model has more than its twin at its outputs, at most one Mul and one
-    Add per output: a pending affine materialized there (allowed)."""
-    allowed: Counter[str] = Counter()
-    for f, t in zip(_at_outputs(folded), _at_outputs(twin), strict=True):
-        for op in ("Mul", "Add"):
-            allowed[op] += min(1, max(0, f[op] - t[op]))
-    return allowed
 
 
 def _tensors(model: onnx.ModelProto) -> list[tuple[tuple[int, ...], str]]:
@@ -154,7 +126,7 @@ def check(spec: Spec, exporter: str = "legacy") -> None:
     # 2. the twin's op counts, give or take what no fold removes
     folded_twin, twin_report = fold_model(twin)
     least, reasons = minimum(spec)
-    allowed = least + _materialized(folded, folded_twin)
+    allowed = least + materialized(folded, folded_twin)
     ops = _op_count_failures(report.ops_after, twin_report.ops_after, allowed, least)
     if ops:
         extra = report.ops_after - twin_report.ops_after

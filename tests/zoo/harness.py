@@ -108,8 +108,18 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
 def relative_error(original: onnx.ModelProto, folded: onnx.ModelProto,
                    feeds: dict[str, np.ndarray]) -> float:
     """max over outputs of max|Δ| / max|reference| (integer outputs must match exactly)."""
+    return outputs_error(_run(original, feeds), _run(folded, feeds))
+
+
+def outputs_error(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
+    """max over outputs of max|Δ| / max|expected|; inf where the outputs do not even line up
+    (count, shape) or an integer output differs."""
+    if len(expected) != len(got):
+        return float("inf")
     worst = 0.0
-    for a, b in zip(_run(original, feeds), _run(folded, feeds), strict=True):
+    for a, b in zip(expected, got, strict=True):
+        if a.shape != b.shape:
+            return float("inf")
         if not np.issubdtype(a.dtype, np.floating):
             worst = max(worst, 0.0 if np.array_equal(a, b) else np.inf)
             continue

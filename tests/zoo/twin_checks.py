@@ -32,45 +32,14 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from tests.zoo.harness import ZooCase, ZooResult, _run, export, relative_error
+from tests.fold.helpers import materialized
+from tests.zoo.harness import ZooCase, ZooResult, _run, export, outputs_error, relative_error
 from unfold.fold import fold_model
 
 TOLERANCE = 1e-5  # of each output's largest |value|, fp32
 CHECKS = ("export", "outputs", "ops", "missing", "left")
-AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 
 
-# --- what a pending affine leaves at the outputs (mirrors tests/fold/test_twin_properties.py) --
-
-
-def at_outputs(model: onnx.ModelProto) -> list[Counter[str]]:
-    """Per graph output, the Mul/Add/Sub/Div by a constant that end the path to it (an
-    affine materialized at that output, and the head's own bias Add)."""
-    constants = {t.name for t in model.graph.initializer}
-    constants |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    found = []
-    for output in model.graph.output:
-        ops: Counter[str] = Counter()
-        node = producer.get(output.name)
-        while node is not None and node.op_type in AFFINE_OPS:
-            variable = [i for i in node.input if i not in constants]
-            if len(variable) != 1 or len(node.input) != 2:
-                break
-            ops[node.op_type] += 1
-            node = producer.get(variable[0])
-        found.append(ops)
-    return found
-
-
-def materialized(folded: onnx.ModelProto, twin: onnx.ModelProto) -> Counter[str]:
-    """What the folded model has more than its twin at its outputs, at most one Mul and one
-    Add per output: a pending affine materialized there (allowed)."""
-    allowed: Counter[str] = Counter()
-    for f, t in zip(at_outputs(folded), at_outputs(twin), strict=True):
-        for op in ("Mul", "Add"):
-            allowed[op] += min(1, max(0, f[op] - t[op]))
-    return allowed
 
 
 # --- weights -----------------------------------------------------------------------------------
@@ -121,20 +90,6 @@ def _torch_outputs(model: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> li
     return [t.detach().numpy() for t in out]
 
 
-def _relative(expected: list[np.ndarray], got: list[np.ndarray]) -> float:
-    """max over outputs of max|Δ| / max|expected| (harness.relative_error's measure)."""
-    if len(expected) != len(got):
-        return float("inf")
-    worst = 0.0
-    for a, b in zip(expected, got, strict=True):
-        if a.shape != b.shape:
-            return float("inf")
-        if not np.issubdtype(a.dtype, np.floating):
-            worst = max(worst, 0.0 if np.array_equal(a, b) else np.inf)
-            continue
-        scale = max(float(np.abs(a).max()), 1e-30)
-        worst = max(worst, float(np.abs(a.astype(np.float64) - b).max()) / scale)
-    return worst
 
 
 @dataclass
@@ -207,7 +162,7 @@ def _measure(case: ZooCase, exporter: str) -> ZooCheck:
         model = case.build(twin)
         expected = _torch_outputs(model, args)
         exported[twin] = export(model, args, case.input_names, exporter, case.dynamic_batch)
-        errors[twin] = _relative(expected, _run(exported[twin], feeds))
+        errors[twin] = outputs_error(expected, _run(exported[twin], feeds))
     folded, report = fold_model(exported[False])
     folded_twin, twin_report = fold_model(exported[True])
     result = ZooResult(case.name, exporter, report, report.ops_after, twin_report.ops_after,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import RESHAPES, constant_value, is_round_trip, rank
+from unfold.fold.graph import RESHAPES, bypass, constant_value, is_round_trip, rank
 
 
 def tidy_layout(graph: gs.Graph) -> None:
@@ -32,13 +32,7 @@ def _drop_layout_round_trips(graph: gs.Graph) -> None:
         first = middle.inputs[0]
         if not is_round_trip(first, second):
             continue
-        source, out = first.inputs[0], second.outputs[0]
-        for reader in list(out.outputs):
-            for slot, tensor in enumerate(reader.inputs):
-                if tensor is out:
-                    reader.inputs[slot] = source
-        second.outputs.clear()
-        second.inputs.clear()
+        bypass(second, first.inputs[0])
 
 
 def _compose_transposes(graph: gs.Graph) -> None:
@@ -60,13 +54,7 @@ def _compose_transposes(graph: gs.Graph) -> None:
         perm = [p1[i] for i in p2]
         source = first.inputs[0]
         if perm == list(range(r)) and second.outputs[0].name not in graph_outputs:
-            out = second.outputs[0]  # a round trip: nothing left of either
-            for reader in list(out.outputs):
-                for slot, tensor in enumerate(reader.inputs):
-                    if tensor is out:
-                        reader.inputs[slot] = source
-            second.outputs.clear()
-            second.inputs.clear()
+            bypass(second, source)  # a round trip: nothing left of either
             continue
         second.attrs["perm"] = perm
         second.inputs[0] = source
@@ -111,10 +99,4 @@ def _merge_duplicate_layout_ops(graph: gs.Graph) -> None:
         kept = seen.setdefault(key, node)
         if kept is node:
             continue
-        out, same = node.outputs[0], kept.outputs[0]
-        for reader in list(out.outputs):
-            for slot, tensor in enumerate(reader.inputs):
-                if tensor is out:
-                    reader.inputs[slot] = same
-        node.outputs.clear()
-        node.inputs.clear()
+        bypass(node, kept.outputs[0])

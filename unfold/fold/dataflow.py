@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import Context, Move, Pending, Stop, dtype_of, named
-from unfold.fold.graph import SHAPE_READERS, Names, replace_weight
+from unfold.fold.graph import SHAPE_READERS, Names, redirect_readers, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
 from unfold.fold.transfer import plan_node
@@ -494,15 +494,9 @@ def _forward(tensor: gs.Tensor, carrier: gs.Tensor, graph: gs.Graph) -> None:
                                        inputs=[carrier], outputs=[tensor]))
             return
         producer.outputs[producer.outputs.index(carrier)] = tensor
-        for reader in list(carrier.outputs):
-            for slot, t in enumerate(reader.inputs):
-                if t is carrier:
-                    reader.inputs[slot] = tensor
+        redirect_readers(carrier, tensor)
         return
-    for reader in list(tensor.outputs):
-        for slot, t in enumerate(reader.inputs):
-            if t is tensor:
-                reader.inputs[slot] = carrier
+    redirect_readers(tensor, carrier)
 
 
 def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.Tensor],

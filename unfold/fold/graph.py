@@ -46,6 +46,22 @@ def replace_weight(node: gs.Node, slot: int, value: np.ndarray, names: Names) ->
 SHAPE_READERS = frozenset({"Shape", "Size"})
 
 
+def redirect_readers(old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every node that reads `old` reads `new` there instead."""
+    for reader in list(old.outputs):
+        for slot, tensor in enumerate(reader.inputs):
+            if tensor is old:
+                reader.inputs[slot] = new
+
+
+def bypass(node: gs.Node, source: gs.Tensor) -> None:
+    """`node`'s readers read `source` instead of its (one) output, and `node` is unplugged:
+    the cleanup that follows removes it."""
+    redirect_readers(node.outputs[0], source)
+    node.outputs.clear()
+    node.inputs.clear()
+
+
 def value_readers(tensor: gs.Tensor) -> list[gs.Node]:
     """The nodes that read `tensor`'s values (not just its shape)."""
     return [n for n in tensor.outputs if n.op not in SHAPE_READERS]

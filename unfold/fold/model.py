@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 from unfold.errors import UnfoldError
 from unfold.fold.cleanup import tidy_layout
 from unfold.fold.dataflow import fold_graph
-from unfold.fold.graph import Names
+from unfold.fold.graph import Names, bypass
 from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, torch_module
 from unfold.fold.transfer import RULES
@@ -65,13 +65,7 @@ def _read_shared_weights_directly(graph: gs.Graph) -> None:
         if node.op != "Identity" or not isinstance(node.inputs[0], gs.Constant) or \
                 node.outputs[0].name in graph_outputs:
             continue
-        out, weight = node.outputs[0], node.inputs[0]
-        for reader in list(out.outputs):
-            for slot, tensor in enumerate(reader.inputs):
-                if tensor is out:
-                    reader.inputs[slot] = weight
-        node.outputs.clear()
-        node.inputs.clear()
+        bypass(node, node.inputs[0])
     graph.cleanup()
 
 
