@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.engines import ONNX_ENGINES, Runner, runner_for
+from unfold.engines import Runner, check_runs, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError
@@ -260,12 +260,9 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
             if not candidate.is_file():
                 raise UnfoldError(f"{candidate}: no such file")
         candidate_onnx = load_onnx(candidate) if _is_onnx(candidate) else None
-        if candidate_onnx is None and not candidate_plan and engine in ONNX_ENGINES and \
-                engine != "ort":
-            raise UnfoldError(f"--engine {engine} runs ONNX models; {candidate} is not one")
-        if candidate_onnx is not None and engine == "torch":
-            raise UnfoldError(f"--engine torch runs model.pt files; {candidate} is ONNX: "
-                              f"use --engine {' or '.join(ONNX_ENGINES)}")
+        # (a model.pt candidate with the default engine runs on torch)
+        if not candidate_plan and not (candidate_onnx is None and engine == "ort"):
+            check_runs(engine, candidate, is_onnx=candidate_onnx is not None)
         # (before the reference loads: a missing engine costs nothing)
         if engine == "openvino":
             from unfold.engines.openvino import require_openvino

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from unfold.engines import ONNX_ENGINES, Runner, runner_for
+from unfold.engines import ONNX_ENGINES, Runner, check_runs, runner_for
 from unfold.errors import UnfoldError
 from unfold.inputs import InputOptions, InputSpec, onnx_input_specs, random_batch
 
@@ -70,16 +70,11 @@ class Target:
 
 def load_target(path: Path, engine: str, *, trust: bool = False,
                 arch: str | None = None) -> Target:
+    check_runs(engine, path, is_onnx=path.suffix.lower() == ".onnx")
     if engine in ONNX_ENGINES:
-        if path.suffix.lower() != ".onnx":
-            raise UnfoldError(f"--engine {engine} runs ONNX models; {path} is not an .onnx "
-                              f"(--engine torch runs model.pt files)")
         from unfold.onnx_files import load_onnx
 
         return Target(path, engine, load_onnx(path))
-    if path.suffix.lower() == ".onnx":
-        raise UnfoldError(f"--engine torch runs model.pt files; {path} is ONNX: use --engine "
-                          f"{' or '.join(ONNX_ENGINES)}")
     from unfold.load import load_model
 
     return Target(path, engine, load_model(path, trust=trust, arch=arch))

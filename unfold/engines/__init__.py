@@ -36,6 +36,17 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:
+    """That `engine` runs this kind of model (`what` names it in the error): the ONNX engines
+    an ONNX model, `torch` a model.pt."""
+    if engine == "torch" and is_onnx:
+        raise UnfoldError(f"--engine torch runs model.pt files; {what} is ONNX: use --engine "
+                          f"{' or '.join(ONNX_ENGINES)}")
+    if engine in ONNX_ENGINES and not is_onnx:
+        raise UnfoldError(f"--engine {engine} runs ONNX models; {what} is not one: use "
+                          f"--engine torch, or convert it first")
+
+
 def runner_for(model: Any, engine: str, *, device: str = "cpu",
                threads: int | None = None, specs: Sequence[InputSpec] = (),
                compile: bool = False) -> Runner:
@@ -46,17 +57,13 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
     if engine not in ENGINES:
         raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
     is_torch = hasattr(model, "module")
+    check_runs(engine, f"{model.source} (a {model.format})" if is_torch else model,
+               is_onnx=not is_torch)
     if engine == "torch":
-        if not is_torch:
-            raise UnfoldError(f"--engine torch runs model.pt files; {model} is ONNX: use "
-                              f"--engine {' or '.join(ONNX_ENGINES)}")
         from unfold.engines.torch_runner import TorchRunner
 
         return TorchRunner(model.module, model.input_names, device=device,
                            by_keyword=model.by_keyword, threads=threads, compile=compile)
-    if is_torch:
-        raise UnfoldError(f"--engine {engine} runs ONNX models; {model.source} is a "
-                          f"{model.format}: use --engine torch, or convert it first")
     if compile:
         raise UnfoldError("--compile applies to --engine torch only")
     if engine == "ort":
