@@ -113,11 +113,11 @@ def export_variants(shape: str, folder: Path) -> dict[str, Path]:
 
 
 def _inputs(shape: str):  # noqa: ANN202
-    from unfold.inputs import InputOptions
+    from unfold.inputs import Inputs
 
     if shape == "bert_base":
-        return InputOptions(int_ranges=["input_ids:0,29999", "attention_mask:1,1"])
-    return InputOptions(float_ranges=["0,1"])
+        return Inputs(int_range={"input_ids": (0, 29999), "attention_mask": (1, 1)})
+    return Inputs(float_range=(0, 1))
 
 
 def main() -> None:

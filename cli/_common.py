@@ -5,16 +5,17 @@ JSON with --json), user errors as `error: ...` and an exit code (a traceback onl
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import typer
 from rich.console import Console
 
-from unfold.errors import ExitCode, UnfoldError
+from unfold.errors import NO_VALUE, ExitCode, UnfoldError, is_one_shape, spelled_as
 
 # Plain lines never wrap (paths stay whole, greppable); tables fit a terminal, and piped into
 # a file or another program (where rich would assume 80 columns) keep one row per line.
@@ -50,10 +51,61 @@ def show(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
         render(result)
 
 
+# The library's parameters (unfold.errors.option) as this CLI's flags, where the name differs
+# from the parameter's with '-' for '_'; `False` parameters that a --no-... flag sets.
+FLAGS = {
+    "inputs.shapes": "--input-shape", "inputs.dtype": "--input-dtype",
+    "inputs.int_range": "--int-range", "inputs.float_range": "--float-range",
+    "inputs.dynamic": "--dynamic", "inputs.npz": "--inputs", "batches": "--batch",
+}
+NEGATED = {"verify": "--no-verify", "memory": "--no-memory"}
+# per-input / per-output values: NAME:VALUE, OUTPUT=VALUE
+_SEPARATORS = {"atol": "=", "rtol": "="}
+
+
+def _text(value: Any) -> str:
+    """One value as a flag takes it: 0,30000, batch,seq, 1,8, 0.0001."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, Mapping):
+        return json.dumps(value)
+    return str(value)
+
+
+def cli_spelling(parameter: str, value: Any = NO_VALUE) -> str:
+    """A library parameter and its value as the flags that give it: `--atol logits=0.0001`,
+    `--input-shape ids:1x128`, `--dynamic batch,seq` (cf. unfold.errors.python_spelling)."""
+    if parameter in NEGATED and value in (NO_VALUE, False):
+        return NEGATED[parameter]
+    flag = FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+    if value is NO_VALUE or value is True:
+        return flag
+    if parameter == "inputs.shapes":
+        shapes = value.items() if isinstance(value, Mapping) else \
+            [(None, value)] if is_one_shape(value) or not isinstance(value, Sequence) else \
+            [(None, shape) for shape in value]
+        return " ".join(f"{flag} " + shlex.quote((f"{key}:" if isinstance(key, str) else "")
+                                                 + ("x".join(map(str, shape))
+                                                    if isinstance(shape, Sequence)
+                                                    and not isinstance(shape, str)
+                                                    else str(shape)))
+                        for key, shape in shapes)
+    if isinstance(value, Mapping) and parameter != "arch_kwargs":
+        separator = _SEPARATORS.get(parameter, ":")
+        return " ".join(f"{flag} {shlex.quote(f'{key}{separator}{_text(item)}')}"
+                        for key, item in value.items())
+    return f"{flag} {shlex.quote(_text(value))}"
+
+
 def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:
+    """Run a command's `body`: its messages name the flags, a user error is one line and
+    its exit code, then the status line."""
     start = time.perf_counter()
     try:
-        code = body()
+        with spelled_as(cli_spelling):
+            code = body()
     except UnfoldError as exc:
         if debug:
             traceback.print_exc()

@@ -92,11 +92,12 @@ def bench(
         from unfold.onnx_files import check_output_path, write_bytes_atomic
 
         batches = parse_batches(batch)
+        given = opt.input_options(input_shape, input_dtype, int_range, float_range, None, None)
         check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
                             seconds=seconds, warmup=warmup)
-        outputs = [p for p in (json_out, plot) if p is not None]
-        for path in outputs:
-            check_output_path(path, force=force, inputs=tuple(models))
+        for parameter, path in (("json", json_out), ("plot", plot)):
+            if path is not None:
+                check_output_path(path, force=force, inputs=tuple(models), parameter=parameter)
         if plot is not None:
             from unfold.bench.plot import require_matplotlib
 
@@ -106,8 +107,7 @@ def bench(
             report = run_bench(
                 models, engine=engine, batches=batches, threads=threads, rounds=rounds,
                 seconds=seconds, warmup=warmup, baseline=baseline,
-                inputs=opt.input_options(input_shape, input_dtype, int_range, float_range,
-                                         None, None),
+                inputs=given,
                 device=device, compile=compile_, memory=memory, seed=seed, trust=trust,
                 arch=arch, progress=progress)
         finally:

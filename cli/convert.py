@@ -86,6 +86,10 @@ def convert(
     """Convert a trained model to a verified ONNX with every offline normalization folded."""
 
     def body() -> ExitCode:
+        given = opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                  inputs)
+        tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
+        kwargs = opt.parse_arch_kwargs(arch_kwargs)
         from unfold.pipeline import convert as convert_model
 
         bound = max_scale_for(max_scale, fp16)
@@ -93,10 +97,9 @@ def convert(
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)
         report = convert_model(
-            model, out, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
-            inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
-                                     inputs),
-            exporter=exporter, opset=opset, verify=not no_verify, atol=atol, rtol=rtol,
+            model, out, arch=arch, arch_kwargs=kwargs, trust=trust, inputs=given,
+            exporter=exporter, opset=opset, verify=not no_verify, atol=tolerances[0],
+            rtol=tolerances[1],
             skip=skip, max_scale=bound, force=force, seed=seed, strict=strict,
             progress=opt.progress)
         show(report, as_json, render_convert)

@@ -63,14 +63,16 @@ def verify(
     """Check that CANDIDATE computes what REFERENCE computes, within explicit tolerances."""
 
     def body() -> ExitCode:
+        given = opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                  inputs)
+        tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
+        kwargs = opt.parse_arch_kwargs(arch_kwargs)
         from unfold.pipeline import verify as verify_models
 
         report = verify_models(
-            reference, candidate, engine=engine, device=device, arch=arch,
-            arch_kwargs=arch_kwargs, trust=trust,
-            inputs=opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
-                                     inputs),
-            atol=atol, rtol=rtol, seed=seed, progress=opt.progress)
+            reference, candidate, engine=engine, device=device, arch=arch, arch_kwargs=kwargs,
+            trust=trust, inputs=given, atol=tolerances[0], rtol=tolerances[1], seed=seed,
+            progress=opt.progress)
         show(report, as_json, render_verification)
         if not report:
             print("error: outputs differ beyond tolerance", file=sys.stderr)

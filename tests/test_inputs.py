@@ -1,7 +1,9 @@
-"""unfold.inputs: the command line's input options, random batches, real inputs from .npz."""
+"""unfold.inputs: what the caller says of the inputs (`Inputs`), random batches, real inputs
+from .npz. (The command line's strings: tests/cli/test_inputs.py.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,74 +11,106 @@ import pytest
 
 from unfold.errors import UnfoldError
 from unfold.inputs import (
+    Inputs,
     InputSpec,
+    check_inputs,
     load_npz,
-    parse_shape,
     random_batch,
     specs_from_arrays,
-    specs_from_options,
+    specs_from_inputs,
 )
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1x3x224x224", (None, (1, 3, 224, 224))), ("ids:1x128", ("ids", (1, 128))),
-    ("7", (None, (7,))),
-])
-def test_parse_shape(text: str, expected: tuple) -> None:
-    assert parse_shape(text) == expected
-
-
-@pytest.mark.parametrize("text", ["1x3x", "ax3", "1,3,224", "ids:", "0x3", ""])
-def test_parse_shape_rejects_with_the_expected_form(text: str) -> None:
-    with pytest.raises(UnfoldError, match="1x3x224x224"):
-        parse_shape(text)
-
-
 def test_shapes_positional_and_named_with_dtypes_ranges_and_dynamic_axes() -> None:
-    specs = specs_from_options(["ids", "mask"], shapes=["2x16", "mask:2x16"],
-                               dtypes=["ids:int64", "mask:bool"], int_ranges=["0,99"],
-                               dynamic="batch,seq")
+    specs = specs_from_inputs(["ids", "mask"], Inputs(
+        shapes={0: (2, 16), "mask": (2, 16)}, dtype={"ids": "int64", "mask": "bool"},
+        int_range=(0, 99), dynamic=["batch", "seq"]))
     assert specs == [InputSpec("ids", (2, 16), "int64", (0, 99), {0: "batch", 1: "seq"}),
                      InputSpec("mask", (2, 16), "bool", None, {0: "batch", 1: "seq"})]
     assert specs[0].describe() == "ids: 2x16 int64 in [0, 99], dynamic batch, seq"
 
 
-def test_command_line_overrides_what_the_model_says_and_keeps_the_rest() -> None:
+def test_what_the_caller_says_overrides_what_the_model_says_and_keeps_the_rest() -> None:
     own = [InputSpec("x", (2, 4), "float32", (0.0, 1.0), {0: "batch"})]
-    (spec,) = specs_from_options(["x"], shapes=["5x4"], defaults=own)
+    (spec,) = specs_from_inputs(["x"], Inputs(shapes=[(5, 4)]), defaults=own)
     assert spec == InputSpec("x", (5, 4), "float32", (0.0, 1.0), {0: "batch"})
-    (spec,) = specs_from_options(["x"], shapes=[], float_ranges=["-2,2"], defaults=own)
+    (spec,) = specs_from_inputs(["x"], Inputs(float_range=(-2, 2)), defaults=own)
     assert spec.value_range == (-2.0, 2.0)
 
 
 def test_optional_inputs_are_used_only_when_named_and_keep_forward_order() -> None:
     optional = ["attention_mask", "token_type_ids"]
-    (ids,) = specs_from_options(["input_ids"], shapes=["2x8"], optional_names=optional,
-                                dtypes=["int64"], int_ranges=["0,9"])
+    (ids,) = specs_from_inputs(["input_ids"], Inputs(shapes=[(2, 8)], dtype="int64",
+                                                     int_range=(0, 9)),
+                               optional_names=optional)
     assert ids.name == "input_ids"
-    specs = specs_from_options(["input_ids"], optional_names=optional,
-                               shapes=["token_type_ids:2x8", "2x8"], dtypes=["int64"],
-                               int_ranges=["input_ids:0,9", "token_type_ids:0,1"])
+    specs = specs_from_inputs(["input_ids"], Inputs(
+        shapes={"token_type_ids": (2, 8), 0: (2, 8)}, dtype="int64",
+        int_range={"input_ids": (0, 9), "token_type_ids": (0, 1)}), optional_names=optional)
     assert [(s.name, s.value_range) for s in specs] == [("input_ids", (0, 9)),
                                                         ("token_type_ids", (0, 1))]
     with pytest.raises(UnfoldError, match=r"no input 'mask'; its inputs: input_ids \(optional, "
                                           r"used when given a shape: attention_mask, "
                                           r"token_type_ids\)"):
-        specs_from_options(["input_ids"], optional_names=optional, shapes=["mask:2x8"])
+        specs_from_inputs(["input_ids"], Inputs(shapes={"mask": (2, 8)}),
+                          optional_names=optional)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"shapes": []}, "no shape for input"),
-    ({"shapes": ["2x4", "2x4"]}, "takes 1 input"),
-    ({"shapes": ["y:2x4"]}, "no input 'y'"),
-    ({"shapes": ["2x4"], "dtypes": ["int64"]}, "--int-range"),
-    ({"shapes": ["2x4"], "dtypes": ["complex"]}, "valid: float32"),
-    ({"shapes": ["2x4"], "dtypes": ["int64"], "int_ranges": ["9,1"]}, "LOW,HIGH"),
-    ({"shapes": ["2x4"], "dynamic": "time"}, "valid: batch, seq"),
+@pytest.mark.parametrize(("inputs", "message"), [
+    (Inputs(), r"no shape for input\(s\) x: give one for each, e.g. "
+               r"Inputs\(shapes=\{'x': \(1, 128\)\}\)"),
+    (Inputs(shapes=[(2, 4), (2, 4)]), r"Inputs\(shapes=\[\(2, 4\), \(2, 4\)\]\): 2 shape\(s\) "
+                                      r"in input order, but the model takes 1 input"),
+    (Inputs(shapes={"y": (2, 4)}), r"Inputs\(shapes=\{'y': \(2, 4\)\}\): the model has no input"),
+    (Inputs(shapes=[(2, 4)], dtype="int64"), r"Inputs\(int_range=\{'x': \(0, 30000\)\}\)"),
+    (Inputs(shapes=[(2, 4)], dtype="complex"), r"Inputs\(dtype='complex'\): valid dtypes: "
+                                               r"float32"),
+    (Inputs(shapes=[(2, 4)], dtype={"y": "int64"}), r"Inputs\(dtype=\{'y': 'int64'\}\): the "
+                                                    r"model has no input 'y'"),
+    (Inputs(shapes=[(2, 4)], int_range=(9, 1)), r"Inputs\(int_range=\(9, 1\)\): a range is "
+                                                r"\(low, high\)"),
+    (Inputs(shapes=[(2, 4)], dynamic=["time"]), r"'time' is not an axis name; valid: batch, seq"),
 ])
-def test_bad_options_name_what_was_given_and_what_is_valid(kwargs: dict, message: str) -> None:
+def test_bad_inputs_name_the_parameter_as_given_and_what_is_valid(inputs: Inputs,
+                                                                  message: str) -> None:
     with pytest.raises(UnfoldError, match=message):
-        specs_from_options(["x"], **kwargs)
+        specs_from_inputs(["x"], inputs)
+
+
+@pytest.mark.parametrize(("inputs", "message"), [
+    # the command line's strings are the CLI's: the library takes Python values
+    (Inputs(shapes="1x3x8x8"), r"Inputs\(shapes='1x3x8x8'\): expected shapes in input order, "
+                               r"e.g. Inputs\(shapes=\[\(1, 3, 224, 224\)\]\)"),
+    (Inputs(shapes=["1x3x8x8"]), r"Inputs\(shapes=\['1x3x8x8'\]\): a shape is a tuple of "
+                                 r"positive ints"),
+    (Inputs(shapes={"x": (1, 0)}), r"Inputs\(shapes=\{'x': \(1, 0\)\}\): a shape is"),
+    (Inputs(int_range="0,9"), r"Inputs\(int_range='0,9'\): a range is \(low, high\), two "
+                              r"finite ints"),
+    (Inputs(float_range={"x": (0, float("nan"))}), r"Inputs\(float_range=\{'x': \(0, nan\)\}\)"),
+    (Inputs(dtype={1: "int64"}), r"keys are input names \(str\), not int"),
+    (Inputs(dynamic="batch,seq"), r"Inputs\(dynamic='batch,seq'\): expected axis names, e.g. "
+                                  r"Inputs\(dynamic=\['batch', 'seq'\]\)"),
+])
+def test_inputs_are_checked_before_the_model_is_known(inputs: Inputs, message: str) -> None:
+    with pytest.raises(UnfoldError, match=message):
+        check_inputs(inputs)
+
+
+def test_a_range_for_no_input_of_its_kind_is_an_error() -> None:
+    ids = InputSpec("ids", (2, 8), "int64", (0, 9))
+    with pytest.raises(UnfoldError, match=r"Inputs\(float_range=\(0.0, 1.0\)\): the model has "
+                                          r"no float input to apply it to; its inputs: ids"):
+        specs_from_inputs(["ids"], Inputs(float_range=(0, 1)), defaults=[ids])
+    with pytest.raises(UnfoldError, match="input ids is not a float input"):
+        specs_from_inputs(["ids"], Inputs(float_range={"ids": (0, 1)}), defaults=[ids])
+
+
+def test_inputs_round_trip_through_json() -> None:
+    inputs = Inputs(shapes={"ids": (2, 8), 1: (2, 8)}, dtype={"ids": "int64"},
+                    int_range={"ids": (0, 9)}, dynamic=["batch"], npz="real.npz")
+    again = Inputs.from_json(json.loads(json.dumps(inputs.to_json())))
+    assert specs_from_inputs(["ids", "mask"], again) == \
+        specs_from_inputs(["ids", "mask"], inputs) != []
 
 
 def test_random_batches_respect_dtype_range_and_batch() -> None:

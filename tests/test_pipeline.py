@@ -18,9 +18,10 @@ from sample_models.data import DATA_DIR
 from sample_models.registry import CHECKPOINT_DIR, METRICS_PATH
 from tests.models import SRC_VOCAB, TGT_VOCAB, tiny_translator, tiny_vit, translator_inputs
 from tests.optional import import_or_skip
+from unfold import Inputs
 from unfold.engines.ort import OrtRunner
 from unfold.errors import UnfoldError
-from unfold.pipeline import InputOptions, Outcome
+from unfold.pipeline import Outcome
 
 METRICS = json.loads(METRICS_PATH.read_text())
 NORM_OPS = {"ReduceMean", "Sqrt", "Pow", "Div", "Reciprocal", "BatchNormalization",
@@ -105,8 +106,8 @@ def test_a_state_dict_with_arch_and_input_flags_built_here(tmp_path: Path) -> No
     torch.save({"model": tiny_vit().state_dict(), "epoch": 7}, tmp_path / "ckpt.pt")
     report = unfold.convert(tmp_path / "ckpt.pt", tmp_path / "vit.onnx",
                             arch="tests.models:tiny_vit", arch_kwargs={"dim": 32},
-                            inputs=InputOptions(shapes=["3x1x8x8"], float_ranges=["0,1"],
-                                                dynamic="batch"))
+                            inputs=Inputs(shapes=[(3, 1, 8, 8)], float_range=(0, 1),
+                                          dynamic=["batch"]))
     assert report and report.format == "training checkpoint" and report.exporter == "dynamo"
     assert len(report.fold.folded) == len(report.fold.sites) == 5
     assert report.inputs[0].describe() == "images: 3x1x8x8 float32 in [0.0, 1.0], dynamic batch"
@@ -114,15 +115,15 @@ def test_a_state_dict_with_arch_and_input_flags_built_here(tmp_path: Path) -> No
 
 def test_a_post_norm_encoder_decoder_pickled_in_training_mode(tmp_path: Path) -> None:
     torch.save(tiny_translator().train(), tmp_path / "translator.pt")
-    with pytest.raises(UnfoldError, match="--trust"):
+    with pytest.raises(UnfoldError, match="pass trust=True"):
         unfold.convert(tmp_path / "translator.pt", tmp_path / "t.onnx")
     assert not (tmp_path / "t.onnx").exists()
     report = unfold.convert(
         tmp_path / "translator.pt", tmp_path / "t.onnx", trust=True, exporter="torchscript",
-        inputs=InputOptions(shapes=["2x7", "2x5"], dtypes=["int64"],
-                            int_ranges=[f"src_tokens:1,{SRC_VOCAB - 1}",
-                                        f"prev_output_tokens:1,{TGT_VOCAB - 1}"],
-                            dynamic="batch"))
+        inputs=Inputs(shapes=[(2, 7), (2, 5)], dtype="int64",
+                      int_range={"src_tokens": (1, SRC_VOCAB - 1),
+                                 "prev_output_tokens": (1, TGT_VOCAB - 1)},
+                      dynamic=["batch"]))
     assert report, report.to_dict()
     assert any("switched to eval" in n for n in report.notes)
     assert len(report.fold.folded) == len(report.fold.sites) == 7
@@ -186,17 +187,18 @@ def test_real_inputs_from_npz_are_verified_too(tmp_path: Path) -> None:
     np.savez(tmp_path / "real.npz", images=data["images"][:16])
     report = unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt",
                             tmp_path / "m.onnx", trust=True, exporter="torchscript",
-                            inputs=InputOptions(npz=tmp_path / "real.npz"))
+                            inputs=Inputs(npz=tmp_path / "real.npz"))
     assert report and report.verification is not None
-    assert report.verification.batches[-1].label == f"--inputs {tmp_path / 'real.npz'}"
+    assert report.verification.batches[-1].label == "real inputs real.npz"
     assert report.verification.batches[-1].shapes == {"images": (16, 1, 8, 8)}
 
 
 def test_an_input_shape_that_does_not_fit_says_what_the_model_takes(tmp_path: Path) -> None:
-    with pytest.raises(UnfoldError, match=r"does not fit the model, which takes images: "
+    with pytest.raises(UnfoldError, match=r"^Inputs\(shapes=\{'images': \(2, 3, 8, 8\)\}\) does "
+                                          r"not fit the model, which takes images: "
                                           r"2x1x8x8 float32 in \[0.0, 1.0\], dynamic batch"):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.state_dict.pt", tmp_path / "m.onnx",
-                       trust=True, inputs=InputOptions(shapes=["2x3x8x8"]))
+                       trust=True, inputs=Inputs(shapes=[(2, 3, 8, 8)]))
 
 
 @pytest.mark.slow
@@ -209,9 +211,9 @@ def test_a_hugging_face_bert_with_an_optional_attention_mask(tmp_path: Path) -> 
 
     state = tmp_path / "bert.pt"
     torch.save(tiny_hf_bert().state_dict(), state)
-    options = InputOptions(shapes=["input_ids:2x12", "attention_mask:2x12"], dtypes=["int64"],
-                           int_ranges=["input_ids:0,99", "attention_mask:0,1"],
-                           dynamic="batch,seq")
+    options = Inputs(shapes={"input_ids": (2, 12), "attention_mask": (2, 12)}, dtype="int64",
+                     int_range={"input_ids": (0, 99), "attention_mask": (0, 1)},
+                     dynamic=["batch", "seq"])
     report = unfold.convert(state, tmp_path / "bert.onnx", arch="tests.models:tiny_hf_bert",
                             inputs=options)
     assert report and report.exporter == "dynamo"
@@ -233,7 +235,7 @@ def test_a_timm_vit_from_a_state_dict(tmp_path: Path) -> None:
 
     state = tmp_path / "vit.pt"
     torch.save(tiny_timm_vit().state_dict(), state)
-    options = InputOptions(shapes=["2x3x32x32"], float_ranges=["0,1"], dynamic="batch")
+    options = Inputs(shapes=[(2, 3, 32, 32)], float_range=(0, 1), dynamic=["batch"])
     report = unfold.convert(state, tmp_path / "vit.onnx", arch="tests.models:tiny_timm_vit",
                             inputs=options)
     assert report and len(report.fold.sites) == 5
@@ -243,15 +245,26 @@ def test_a_timm_vit_from_a_state_dict(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    ({"atol": ["-1"]}, "--atol '-1': expected a number >= 0"),
-    ({"rtol": ["logits=x"]}, "--rtol 'logits=x': expected a number >= 0"),
-    ({"inputs": InputOptions(shapes=["1x"])}, "--input-shape '1x': expected dimensions"),
-    ({"inputs": InputOptions(dtypes=["images:int65"])}, "--input-dtype 'int65': valid: "),
-    ({"inputs": InputOptions(int_ranges=["zzz"])}, "--int-range 'zzz': expected LOW,HIGH"),
-    ({"inputs": InputOptions(dynamic="batch,sideways")}, "'sideways' is not an axis name"),
-    ({"exporter": "nosuch"}, "--exporter 'nosuch': valid: auto, dynamo, torchscript"),
-    ({"skip": ["nosuch"]}, r"unknown rule\(s\) \['nosuch'\]"),
-    ({"max_scale": 0.5}, "max_scale must be above 1"),
+    ({"atol": -1}, r"^atol=-1: a tolerance is a finite number >= 0 \(e.g. atol=0.0001\)"),
+    ({"atol": "1e-4"}, r"^atol='1e-4': a tolerance is a finite number"),
+    ({"atol": ["1e-4"]}, r"^atol=\['1e-4'\]: a tolerance is"),
+    ({"rtol": {"logits": "x"}}, r"^rtol=\{'logits': 'x'\}: a tolerance is"),
+    ({"rtol": {"logits": float("inf")}}, r"^rtol=\{'logits': inf\}: a tolerance is"),
+    ({"inputs": Inputs(shapes=[(1, 0)])}, r"^Inputs\(shapes=\[\(1, 0\)\]\): a shape is a tuple"),
+    ({"inputs": Inputs(shapes="1x3x8x8")}, r"^Inputs\(shapes='1x3x8x8'\): expected shapes"),
+    ({"inputs": Inputs(dtype={"images": "int65"})}, r"^Inputs\(dtype=\{'images': 'int65'\}\): "
+                                                    r"valid dtypes: "),
+    ({"inputs": Inputs(int_range="zzz")}, r"^Inputs\(int_range='zzz'\): a range is"),
+    ({"inputs": Inputs(dynamic=["batch", "sideways"])}, "'sideways' is not an axis name"),
+    ({"inputs": {"shapes": [(1, 1, 8, 8)]}}, r"^inputs: expected an unfold.Inputs\(...\), "
+                                             r"not dict"),
+    ({"exporter": "nosuch"}, "^exporter='nosuch': valid: auto, dynamo, torchscript"),
+    ({"opset": "17"}, "^opset='17': must be a positive ONNX opset version"),
+    ({"skip": ["nosuch"]}, r"^skip='nosuch': valid: "),
+    ({"skip": "matmul"}, r"^skip='matmul': expected rule names, e.g. skip=\['"),
+    ({"max_scale": 0.5}, r"^max_scale=0.5: must be a number above 1"),
+    ({"arch_kwargs": '{"dim": 32}'}, r"""^arch_kwargs='\{"dim": 32\}': expected a mapping of """
+                                     r"keyword arguments by name, e.g. arch_kwargs=\{'dim': "),
 ])
 def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              options: dict, message: str) -> None:
@@ -261,7 +274,8 @@ def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(unfold.pipeline, "load_model", no_work)
     with pytest.raises(UnfoldError, match=message):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx", **options)
-    verify_options = {k: v for k, v in options.items() if k in ("atol", "rtol", "inputs")}
+    verify_options = {k: v for k, v in options.items()
+                      if k in ("atol", "rtol", "inputs", "arch_kwargs")}
     if verify_options:
         with pytest.raises(UnfoldError, match=message):
             unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",
@@ -270,13 +284,13 @@ def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest
 
 
 @pytest.mark.parametrize(("options", "message"), [
-    (InputOptions(int_ranges=["0,9"]),
-     "--int-range '0,9': the model has no integer input to apply it to; its inputs: images "
-     "(float32)"),
-    (InputOptions(int_ranges=["images:0,9"]),
-     "--int-range 'images:0,9': input images is not an integer input"),
+    (Inputs(int_range=(0, 9)),
+     "Inputs(int_range=(0, 9)): the model has no integer input to apply it to; its inputs: "
+     "images (float32)"),
+    (Inputs(int_range={"images": (0, 9)}),
+     "Inputs(int_range={'images': (0, 9)}): input images is not an integer input"),
 ])
-def test_a_range_that_applies_to_no_input_is_an_error(tmp_path: Path, options: InputOptions,
+def test_a_range_that_applies_to_no_input_is_an_error(tmp_path: Path, options: Inputs,
                                                       message: str) -> None:
     with pytest.raises(UnfoldError, match=re.escape(message)):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",

@@ -12,7 +12,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "convert", "verify"]
+__all__ = ["Inputs", "UnfoldError", "__version__", "convert", "verify"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,4 +20,12 @@ def __getattr__(name: str) -> Any:
         from unfold import pipeline
 
         return getattr(pipeline, name)
+    if name == "Inputs":
+        from unfold.inputs import Inputs
+
+        return Inputs
+    if name == "UnfoldError":
+        from unfold.errors import UnfoldError
+
+        return UnfoldError
     raise AttributeError(f"module 'unfold' has no attribute {name!r}")

@@ -17,7 +17,7 @@ import onnx.defs
 import onnx.external_data_helper
 import onnx.numpy_helper
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 from unfold.fold.weights import (
     ModelParts,
     array_bytes,
@@ -108,17 +108,20 @@ def load_onnx_parts(path: str | Path) -> ModelParts:
     return parts
 
 
-def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] = ()) -> Path:
+def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] = (),
+                      parameter: str = "out") -> Path:
     """Refuse an output that is an input, sits in a missing or unwritable folder, or exists
-    (unless `force`). Called before any work, so a bad --out costs nothing."""
+    (unless `force`). Called before any work, so a bad output path costs nothing. `parameter`:
+    the caller's name for it, in the messages."""
     out = Path(out)
     for given in inputs:
         if out.resolve() == Path(given).resolve():
-            raise UnfoldError(f"--out {out} is the input file; write the result elsewhere")
+            raise UnfoldError(f"{option(parameter, str(out))} is the input file; write the "
+                              f"result elsewhere")
     if out.is_dir():
-        raise UnfoldError(f"--out {out} is a directory; give a file name")
+        raise UnfoldError(f"{option(parameter, str(out))} is a directory; give a file name")
     if out.exists() and not force:
-        raise UnfoldError(f"{out} exists; pass --force to overwrite it")
+        raise UnfoldError(f"{out} exists; pass {option('force', True)} to overwrite it")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         raise UnfoldError(f"cannot write {out}: the folder {folder} does not exist")

@@ -9,7 +9,7 @@ no file behind and never overwrites one without `force`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
@@ -22,28 +22,30 @@ import onnx
 from unfold.engines import Runner, check_runs, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 from unfold.fold import FoldReport, fold_model
 from unfold.inputs import (
-    InputOptions,
+    Inputs,
     InputSpec,
-    check_input_options,
+    check_inputs,
     load_npz,
     onnx_input_specs,
+    read_npz,
     specs_from_arrays,
-    specs_from_options,
+    specs_from_inputs,
 )
 from unfold.load import LoadedModel, load_model
+from unfold.load.arch import check_arch_kwargs
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
-from unfold.verification.tolerances import check_tolerances
+from unfold.verification.tolerances import Tolerances, check_tolerances
 
 Progress = Callable[[str], None]
 
 
 class Outcome(str, Enum):
     """How a conversion ended."""
-    WRITTEN = "written"  # verified (or --no-verify) and written
+    WRITTEN = "written"  # verified (or verify=False) and written
     MISMATCH = "mismatch"  # the folded ONNX does not compute what torch does: nothing written
     NORMS_LEFT = "norms left"  # strict, and a normalization stayed: nothing written
 
@@ -102,25 +104,23 @@ class _Stages:
         self.progress(f"{message} done in {self.seconds[name]:.1f}s")
 
 
-def _check_options(inputs: InputOptions, atol: Sequence[str], rtol: Sequence[str]) -> None:
-    """What can be checked before any work is: so a typo costs nothing."""
-    check_input_options(shapes=inputs.shapes, dtypes=inputs.dtypes,
-                        int_ranges=inputs.int_ranges, float_ranges=inputs.float_ranges,
-                        dynamic=inputs.dynamic)
+def _check_options(inputs: Inputs | None, atol: Tolerances, rtol: Tolerances,
+                   arch_kwargs: Mapping[str, Any] | None) -> Inputs:
+    """What can be checked before any work is: so a mistake costs nothing."""
+    inputs = Inputs() if inputs is None else inputs
+    check_inputs(inputs)
     check_tolerances(atol, rtol)
+    check_arch_kwargs(arch_kwargs)
+    return inputs
 
 
-def resolve_specs(loaded: LoadedModel, options: InputOptions) -> list[InputSpec]:
-    """The inputs to export and verify at: the command line over what the model says."""
+def resolve_specs(loaded: LoadedModel, inputs: Inputs) -> list[InputSpec]:
+    """The inputs to export and verify at: what the caller says over what the model says."""
     defaults = list(loaded.input_specs)
-    if not defaults and not options.shapes and options.npz:
-        arrays = load_npz_unchecked(options.npz)
-        defaults = specs_from_arrays(arrays)
-    specs = specs_from_options(loaded.input_names, shapes=options.shapes, dtypes=options.dtypes,
-                               optional_names=loaded.optional_inputs,
-                               int_ranges=options.int_ranges,
-                               float_ranges=options.float_ranges, dynamic=options.dynamic,
-                               defaults=defaults)
+    if not defaults and not inputs.shapes and inputs.npz:
+        defaults = specs_from_arrays(read_npz(inputs.npz))
+    specs = specs_from_inputs(loaded.input_names, inputs, optional_names=loaded.optional_inputs,
+                              defaults=defaults)
     loaded.use_inputs([spec.name for spec in specs])
     own_specs = {spec.name: spec for spec in loaded.input_specs}
     for spec in specs:
@@ -130,50 +130,61 @@ def resolve_specs(loaded: LoadedModel, options: InputOptions) -> list[InputSpec]
         fixed = [i for i in range(len(own.shape)) if i not in own.dynamic]
         if len(spec.shape) != len(own.shape) or any(spec.shape[i] != own.shape[i]
                                                      for i in fixed):
-            raise UnfoldError(f"--input-shape {spec.name}:{'x'.join(map(str, spec.shape))} "
-                              f"does not fit the model, which takes {own.describe()}")
+            raise UnfoldError(f"{option('inputs.shapes', {spec.name: spec.shape})} does not "
+                              f"fit the model, which takes {own.describe()}")
     return specs
 
 
-def load_npz_unchecked(path: str | Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in data.files}
-    except FileNotFoundError:
-        raise UnfoldError(f"--inputs {path}: no such file") from None
-    except Exception as exc:
-        raise UnfoldError(f"--inputs {path} is not a readable .npz: {exc}") from None
+def _check_choice(parameter: str, value: Any, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise UnfoldError(f"{option(parameter, value)}: valid: {', '.join(valid)}")
+
+
+def _real_inputs(inputs: Inputs, specs: Sequence[InputSpec]
+                 ) -> tuple[str, dict[str, np.ndarray]] | None:
+    """The caller's own inputs as a verification batch, if given."""
+    if inputs.npz is None:
+        return None
+    return f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs)
 
 
 def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
-            arch_kwargs: str | dict | None = None, trust: bool = False,
-            inputs: InputOptions | None = None, exporter: str = "auto",
-            opset: int | None = None, verify: bool = True, atol: Sequence[str] = (),
-            rtol: Sequence[str] = (), skip: Sequence[str] = (), force: bool = False,
+            arch_kwargs: Mapping[str, Any] | None = None, trust: bool = False,
+            inputs: Inputs | None = None, exporter: str = "auto",
+            opset: int | None = None, verify: bool = True, atol: Tolerances = None,
+            rtol: Tolerances = None, skip: Sequence[str] = (), force: bool = False,
             strict: bool = False, seed: int = 0, max_scale: float | None = None,
             progress: Progress | None = None) -> ConvertReport:
     """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
-    only if no normalization is left)."""
+    only if no normalization is left). `report.outcome` says which.
+
+    inputs: what the model takes, where it does not say itself (`unfold.Inputs`)
+    atol, rtol: for every output (a float), or by output name (a mapping); see
+        unfold.verification.tolerances
+    skip: fold rules not to use (`unfold rules` lists them)
+    max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)"""
     from unfold.export import EXPORTERS, export_onnx
     from unfold.fold.transfer import RULES
 
-    inputs = inputs or InputOptions()
-    _check_options(inputs, atol, rtol)
-    if exporter not in EXPORTERS:
-        raise UnfoldError(f"--exporter {exporter!r}: valid: {', '.join(EXPORTERS)}")
-    if opset is not None and opset < 1:
-        raise UnfoldError(f"--opset {opset}: must be a positive ONNX opset version")
-    unknown = sorted(set(skip) - set(RULES))
-    if unknown:
-        raise UnfoldError(f"unknown rule(s) {unknown}; valid: {', '.join(RULES)}")
-    if max_scale is not None and not max_scale > 1.0:
-        raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
+    inputs = _check_options(inputs, atol, rtol, arch_kwargs)
+    _check_choice("exporter", exporter, list(EXPORTERS))
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
+                              or opset < 1):
+        raise UnfoldError(f"{option('opset', opset)}: must be a positive ONNX opset version")
+    if isinstance(skip, str) or not all(isinstance(rule, str) for rule in skip):
+        raise UnfoldError(f"{option('skip', skip)}: expected rule names, e.g. "
+                          f"{option('skip', [next(iter(RULES))])}")
+    for rule in skip:
+        _check_choice("skip", rule, list(RULES))
+    if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
+            max_scale, (int, float)) or not max_scale > 1.0):
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
     target = check_output_path(out, force=force, inputs=(Path(model),))
     stages = _Stages(progress)
     with stages.stage("load", f"loading {model}"):
         loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
         specs = resolve_specs(loaded, inputs)
-        user = (f"--inputs {inputs.npz}", load_npz(inputs.npz, specs)) if inputs.npz else None
+        user = _real_inputs(inputs, specs)
     with stages.stage("export", "exporting to ONNX"):
         exported = export_onnx(loaded, specs, exporter=exporter, opset=opset)
     with stages.stage("fold", "folding offline normalizations"):
@@ -198,7 +209,8 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
         if not verification:
             return report
     else:
-        report.notes.append("--no-verify: the result was NOT checked against torch")
+        report.notes.append(f"{option('verify', False)}: the result was NOT checked against "
+                            f"torch")
     if strict and not fold_report:
         return report
     with stages.stage("write", f"writing {target}"):
@@ -221,7 +233,8 @@ def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.Mode
         worst = max(before_fold.worst(), key=lambda c: c.max_abs)
         verification.notes.append(
             f"the exported ONNX already departs from torch before folding ({worst.name}: max "
-            f"abs error {worst.max_abs:.3g}): an exporter problem, try --exporter torchscript")
+            f"abs error {worst.max_abs:.3g}): an exporter problem, try "
+            f"{option('exporter', 'torchscript')}")
 
 
 PLAN_SUFFIXES = (".plan", ".engine")  # what `unfold build` writes (TensorRT's own names)
@@ -232,19 +245,17 @@ def _is_onnx(path: Path) -> bool:
 
 
 def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
-           device: str = "cpu", arch: str | None = None, arch_kwargs: str | dict | None = None,
-           trust: bool = False, inputs: InputOptions | None = None, atol: Sequence[str] = (),
-           rtol: Sequence[str] = (), seed: int = 0,
-           progress: Progress | None = None) -> VerifyReport:
+           device: str = "cpu", arch: str | None = None,
+           arch_kwargs: Mapping[str, Any] | None = None, trust: bool = False,
+           inputs: Inputs | None = None, atol: Tolerances = None, rtol: Tolerances = None,
+           seed: int = 0, progress: Progress | None = None) -> VerifyReport:
     """Run REFERENCE (model.pt on torch, or an .onnx on ONNX Runtime) and CANDIDATE (an
     .onnx on `engine`, a TensorRT engine built by `unfold build` (.plan, .engine) with
     `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output."""
     from unfold.engines import ENGINES
 
-    if engine not in ENGINES:
-        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
-    inputs = inputs or InputOptions()
-    _check_options(inputs, atol, rtol)
+    _check_choice("engine", engine, list(ENGINES))
+    inputs = _check_options(inputs, atol, rtol, arch_kwargs)
     reference, candidate = Path(reference), Path(candidate)
     stages = _Stages(progress)
     example: dict[str, np.ndarray] = {}
@@ -252,8 +263,8 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
         candidate_plan = candidate.suffix.lower() in PLAN_SUFFIXES
         if candidate_plan:
             if engine != "trt":
-                raise UnfoldError(f"{candidate} is a TensorRT engine: verify it with --engine "
-                                  f"trt")
+                raise UnfoldError(f"{candidate} is a TensorRT engine: verify it with "
+                                  f"{option('engine', 'trt')}")
             from unfold.engines.trt import require_tensorrt
 
             require_tensorrt()  # (before the reference loads: a missing engine costs nothing)
@@ -295,7 +306,7 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
             cand_runner = runner_for(other, "torch", device=device)
         else:
             cand_runner = runner_for(candidate_onnx, engine, device=device, specs=specs)
-        user = (f"--inputs {inputs.npz}", load_npz(inputs.npz, specs)) if inputs.npz else None
+        user = _real_inputs(inputs, specs)
     with stages.stage("verify", "comparing outputs"):
         batches = make_batches(specs, seed=seed, example=example, user=user)
         report = run_verification(ref_runner, cand_runner, batches, atol=atol, rtol=rtol)

@@ -74,13 +74,17 @@ def test_the_json_holds_every_round_and_the_environment(trio: list[Path]) -> Non
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"engine": "nosuch"}, "--engine 'nosuch': valid: ort, openvino, trt, torch"),
-    ({"batches": (0,)}, "batch sizes are positive"),
-    ({"threads": 0}, "--threads 0: must be at least 1"),
-    ({"rounds": 3, "seconds": 1.0}, "give --rounds or --seconds, not both"),
-    ({"rounds": 1}, "--rounds 1: at least 2"),
-    ({"baseline": "nope"}, "--baseline 'nope': not one of the models: un, un-folded, none"),
-    ({"inputs": bench_module.InputOptions(shapes=["1x"])}, "--input-shape '1x'"),
+    ({"engine": "nosuch"}, "^engine='nosuch': valid: ort, openvino, trt, torch"),
+    ({"batches": (0,)}, r"^batches=\(0,\): batch sizes are positive integers, e.g. "
+                        r"batches=\[1, 8\]"),
+    ({"batches": "1,8"}, "^batches='1,8': batch sizes are positive"),
+    ({"threads": 0}, "^threads=0: must be at least 1"),
+    ({"threads": 2.5}, "^threads=2.5: must be at least 1"),
+    ({"rounds": 3, "seconds": 1.0}, "give rounds or seconds, not both"),
+    ({"rounds": 1}, "^rounds=1: at least 2"),
+    ({"seconds": "5"}, "^seconds='5': must be a positive number"),
+    ({"baseline": "nope"}, "^baseline='nope': not one of the models: un, un-folded, none"),
+    ({"inputs": bench_module.Inputs(shapes=[(1, 0)])}, r"^Inputs\(shapes=\[\(1, 0\)\]\)"),
 ])
 def test_bad_options_fail_before_any_model_loads(trio: list[Path], kwargs: dict, message: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,7 +97,7 @@ def test_bad_options_fail_before_any_model_loads(trio: list[Path], kwargs: dict,
 
 
 def test_models_an_engine_cannot_run_are_named(trio: list[Path], tmp_path: Path) -> None:
-    with pytest.raises(UnfoldError, match="--engine torch runs model.pt files; .*un.onnx is "
+    with pytest.raises(UnfoldError, match="engine='torch' runs model.pt files; .*un.onnx is "
                                           "ONNX"):
         bench(trio[:1], engine="torch", rounds=2, memory=False)
     with pytest.raises(UnfoldError, match="no such file"):
@@ -102,8 +106,8 @@ def test_models_an_engine_cannot_run_are_named(trio: list[Path], tmp_path: Path)
     m = post_norm_stack(1, 8)
     m.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a batch fixed at 2
     onnx.save(m, static)
-    with pytest.raises(UnfoldError, match=r"input x has a fixed first dimension 2: --batch 8 "
-                                          r"cannot apply"):
+    with pytest.raises(UnfoldError, match=r"input x has a fixed first dimension 2: batch 8 "
+                                          r"cannot apply \(.*, or bench at batches=\[2\]\)"):
         bench([static], batches=(8,), rounds=2, memory=False)
 
 

@@ -55,7 +55,7 @@ def test_a_table_per_batch_and_the_files_asked_for(pair: list[Path], tmp_path: P
     (["--rounds", "1"], "--rounds 1: at least 2"),
     (["--rounds", "3", "--seconds", "2"], "give --rounds or --seconds, not both"),
     (["--threads", "0"], "--threads 0: must be at least 1"),
-    (["--baseline", "ln"], "--baseline 'ln': not one of the models: un, none"),
+    (["--baseline", "ln"], "--baseline ln: not one of the models: un, none"),
     (["--engine", "nosuch"], "'nosuch' is not an engine"),
 ])
 def test_bad_options_exit_2_and_write_nothing(pair: list[Path], tmp_path: Path,

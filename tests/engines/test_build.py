@@ -357,7 +357,7 @@ def test_bad_paths_fail_before_tensorrt_is_needed(tmp_path: Path) -> None:
     assert info.value.exit_code == ExitCode.BAD_INPUT
     onnx.save(_model({"x": [2, 4]}), src)
     out.write_bytes(b"precious")
-    with pytest.raises(UnfoldError, match=f"{out} exists; pass --force to overwrite it"):
+    with pytest.raises(UnfoldError, match=f"{out} exists; pass force=True to overwrite it"):
         build_engine(src, out, {})
     with pytest.raises(UnfoldError, match="--timing-cache .* is a directory"):
         build_engine(src, tmp_path / "new.plan", {}, timing_cache=tmp_path)

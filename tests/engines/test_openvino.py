@@ -42,14 +42,14 @@ def test_verify_runs_the_candidate_on_openvino(digits_onnx: Path) -> None:
 
 
 def test_runner_for_refuses_what_an_engine_cannot_run(digits_onnx: Path) -> None:
-    with pytest.raises(UnfoldError, match="--engine torch runs model.pt files"):
+    with pytest.raises(UnfoldError, match="^engine='torch' runs model.pt files"):
         runner_for(digits_onnx, "torch")
-    with pytest.raises(UnfoldError, match=r"--engine 'nosuch': valid: ort, openvino, trt, torch"):
+    with pytest.raises(UnfoldError, match=r"^engine='nosuch': valid: ort, openvino, trt, torch"):
         runner_for(digits_onnx, "nosuch")
-    with pytest.raises(UnfoldError, match="--compile applies to --engine torch only"):
+    with pytest.raises(UnfoldError, match="^compile=True applies to engine='torch' only"):
         runner_for(digits_onnx, "ort", compile=True)
     loaded = unfold.load.load_model(CHECKPOINT_DIR / "digits-vit-un.pt2")
-    with pytest.raises(UnfoldError, match="--engine ort runs ONNX models"):
+    with pytest.raises(UnfoldError, match="^engine='ort' runs ONNX models"):
         runner_for(loaded, "ort")
     torch_runner = runner_for(loaded, "torch", threads=1)
     out = torch_runner.run({"images": np.zeros((2, 1, 8, 8), np.float32) + 0.5})

@@ -59,7 +59,7 @@ def test_auto_falls_back_to_torchscript_and_says_why() -> None:
 
 def test_dynamo_on_request_fails_clearly_without_fallback() -> None:
     spec = InputSpec("x", (2, 3), value_range=(0.1, 1.0))
-    with pytest.raises(UnfoldError, match="dynamo exporter failed.*try --exporter torchscript"):
+    with pytest.raises(UnfoldError, match="dynamo exporter failed.*try exporter='torchscript'"):
         export_onnx(_loaded(DataDependentBranch(), ["x"]), [spec], exporter="dynamo")
 
 

@@ -280,7 +280,7 @@ def test_max_scale_re_scales_the_stream_with_one_mul() -> None:
     assert {s.status for s in report.sites} == {"folded"}
     rescaled = [p for s in report.sites for p in s.path if "re-scaled" in p]
     assert rescaled, [s.path for s in report.sites]
-    assert all("beyond --max-scale 4" in p for p in rescaled), rescaled
+    assert all("beyond max_scale=4.0" in p for p in rescaled), rescaled
     _, twin = fold_model(_post_norm_stack(norm=False))
     assert report.ops_after == twin.ops_after + Counter(Mul=len(rescaled)), \
         "one Mul per re-scale, nothing else"

@@ -42,7 +42,7 @@ def _expected(x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize(("name", "fmt", "kwargs"), [
     ("state", "state dict", {"arch": ARCH}),
     ("checkpoint", "training checkpoint", {"arch": ARCH}),
-    ("ddp", "state dict", {"arch": ARCH, "arch_kwargs": '{"dim": 32}'}),
+    ("ddp", "state dict", {"arch": ARCH, "arch_kwargs": {"dim": 32}}),
     ("script", "TorchScript archive", {}),
     ("pickled", "pickled module", {"trust": True}),
 ])
@@ -74,7 +74,7 @@ def test_a_state_dict_finds_its_arch_json_beside_it() -> None:
     assert (spec.shape, spec.value_range, dict(spec.dynamic)) == \
         ((2, 1, 8, 8), (0.0, 1.0), {0: "batch"})
     assert loaded.notes[0] == ("architecture sample_models.vit:digits_vit from "
-                               "digits-vit-un.arch.json (--trust)")
+                               "digits-vit-un.arch.json (trust=True)")
 
 
 def _weights_with_arch_file(tmp_path: Path, arch: str, kwargs: dict) -> Path:
@@ -94,7 +94,7 @@ def test_an_arch_json_imports_nothing_without_trust(tmp_path: Path) -> None:
     message = str(info.value)
     assert f"{tmp_path / 'w.arch.json'} names the architecture os:mkdir" in message
     assert f'would import os and run mkdir(**{{"path": "{made}"}})' in message
-    assert "--trust" in message and "--arch os:mkdir" in message
+    assert "pass trust=True" in message and "give arch='os:mkdir' yourself" in message
     assert not made.exists(), "nothing the file names ran"
 
 
@@ -115,7 +115,7 @@ def test_with_trust_an_arch_json_runs_and_its_errors_name_the_file(tmp_path: Pat
 def test_the_same_arch_on_the_command_line_confirms_the_file(tmp_path: Path) -> None:
     weights = _weights_with_arch_file(tmp_path, ARCH, {"dim": 32})
     loaded = load_model(weights, arch=ARCH)
-    assert loaded.notes == [f"architecture {ARCH} from w.arch.json (confirmed by --arch)"]
+    assert loaded.notes == [f"architecture {ARCH} from w.arch.json (confirmed by arch)"]
     x = torch.rand(*VIT_INPUT)
     with torch.no_grad():
         torch.testing.assert_close(loaded.module(x), _expected(x), rtol=0, atol=1e-6)
@@ -124,7 +124,7 @@ def test_the_same_arch_on_the_command_line_confirms_the_file(tmp_path: Path) -> 
 def test_another_arch_on_the_command_line_ignores_the_file(tmp_path: Path) -> None:
     weights = _weights_with_arch_file(tmp_path, "os:mkdir", {"path": str(tmp_path / "m")})
     loaded = load_model(weights, arch=ARCH)
-    assert loaded.notes == [f"--arch {ARCH} given: w.arch.json (which names os:mkdir) ignored"]
+    assert loaded.notes == [f"arch={ARCH!r} given: w.arch.json (which names os:mkdir) ignored"]
     assert not (tmp_path / "m").exists()
 
 
@@ -144,19 +144,22 @@ def test_a_pickled_module_is_refused_without_trust_and_nothing_runs(
 
     real_load = torch.load
     monkeypatch.setattr(torch, "load", unpickling_for_real)
-    with pytest.raises(UnfoldError, match=r"runs code from the file.*--trust") as info:
+    with pytest.raises(UnfoldError, match=r"runs code from the file.*pass trust=True") as info:
         load_model(files["pickled"])
     assert "VisionTransformer" in str(info.value), "names what the file would run"
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({}, r"give the architecture with\s+--arch"),
+    ({}, r"give the architecture with arch='package.module:factory' \(and arch_kwargs for its "
+         r"arguments\)"),
     ({"arch": "no_such_package.models:vit"}, "cannot import 'no_such_package.models'"),
     ({"arch": "tests.models:no_such_factory"}, "has no callable 'no_such_factory'.*tiny_vit"),
     ({"arch": "tests.models"}, "expected package.module:factory"),
-    ({"arch": ARCH, "arch_kwargs": "{dim: 32}"}, "not JSON"),
-    ({"arch": ARCH, "arch_kwargs": '{"depth": 3}'}, "unexpected keyword argument 'depth'"),
-    ({"arch": ARCH, "arch_kwargs": '{"dim": 48}'}, "does not fit --arch.*size mismatch"),
+    ({"arch": ARCH, "arch_kwargs": '{"dim": 32}'}, r"""^arch_kwargs='\{"dim": 32\}': expected a """
+                                                   r"mapping of keyword arguments"),
+    ({"arch": ARCH, "arch_kwargs": {"depth": 3}}, "unexpected keyword argument 'depth'"),
+    ({"arch": ARCH, "arch_kwargs": {"dim": 48}}, "does not fit arch .*size mismatch"),
+    ({"arch": 7}, "^arch 7: expected package.module:factory"),
     ({"arch": "tests.models:tiny_translator"}, "missing from the file: .*src_embed"),
 ])
 def test_state_dict_problems_are_named(files: dict[str, Path], kwargs: dict,

@@ -59,16 +59,25 @@ def test_defaults_by_dtype_and_exact_for_integers() -> None:
     assert default_tolerance(np.bool_) == EXACT
 
 
-def test_command_line_tolerances_for_all_outputs_and_per_output() -> None:
+def test_tolerances_for_all_outputs_or_by_output_name() -> None:
     dtypes = {"logits": np.dtype(np.float32), "ids": np.dtype(np.int64)}
-    tol = resolve_tolerances(dtypes, atol=["1e-4", "ids=0"], rtol=["logits=1e-3"])
+    tol = resolve_tolerances(dtypes, atol={"ids": 0, "logits": 1e-4}, rtol={"logits": 1e-3})
     assert tol == {"logits": Tolerance(atol=1e-4, rtol=1e-3), "ids": Tolerance(atol=0, rtol=0)}
+    tol = resolve_tolerances(dtypes, atol=1e-4)
+    assert tol == {"logits": Tolerance(atol=1e-4, rtol=1e-5), "ids": Tolerance(atol=1e-4, rtol=0)}
 
 
 @pytest.mark.parametrize(("atol", "message"), [
-    (["big"], "expected a number >= 0"), (["-1"], "expected a number >= 0"),
-    (["scores=1e-3"], "no output 'scores'; outputs: logits"),
+    ("1e-4", r"^atol='1e-4': a tolerance is a finite number >= 0 \(e.g. atol=0.0001\), for "
+             r"every output or by output name \(e.g. atol=\{'logits': 0.0001\}\)"),
+    (-1, "^atol=-1: a tolerance is a finite number >= 0"),
+    (float("nan"), "^atol=nan: a tolerance is"),
+    (True, "^atol=True: a tolerance is"),
+    (["1e-4"], r"^atol=\['1e-4'\]: a tolerance is"),
+    ({"logits": None}, r"^atol=\{'logits': None\}: a tolerance is"),
+    ({1: 1e-4}, r"^atol=\{1: 0.0001\}: keys are output names \(str\), not int"),
+    ({"scores": 1e-3}, r"^atol=\{'scores': 0.001\}: no output 'scores'; outputs: logits"),
 ])
-def test_bad_tolerances_are_named(atol: list[str], message: str) -> None:
+def test_bad_tolerances_are_named(atol: object, message: str) -> None:
     with pytest.raises(UnfoldError, match=message):
         resolve_tolerances({"logits": np.dtype(np.float32)}, atol=atol)

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from unfold.bench.memory import MemoryUse, measure_in_child
-from unfold.bench.models import Target, load_target, options_json
+from unfold.bench.models import Target, load_target
 from unfold.bench.stats import Latency, Ratio, ratio_interval
 from unfold.bench.timing import interleaved
 from unfold.engines import ENGINES
-from unfold.errors import UnfoldError
-from unfold.inputs import InputOptions, check_input_options
+from unfold.errors import UnfoldError, option
+from unfold.inputs import Inputs, check_inputs
 
 # (batch, rounds done, rounds in all or None for a time budget): a progress bar
 Progress = Callable[[int, int, int | None], None]
@@ -126,25 +126,31 @@ def check_bench_options(*, engine: str, batches: Sequence[int], threads: int | N
                         rounds: int | None, seconds: float | None, warmup: int) -> None:
     """Everything checkable before a model loads."""
     if engine not in ENGINES:
-        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
-    if not batches or any(b < 1 for b in batches):
-        raise UnfoldError(f"--batch {','.join(map(str, batches))}: batch sizes are positive "
-                          f"integers, e.g. --batch 1,8")
-    if threads is not None and threads < 1:
-        raise UnfoldError(f"--threads {threads}: must be at least 1")
+        raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
+    if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches \
+            or not all(_is_count(b, 1) for b in batches):
+        raise UnfoldError(f"{option('batches', batches)}: batch sizes are positive integers, "
+                          f"e.g. {option('batches', [1, 8])}")
+    for parameter, value, least, why in (
+            ("threads", threads, 1, "must be at least 1"),
+            ("rounds", rounds, 2, "at least 2 (a ratio's interval needs rounds)"),
+            ("warmup", warmup, 0, "must be 0 or more")):
+        if value is not None and not _is_count(value, least):
+            raise UnfoldError(f"{option(parameter, value)}: {why}")
     if rounds is not None and seconds is not None:
-        raise UnfoldError("give --rounds or --seconds, not both")
-    if rounds is not None and rounds < 2:
-        raise UnfoldError(f"--rounds {rounds}: at least 2 (a ratio's interval needs rounds)")
-    if seconds is not None and not seconds > 0:
-        raise UnfoldError(f"--seconds {seconds:g}: must be positive")
-    if warmup < 0:
-        raise UnfoldError(f"--warmup {warmup}: must be 0 or more")
+        raise UnfoldError(f"give {option('rounds')} or {option('seconds')}, not both")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(
+            seconds, (int, float)) or not seconds > 0):
+        raise UnfoldError(f"{option('seconds', seconds)}: must be a positive number")
+
+
+def _is_count(value: object, least: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequence[int] = (1,),
           threads: int | None = None, rounds: int | None = None, seconds: float | None = None,
-          warmup: int = 3, baseline: str | None = None, inputs: InputOptions | None = None,
+          warmup: int = 3, baseline: str | None = None, inputs: Inputs | None = None,
           device: str = "cpu", compile: bool = False, memory: bool = True, seed: int = 0,
           trust: bool = False, arch: str | None = None,
           progress: Progress | None = None) -> BenchReport:
@@ -155,10 +161,8 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
         rounds = 100
     check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
                         seconds=seconds, warmup=warmup)
-    inputs = inputs or InputOptions()
-    check_input_options(shapes=inputs.shapes, dtypes=inputs.dtypes,
-                        int_ranges=inputs.int_ranges, float_ranges=inputs.float_ranges,
-                        dynamic=inputs.dynamic)
+    inputs = Inputs() if inputs is None else inputs
+    check_inputs(inputs)
     paths = [Path(m) for m in models]
     if not paths:
         raise UnfoldError("no model to bench: give one or more model files")
@@ -168,7 +172,8 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
     names = model_names(paths)
     baseline = baseline or names[0]
     if baseline not in names:
-        raise UnfoldError(f"--baseline {baseline!r}: not one of the models: {', '.join(names)}")
+        raise UnfoldError(f"{option('baseline', baseline)}: not one of the models: "
+                          f"{', '.join(names)}")
     if threads is None and device == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             (os.cpu_count() or 1)
@@ -200,5 +205,5 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
             result.memory = measure_in_child({
                 "model": result.path, "engine": engine, "batch": result.batch,
                 "threads": threads, "device": device, "compile": compile, "seed": seed,
-                "trust": trust, "arch": arch, "inputs": options_json(inputs)})
+                "trust": trust, "arch": arch, "inputs": inputs.to_json()})
     return report

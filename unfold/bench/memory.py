@@ -77,13 +77,15 @@ def _child(job: dict[str, Any]) -> MemoryUse:
             importlib.import_module(module)
         except ImportError:
             pass
+    from unfold.inputs import Inputs
+
     base = _status_kib("VmRSS") or _peak_kib()
     target = load_target(Path(job["model"]), job["engine"], trust=job.get("trust", False),
                          arch=job.get("arch"))
     runner, feeds = target.prepare(job["batch"], threads=job.get("threads"),
                                    device=job.get("device", "cpu"),
                                    compile=job.get("compile", False), seed=job.get("seed", 0),
-                                   inputs=job.get("inputs"))
+                                   inputs=Inputs.from_json(job["inputs"]))
     for _ in range(RUNS):
         runner.run(feeds)
     peak = _peak_kib()

@@ -5,27 +5,15 @@ memory child, so both run the same thing."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from unfold.engines import ONNX_ENGINES, Runner, check_runs, runner_for
-from unfold.errors import UnfoldError
-from unfold.inputs import InputOptions, InputSpec, onnx_input_specs, random_batch
-
-
-def _options(inputs: InputOptions | dict[str, Any] | None) -> InputOptions:
-    if isinstance(inputs, InputOptions):
-        return inputs
-    return InputOptions(**(inputs or {}))
-
-
-def options_json(inputs: InputOptions | None) -> dict[str, Any]:
-    """The input options as the memory child reads them back."""
-    data = asdict(inputs or InputOptions())
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+from unfold.errors import UnfoldError, option
+from unfold.inputs import Inputs, InputSpec, onnx_input_specs, random_batch
 
 
 @dataclass
@@ -34,15 +22,14 @@ class Target:
     engine: str
     model: Any  # an onnx.ModelProto, or an unfold.load.LoadedModel for torch
 
-    def specs(self, batch: int, inputs: InputOptions | dict[str, Any] | None = None
-              ) -> list[InputSpec]:
-        options = _options(inputs)
+    def specs(self, batch: int, inputs: Inputs | None = None) -> list[InputSpec]:
+        inputs = Inputs() if inputs is None else inputs
         if self.engine in ONNX_ENGINES:
-            specs = onnx_input_specs(self.model, options, batch=batch)
+            specs = onnx_input_specs(self.model, inputs, batch=batch)
         else:
             from unfold.pipeline import resolve_specs
 
-            specs = resolve_specs(self.model, options)
+            specs = resolve_specs(self.model, inputs)
         fitted = []
         for spec in specs:
             if spec.shape and spec.shape[0] == batch:
@@ -52,13 +39,13 @@ class Target:
             else:
                 raise UnfoldError(f"{self.path}: input {spec.name} has a fixed first "
                                   f"dimension {spec.shape[0] if spec.shape else '(scalar)'}: "
-                                  f"--batch {batch} cannot apply (export it with a dynamic "
-                                  f"batch, or bench at --batch {spec.shape[0]})")
+                                  f"batch {batch} cannot apply (export it with a dynamic "
+                                  f"batch, or bench at {option('batches', [spec.shape[0]])})")
         return fitted
 
     def prepare(self, batch: int, *, threads: int | None = None, device: str = "cpu",
                 compile: bool = False, seed: int = 0,
-                inputs: InputOptions | dict[str, Any] | None = None
+                inputs: Inputs | None = None
                 ) -> tuple[Runner, dict[str, np.ndarray]]:
         specs = self.specs(batch, inputs)
         runner = runner_for(self.model, self.engine, device=device, threads=threads,

@@ -17,7 +17,7 @@ def require_matplotlib() -> None:
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
-        raise UnfoldError("--plot needs matplotlib: `pip install -e \".[plot]\"` in this "
+        raise UnfoldError("plotting needs matplotlib: `pip install -e \".[plot]\"` in this "
                           "checkout (or `pip install matplotlib`)", ExitCode.ENGINE_MISSING)
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 
 if TYPE_CHECKING:
     from unfold.inputs import InputSpec
@@ -40,11 +40,11 @@ def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:
     """That `engine` runs this kind of model (`what` names it in the error): the ONNX engines
     an ONNX model, `torch` a model.pt."""
     if engine == "torch" and is_onnx:
-        raise UnfoldError(f"--engine torch runs model.pt files; {what} is ONNX: use --engine "
-                          f"{' or '.join(ONNX_ENGINES)}")
+        raise UnfoldError(f"{option('engine', 'torch')} runs model.pt files; {what} is ONNX: "
+                          f"use {' or '.join(option('engine', e) for e in ONNX_ENGINES)}")
     if engine in ONNX_ENGINES and not is_onnx:
-        raise UnfoldError(f"--engine {engine} runs ONNX models; {what} is not one: use "
-                          f"--engine torch, or convert it first")
+        raise UnfoldError(f"{option('engine', engine)} runs ONNX models; {what} is not one: "
+                          f"use {option('engine', 'torch')}, or convert it first")
 
 
 def runner_for(model: Any, engine: str, *, device: str = "cpu",
@@ -55,7 +55,7 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
     fixes the engine's intra-op threads; `specs` (the inputs' shapes) are what a TensorRT
     engine is built for; `compile` runs the torch model through torch.compile."""
     if engine not in ENGINES:
-        raise UnfoldError(f"--engine {engine!r}: valid: {', '.join(ENGINES)}")
+        raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
     is_torch = hasattr(model, "module")
     check_runs(engine, f"{model.source} (a {model.format})" if is_torch else model,
                is_onnx=not is_torch)
@@ -65,7 +65,8 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
         return TorchRunner(model.module, model.input_names, device=device,
                            by_keyword=model.by_keyword, threads=threads, compile=compile)
     if compile:
-        raise UnfoldError("--compile applies to --engine torch only")
+        raise UnfoldError(f"{option('compile', True)} applies to {option('engine', 'torch')} "
+                          f"only")
     if engine == "ort":
         from unfold.engines.ort import OrtRunner
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from unfold.errors import ExitCode, UnfoldError
+from unfold.errors import ExitCode, UnfoldError, option
 
 
 def require_openvino() -> None:
@@ -27,7 +27,8 @@ class OpenVinoRunner:
         import openvino as ov
 
         if device != "cpu":
-            raise UnfoldError(f"--device {device}: unfold runs OpenVINO on the CPU only")
+            raise UnfoldError(f"{option('device', device)}: unfold runs OpenVINO on the CPU "
+                              f"only")
         core = ov.Core()
         # f32: on CPUs with bf16 units the plugin would otherwise compute in bf16 (off by ~1e-3
         # of the output scale on the sample model), which is another model, not a faster one

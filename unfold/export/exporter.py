@@ -15,7 +15,7 @@ import onnx
 import torch
 
 from unfold.engines.torch_runner import TorchRunner
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 from unfold.export import EXPORTERS
 from unfold.inputs import InputSpec, random_batch
 from unfold.load import LoadedModel
@@ -43,7 +43,7 @@ def example_feeds(loaded: LoadedModel, specs: Sequence[InputSpec]) -> dict[str, 
 def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: str = "auto",
                 opset: int | None = None) -> Exported:
     if exporter not in EXPORTERS:
-        raise UnfoldError(f"--exporter {exporter!r}: valid: {', '.join(EXPORTERS)}")
+        raise UnfoldError(f"{option('exporter', exporter)}: valid: {', '.join(EXPORTERS)}")
     feeds = example_feeds(loaded, specs)
     # one torch run names the outputs and shows a wrong input shape before any export
     output_names = list(TorchRunner(loaded.module, loaded.input_names,
@@ -54,8 +54,9 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
     dynamic = {s.name: dict(s.dynamic) for s in specs if s.dynamic}
     is_script = isinstance(loaded.module, torch.jit.ScriptModule)
     if loaded.program is not None and exporter == "torchscript":
-        raise UnfoldError("a torch.export program (.pt2) exports with the dynamo exporter only; "
-                          "use --exporter auto or dynamo")
+        raise UnfoldError(f"a torch.export program (.pt2) exports with the dynamo exporter "
+                          f"only; use {option('exporter', 'auto')} or "
+                          f"{option('exporter', 'dynamo')}")
     if exporter != "auto":
         order = [exporter]
     elif loaded.program is not None:
@@ -80,7 +81,7 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
             reason = "a TorchScript archive: the TorchScript exporter reads it natively"
         return _result(model, name, reason, loaded, output_names)
     others = [e for e in EXPORTERS[1:] if e not in order and loaded.program is None]
-    hint = f" (try --exporter {others[0]})" if others else ""
+    hint = f" (try {option('exporter', others[0])})" if others else ""
     raise UnfoldError("; ".join(failures) + hint)
 
 

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import onnx
 import onnx_graphsurgeon as gs
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 from unfold.fold.cleanup import tidy_layout
 from unfold.fold.dataflow import fold_graph
 from unfold.fold.graph import Names, bypass
@@ -104,9 +104,10 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     Takes the weights out of `parts`; the result holds the kept ones and the new ones."""
     unknown = set(skip) - set(RULES)
     if unknown:
-        raise UnfoldError(f"unknown rule(s) {sorted(unknown)}; valid: {', '.join(RULES)}")
+        raise UnfoldError(f"{option('skip', sorted(unknown))}: unknown rule(s); valid: "
+                          f"{', '.join(RULES)}")
     if max_scale is not None and not max_scale > 1.0:
-        raise UnfoldError(f"max_scale must be above 1, got {max_scale}")
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     modules = {node.name: module for node in parts.skeleton.graph.node
                if (module := torch_module(node)) is not None}

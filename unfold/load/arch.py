@@ -1,7 +1,7 @@
-"""Rebuilding an architecture for a state dict: `--arch package.module:factory` with
-`--arch-kwargs '{"dim": 384}'`, or the `NAME.arch.json` that sits beside `NAME.state_dict.pt`
-(what the shipped samples carry). The weights then go in by name, and every missing or
-unexpected key is reported by name."""
+"""Rebuilding an architecture for a state dict: `arch="package.module:factory"` with
+`arch_kwargs={"dim": 384}` (`--arch`, `--arch-kwargs '{"dim": 384}'`), or the
+`NAME.arch.json` that sits beside `NAME.state_dict.pt` (what the shipped samples carry). The
+weights then go in by name, and every missing or unexpected key is reported by name."""
 
 from __future__ import annotations
 
@@ -15,41 +15,39 @@ from typing import Any
 
 import torch
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 
 # wrappers whose prefix a saved state dict often carries (DDP, torch.compile)
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _MAX_NAMED = 8
 
 
-def parse_arch_kwargs(text: str | Mapping[str, Any] | None) -> dict[str, Any]:
-    if text is None:
+def check_arch_kwargs(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The factory's keyword arguments: a mapping by parameter name (the CLI parses the JSON
+    of --arch-kwargs into one)."""
+    if value is None:
         return {}
-    if isinstance(text, Mapping):
-        return dict(text)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UnfoldError(f"--arch-kwargs {text!r} is not JSON ({exc.msg}); "
-                          """e.g. --arch-kwargs '{"dim": 384, "depth": 12}'""") from None
-    if not isinstance(value, dict):
-        raise UnfoldError(f"--arch-kwargs {text!r}: expected a JSON object of keyword arguments")
-    return value
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise UnfoldError(f"{option('arch_kwargs', value)}: expected a mapping of keyword "
+                          f"arguments by name, e.g. {option('arch_kwargs', {'dim': 384})}")
+    return dict(value)
 
 
-def split_arch(arch: str, origin: str = "--arch") -> tuple[str, str]:
+def split_arch(arch: str, origin: str | None = None) -> tuple[str, str]:
     """`package.module:factory` -> (module, factory name); `origin` names where it was given
-    (the flag, or the architecture file) in the error."""
-    module_name, colon, attr = arch.partition(":")
+    (the architecture file) in the error, the caller's own parameter by default."""
+    origin = origin or option("arch")
+    module_name, colon, attr = arch.partition(":") if isinstance(arch, str) else ("", "", "")
     if not colon or not module_name or not attr:
         raise UnfoldError(f"{origin} {arch!r}: expected package.module:factory, "
-                          f"e.g. --arch mypkg.models:vit_small")
+                          f"e.g. {option('arch', 'mypkg.models:vit_small')}")
     return module_name, attr
 
 
-def import_factory(arch: str, origin: str = "--arch") -> Any:
+def import_factory(arch: str, origin: str | None = None) -> Any:
     """`package.module:factory` -> the callable (the working directory is importable, as
     for `python -m`)."""
+    origin = origin or option("arch")
     module_name, attr = split_arch(arch, origin)
     cwd = os.getcwd()
     added = cwd not in sys.path
@@ -72,10 +70,12 @@ def import_factory(arch: str, origin: str = "--arch") -> Any:
     return factory
 
 
-def build_module(arch: str, kwargs: Mapping[str, Any], origin: str = "--arch",
-                 kwargs_origin: str = "--arch-kwargs") -> torch.nn.Module:
+def build_module(arch: str, kwargs: Mapping[str, Any], origin: str | None = None,
+                 kwargs_origin: str | None = None) -> torch.nn.Module:
     """`origin` / `kwargs_origin`: where the architecture and its arguments came from (the
-    flags, or the architecture file beside the weights), for the errors."""
+    caller's parameters by default, or the architecture file beside the weights), for the
+    errors."""
+    origin, kwargs_origin = origin or option("arch"), kwargs_origin or option("arch_kwargs")
     factory = import_factory(arch, origin)
     try:
         module = factory(**kwargs)
@@ -101,8 +101,9 @@ def _named(keys: list[str]) -> str:
 
 
 def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                 source: Path, arch: str, origin: str = "--arch") -> None:
+                 source: Path, arch: str, origin: str | None = None) -> None:
     """Every weight of the architecture from the state dict, and nothing left over."""
+    origin = origin or option("arch")
     state = _strip_wrapper_prefix(state)
     try:
         result = module.load_state_dict(state, strict=False)

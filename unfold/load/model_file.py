@@ -27,9 +27,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 from unfold.inputs import DTYPES, InputSpec, specs_from_arrays
-from unfold.load.arch import build_module, load_weights, parse_arch_kwargs, sidecar_arch, split_arch
+from unfold.load.arch import (
+    build_module,
+    check_arch_kwargs,
+    load_weights,
+    sidecar_arch,
+    split_arch,
+)
 
 FORMATS = ("torch.export program", "TorchScript archive", "state dict", "training checkpoint",
            "pickled module")
@@ -67,7 +73,7 @@ class LoadedModel:
 
 
 def load_model(path: str | Path, *, arch: str | None = None,
-               arch_kwargs: str | Mapping[str, Any] | None = None,
+               arch_kwargs: Mapping[str, Any] | None = None,
                trust: bool = False) -> LoadedModel:
     path = Path(path)
     if not path.exists():
@@ -88,7 +94,8 @@ def load_model(path: str | Path, *, arch: str | None = None,
     else:
         loaded = _load_pickle(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
     if arch and loaded.format not in ("state dict", "training checkpoint"):
-        loaded.notes.append(f"--arch ignored: a {loaded.format} carries its architecture")
+        loaded.notes.append(f"{option('arch')} ignored: a {loaded.format} carries its "
+                            f"architecture")
     return loaded
 
 
@@ -172,7 +179,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
     return loaded
 
 
-def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str, Any] | None,
+def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: Mapping[str, Any] | None,
                  trust: bool) -> LoadedModel:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
@@ -183,10 +190,11 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: str | Mapping[str
                               f"it does not unpickle") from None
         if not trust:
             raise UnfoldError(
-                f"{path} is a pickled Python object (it names {needs[1]}); loading it runs code "
-                f"from the file, so unfold does not do it unless told: pass --trust if you trust "
-                f"where the file came from, or save the weights instead "
-                f"(torch.save(model.state_dict(), ...)) and give --arch") from None
+                f"{path} is a pickled Python object (it names {needs[1]}); loading it runs "
+                f"code from the file, so unfold does not do it unless told: pass "
+                f"{option('trust', True)} if you trust where the file came from, or save the "
+                f"weights instead (torch.save(model.state_dict(), ...)) and give "
+                f"{option('arch')}") from None
         return _load_trusted(path)
     except EOFError:
         raise UnfoldError(f"{path} is not a PyTorch file (or is damaged or truncated): it ends "
@@ -222,19 +230,20 @@ class _ArchChoice:
 
 
 def _choose_arch(path: Path, fmt: str, arch: str | None,
-                 arch_kwargs: str | Mapping[str, Any] | None, trust: bool) -> _ArchChoice:
+                 arch_kwargs: Mapping[str, Any] | None, trust: bool) -> _ArchChoice:
     """The architecture to build for a state dict, and where it came from. An architecture file
     beside the weights names code to import, and it may have come with a download, like a
     pickle: its factory is imported only when the user vouches for it, with --trust or by
-    giving the same --arch. Its inputs (data, nothing that runs) are read either way."""
+    giving the same arch. Its inputs (data, nothing that runs) are read either way."""
     arch_file = sidecar_arch(path)
     if arch_file is None:
         if arch is None:
             raise UnfoldError(
                 f"{path} is a {fmt} (weights only): give the architecture with "
-                f"--arch package.module:factory (and --arch-kwargs '{{...}}' for its "
-                f"arguments), or put a {path.stem}.arch.json beside it")
-        return _ArchChoice(arch, parse_arch_kwargs(arch_kwargs), "--arch", "--arch-kwargs")
+                f"{option('arch', 'package.module:factory')} (and {option('arch_kwargs')} for "
+                f"its arguments), or put a {path.stem}.arch.json beside it")
+        return _ArchChoice(arch, check_arch_kwargs(arch_kwargs), option("arch"),
+                           option("arch_kwargs"))
     described = _read_arch_file(arch_file)
     named, named_kwargs = described["arch"], described.get("arch_kwargs", {})
     origin = f'{arch_file}\'s "arch"'
@@ -242,23 +251,24 @@ def _choose_arch(path: Path, fmt: str, arch: str | None,
         raise UnfoldError(f'{arch_file}: "arch_kwargs" must be a JSON object of keyword '
                           f"arguments, not {type(named_kwargs).__name__}")
     if arch is not None and arch != named:
-        return _ArchChoice(arch, parse_arch_kwargs(arch_kwargs), "--arch", "--arch-kwargs",
-                           notes=[f"--arch {arch} given: {arch_file.name} (which names "
-                                  f"{named}) ignored"])
+        return _ArchChoice(arch, check_arch_kwargs(arch_kwargs), option("arch"),
+                           option("arch_kwargs"),
+                           notes=[f"{option('arch', arch)} given: {arch_file.name} (which "
+                                  f"names {named}) ignored"])
     if arch is None and not trust:
         module_name, factory = split_arch(named, origin)
         call = f"{factory}(**{json.dumps(named_kwargs)})" if named_kwargs else f"{factory}()"
         raise UnfoldError(
             f"{arch_file} names the architecture {named}: building it would import "
             f"{module_name} and run {call}. A file beside the weights does not choose what "
-            f"code runs unless you say so: pass --trust if you trust {arch_file.name}, or "
-            f"give --arch {named} yourself")
+            f"code runs unless you say so: pass {option('trust', True)} if you trust "
+            f"{arch_file.name}, or give {option('arch', named)} yourself")
     if arch_kwargs is not None:
-        kwargs, kwargs_origin = parse_arch_kwargs(arch_kwargs), "--arch-kwargs"
+        kwargs, kwargs_origin = check_arch_kwargs(arch_kwargs), option("arch_kwargs")
     else:
         kwargs, kwargs_origin = dict(named_kwargs), f'{arch_file}\'s "arch_kwargs"'
-    how = "--trust" if arch is None else "confirmed by --arch"
-    return _ArchChoice(named, kwargs, origin if arch is None else "--arch", kwargs_origin,
+    how = option("trust", True) if arch is None else f"confirmed by {option('arch')}"
+    return _ArchChoice(named, kwargs, origin if arch is None else option("arch"), kwargs_origin,
                        arch_file, described,
                        notes=[f"architecture {named} from {arch_file.name} ({how})"])
 
@@ -267,7 +277,7 @@ def _load_trusted(path: Path) -> LoadedModel:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:
-        raise UnfoldError(f"{path} does not unpickle even with --trust: "
+        raise UnfoldError(f"{path} does not unpickle even with {option('trust', True)}: "
                           f"{type(exc).__name__}: {_first_line(exc)} (is the code that defined "
                           f"the model importable from here?)") from None
     if isinstance(obj, Mapping):
@@ -277,7 +287,7 @@ def _load_trusted(path: Path) -> LoadedModel:
         raise UnfoldError(f"{path} holds a {type(obj).__name__}, not a torch.nn.Module")
     required, optional = _forward_names(obj)
     loaded = LoadedModel(obj, path, "pickled module", required, optional_inputs=optional)
-    loaded.notes.append("loaded with --trust: code from the file ran")
+    loaded.notes.append(f"loaded with {option('trust', True)}: code from the file ran")
     _to_eval(loaded)
     return loaded
 

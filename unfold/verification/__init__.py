@@ -20,7 +20,12 @@ from unfold.errors import ExitCode, UnfoldError
 from unfold.inputs import InputSpec, random_batch
 from unfold.verification.compare import OutputComparison, compare_outputs
 from unfold.verification.locate import Divergence, first_divergence
-from unfold.verification.tolerances import DEFAULT_TOLERANCES, Tolerance, resolve_tolerances
+from unfold.verification.tolerances import (
+    DEFAULT_TOLERANCES,
+    Tolerance,
+    Tolerances,
+    resolve_tolerances,
+)
 
 __all__ = ["DEFAULT_TOLERANCES", "BatchResult", "Divergence", "OutputComparison", "Tolerance",
            "VerifyReport", "first_divergence", "make_batches", "run_verification"]
@@ -116,7 +121,7 @@ def _align(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray],
 
 
 def run_verification(reference: Runner, candidate: Runner, batches: Sequence[Batch], *,
-                     atol: Sequence[str] = (), rtol: Sequence[str] = (),
+                     atol: Tolerances = None, rtol: Tolerances = None,
                      tolerances: Mapping[str, Tolerance] | None = None) -> VerifyReport:
     report = VerifyReport(reference.description, candidate.description, [])
     for label, feeds in batches:

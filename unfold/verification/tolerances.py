@@ -4,7 +4,8 @@
 
 i.e. `rtol` is relative to the output's scale (a logit vector of scale 20 may be off by
 2e-4 in fp32), `atol` covers outputs that are all near zero. Defaults by the output's dtype;
-`--atol 1e-4` sets every output, `--atol logits=1e-4` one of them.
+`atol=1e-4` sets every output, `atol={"logits": 1e-4}` one of them (on the command line
+`--atol 1e-4`, `--atol logits=1e-4`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from unfold.errors import UnfoldError
+from unfold.errors import UnfoldError, option
 
 
 @dataclass(frozen=True)
@@ -41,36 +42,49 @@ def default_tolerance(dtype: np.dtype | str) -> Tolerance:
     return DEFAULT_TOLERANCES.get(np.dtype(dtype).name, EXACT)
 
 
-def check_tolerances(atol: Sequence[str] = (), rtol: Sequence[str] = ()) -> None:
-    """The tolerances' syntax and values, before any work (output names are checked once the
+Tolerances = float | Mapping[str, float] | None  # every output, or by output name
+
+
+def check_tolerances(atol: Tolerances = None, rtol: Tolerances = None) -> None:
+    """The tolerances' types and values, before any work (output names are checked once the
     model's outputs are known)."""
-    _parse("--atol", atol, None)
-    _parse("--rtol", rtol, None)
+    _by_name("atol", atol, None)
+    _by_name("rtol", rtol, None)
 
 
-def _parse(option: str, values: Sequence[str], output_names: Sequence[str] | None
-           ) -> dict[str | None, float]:
+def _number(parameter: str, value: object, given: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(value) and value >= 0):
+        raise UnfoldError(f"{option(parameter, given)}: a tolerance is a finite number >= 0 "
+                          f"(e.g. {option(parameter, 1e-4)}), for every output or by output "
+                          f"name (e.g. {option(parameter, {'logits': 1e-4})})")
+    return float(value)
+
+
+def _by_name(parameter: str, value: Tolerances, output_names: Sequence[str] | None
+             ) -> dict[str | None, float]:
+    """{None: every output} or {output name: value}."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        return {None: _number(parameter, value, value)}
     out: dict[str | None, float] = {}
-    for value in values:
-        name, eq, number = value.rpartition("=")
-        try:
-            parsed = float(number)
-            assert parsed >= 0 and np.isfinite(parsed)
-        except (ValueError, AssertionError):
-            raise UnfoldError(f"{option} {value!r}: expected a number >= 0 (e.g. 1e-4) or "
-                              f"OUTPUT=number (e.g. logits=1e-4)") from None
-        if eq and output_names is not None and name not in output_names:
-            raise UnfoldError(f"{option} {value!r}: no output {name!r}; outputs: "
-                              f"{', '.join(output_names)}")
-        out[name if eq else None] = parsed
+    for name, item in value.items():
+        if not isinstance(name, str):
+            raise UnfoldError(f"{option(parameter, dict(value))}: keys are output names (str), "
+                              f"not {type(name).__name__}")
+        out[name] = _number(parameter, item, {name: item})
+        if output_names is not None and name not in output_names:
+            raise UnfoldError(f"{option(parameter, {name: item})}: no output {name!r}; "
+                              f"outputs: {', '.join(output_names)}")
     return out
 
 
-def resolve_tolerances(output_dtypes: Mapping[str, np.dtype], atol: Sequence[str] = (),
-                       rtol: Sequence[str] = ()) -> dict[str, Tolerance]:
-    """Per output: the default for its dtype, then `--atol/--rtol` for all, then per name."""
+def resolve_tolerances(output_dtypes: Mapping[str, np.dtype], atol: Tolerances = None,
+                       rtol: Tolerances = None) -> dict[str, Tolerance]:
+    """Per output: the default for its dtype, then `atol`/`rtol` for all, or by name."""
     names = list(output_dtypes)
-    atols, rtols = _parse("--atol", atol, names), _parse("--rtol", rtol, names)
+    atols, rtols = _by_name("atol", atol, names), _by_name("rtol", rtol, names)
     tolerances = {}
     for name, dtype in output_dtypes.items():
         base = default_tolerance(dtype)

@@ -168,7 +168,7 @@ def test_skip_and_unknown_skip() -> None:
               norm_constants(8) + [const("W", RNG.normal(size=(8, 4)))],
               {"x": ["N", 8]}, {"y": ["N", 4]})
     with pytest.raises(UnfoldError,
-                       match=r"unknown rule\(s\) \['nope'\]; valid: compose, producer, "):
+                       match=r"skip=\['nope'\]: unknown rule\(s\); valid: compose, producer, "):
         fold_model(m, skip=["nope"])
     _, report = fold_model(m, skip=["consumer-linear"])
     assert report.sites[0].status == "stayed"

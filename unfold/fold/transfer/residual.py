@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from unfold.errors import option
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, merged, named
@@ -162,7 +163,8 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
             node.inputs[slot] = scaled
 
         note = (f"the stream re-scaled by one Mul before {named(node)} (its carried scale "
-                f"spans {low:.3g}..{high:.3g}, beyond --max-scale {ctx.max_scale:g})")
+                f"spans {low:.3g}..{high:.3g}, beyond "
+                f"{option('max_scale', ctx.max_scale)})")
         return Move(NAME, note, (slot,), {out: pending.then(
             Affine(np.ones_like(affine.scale), own * affine.shift),
             stayed=pending.stayed + (note,))}, cost=1.0, apply=rescale)
