@@ -57,6 +57,7 @@ FLAGS = {
     "inputs.shapes": "--input-shape", "inputs.dtype": "--input-dtype",
     "inputs.int_range": "--int-range", "inputs.float_range": "--float-range",
     "inputs.dynamic": "--dynamic", "inputs.npz": "--inputs", "batches": "--batch",
+    "profile": "--shapes", "workspace_bytes": "--workspace",
 }
 NEGATED = {"verify": "--no-verify", "memory": "--no-memory"}
 # per-input / per-output values: NAME:VALUE, OUTPUT=VALUE
@@ -64,7 +65,9 @@ _SEPARATORS = {"atol": "=", "rtol": "="}
 
 
 def _text(value: Any) -> str:
-    """One value as a flag takes it: 0,30000, batch,seq, 1,8, 0.0001."""
+    """One value as a flag takes it: 0,30000, batch,seq, 1,8, 0.0001, 1x8/4x8/16x8."""
+    if hasattr(value, "describe"):  # (a shape range)
+        return str(value.describe())
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, Sequence) and not isinstance(value, str):

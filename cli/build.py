@@ -5,7 +5,9 @@ without it or a GPU): bad input is reported the same on a machine without Tensor
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,11 +15,11 @@ import typer
 from rich.table import Table
 
 from cli._common import DEBUG, JSON, run_command, show, stdout
-from unfold.errors import ExitCode
+from unfold.errors import ExitCode, UnfoldError
 from unfold.fold.report import FP16_MAX
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
-    from unfold.engines.trt import BuildReport
+    from unfold.engines.trt import BuildReport, ShapeRange
 
 SHAPES = typer.Option([], "--shapes", metavar="NAME:MIN/OPT/MAX",
                       help="The shapes one input takes, e.g. "
@@ -39,6 +41,59 @@ TIMING_CACHE = typer.Option(None, "--timing-cache", metavar="FILE",
                             help="TensorRT's kernel timings: read if FILE exists, written back "
                                  "after the build, so that a rebuild on the same GPU and "
                                  "TensorRT version is faster.")
+
+
+SHAPES_FORM = ("NAME:MIN/OPT/MAX, each shape positive integers joined by 'x' (e.g. "
+               "x:1x3x224x224/8x3x224x224/32x3x224x224), or NAME:DIMS for one fixed shape")
+
+
+def parse_shape_ranges(texts: Sequence[str]) -> dict[str, ShapeRange]:
+    """`--shapes`, repeatable: `NAME:MIN/OPT/MAX` (or `NAME:DIMS`, one fixed shape) -> name ->
+    its range. The syntax and each range's own consistency (one rank, min <= opt <= max) only:
+    no model is needed, so a typo fails before anything is loaded; `resolve_profile` checks
+    the ranges against the model's inputs."""
+    from unfold.engines.trt import ShapeRange
+
+    ranges: dict[str, ShapeRange] = {}
+    for text in texts:
+        name, colon, spec = text.rpartition(":")  # (an ONNX name may hold a ':' itself)
+        if not colon or not name:
+            raise UnfoldError(f"--shapes {text!r}: no input name; expected {SHAPES_FORM}")
+        parts = spec.split("/")
+        if len(parts) not in (1, 3):
+            raise UnfoldError(f"--shapes {text!r}: {len(parts)} shapes; expected three "
+                              f"(MIN/OPT/MAX) or one (fixed): {SHAPES_FORM}")
+        shapes = []
+        for label, part in zip(("min", "opt", "max") if len(parts) == 3 else ("shape",), parts,
+                               strict=True):
+            if not re.fullmatch(r"\d+(x\d+)*", part) or any(int(d) == 0 for d in part.split("x")):
+                raise UnfoldError(f"--shapes {text!r}: {label} {part!r} is not a shape; expected "
+                                  f"positive integers joined by 'x', e.g. 1x3x224x224")
+            shapes.append(tuple(int(d) for d in part.split("x")))
+        low, opt, high = shapes if len(shapes) == 3 else shapes * 3
+        if not len(low) == len(opt) == len(high):
+            raise UnfoldError(f"--shapes {text!r}: min, opt and max have {len(low)}, {len(opt)} "
+                              f"and {len(high)} dims; all three need the input's rank")
+        for axis, (a, b, c) in enumerate(zip(low, opt, high, strict=True)):
+            if not a <= b <= c:
+                order = "min > opt" if a > b else "opt > max"
+                raise UnfoldError(f"--shapes {text!r}: axis {axis} is {a}/{b}/{c} ({order}); "
+                                  f"need min <= opt <= max on every axis")
+        if name in ranges:
+            raise UnfoldError(f"--shapes {text!r}: {name} was given already "
+                              f"({name}:{ranges[name].describe()}); give one range per input")
+        ranges[name] = ShapeRange(low, opt, high)
+    return ranges
+
+
+def workspace_bytes_for(gib: float | None) -> int | None:
+    """`--workspace` in GiB -> bytes (None: TensorRT's default, the whole GPU's memory)."""
+    if gib is None:
+        return None
+    if not 0 < gib < float("inf"):
+        raise UnfoldError(f"--workspace {gib:g}: must be a positive number of GiB (the GPU "
+                          f"memory TensorRT may use for scratch while it builds), e.g. 4")
+    return max(1, int(gib * 2**30))
 
 
 def _mib(size: int) -> str:
@@ -82,10 +137,8 @@ def build(
         from unfold.engines.trt import (
             build_engine,
             check_timing_cache_path,
-            parse_shape_ranges,
             require_tensorrt,
             resolve_profile,
-            workspace_bytes_for,
         )
         from unfold.onnx_files import check_output_path, load_onnx_parts
 

@@ -18,7 +18,10 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from cli.app import app
+from cli.build import parse_shape_ranges, workspace_bytes_for
 from tests.engines import test_build as engine_tests
+from unfold.engines.trt import ShapeRange
+from unfold.errors import ExitCode, UnfoldError
 
 fake_tensorrt = engine_tests.fake_tensorrt  # (the fixture, for this module too)
 runner = CliRunner()
@@ -237,3 +240,65 @@ def test_a_bad_option_imports_no_torch(tmp_path: Path) -> None:
     code, modules = _imported("build", str(_write(tmp_path)), "--out", str(tmp_path / "m.plan"),
                               "--workspace", "0")
     assert code == 2 and "torch" not in modules
+
+
+# --- --shapes and --workspace, parsed before any work ----------------------------------------
+
+def test_a_range_per_input() -> None:
+    ranges = parse_shape_ranges(["x:1x3x224x224/8x3x224x224/32x3x224x224", "ids:1x128"])
+    assert ranges == {"x": ShapeRange((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)),
+                      "ids": ShapeRange((1, 128), (1, 128), (1, 128))}
+    assert ranges["x"].describe() == "1x3x224x224/8x3x224x224/32x3x224x224"
+
+
+def test_an_input_name_may_hold_a_colon() -> None:
+    assert parse_shape_ranges(["input:0:1x2/2x2/4x2"]) == \
+        {"input:0": ShapeRange((1, 2), (2, 2), (4, 2))}
+
+
+def test_equal_min_opt_max_is_a_range() -> None:
+    assert parse_shape_ranges(["x:2x8/2x8/2x8"])["x"] == ShapeRange.fixed((2, 8))
+
+
+@pytest.mark.parametrize(("texts", "message"), [
+    (["1x3x224x224"], "--shapes '1x3x224x224': no input name; expected NAME:MIN/OPT/MAX"),
+    ([":1x3"], "--shapes ':1x3': no input name"),
+    (["x:1x3/2x3"], "--shapes 'x:1x3/2x3': 2 shapes; expected three (MIN/OPT/MAX) or one"),
+    (["x:1x3/2x3/4x3/8x3"], "--shapes 'x:1x3/2x3/4x3/8x3': 4 shapes"),
+    (["x:"], "--shapes 'x:': shape '' is not a shape; expected positive integers joined by 'x'"),
+    (["x:1xax3"], "--shapes 'x:1xax3': shape '1xax3' is not a shape"),
+    (["x:1x0x3"], "--shapes 'x:1x0x3': shape '1x0x3' is not a shape"),
+    (["x:-1x3"], "--shapes 'x:-1x3': shape '-1x3' is not a shape"),
+    (["x:1x3/2,3/4x3"], "--shapes 'x:1x3/2,3/4x3': opt '2,3' is not a shape"),
+    (["x:1x3/2x3/4x3 "], "--shapes 'x:1x3/2x3/4x3 ': max '4x3 ' is not a shape"),
+    (["x:1x3/2x3x1/4x3"], "--shapes 'x:1x3/2x3x1/4x3': min, opt and max have 2, 3 and 2 dims"),
+    (["x:4x3/2x3/8x3"], "--shapes 'x:4x3/2x3/8x3': axis 0 is 4/2/8 (min > opt); need min <= "
+                        "opt <= max on every axis"),
+    (["x:1x3/8x3/4x3"], "--shapes 'x:1x3/8x3/4x3': axis 0 is 1/8/4 (opt > max)"),
+    (["x:1x3/1x4/1x2"], "axis 1 is 3/4/2 (opt > max)"),
+    (["x:1x3", "x:2x3"], "--shapes 'x:2x3': x was given already (x:1x3/1x3/1x3); give one range "
+                         "per input"),
+], ids=["no_name", "empty_name", "two_shapes", "four_shapes", "empty_shape", "letter", "zero",
+        "negative", "comma", "trailing_space", "rank_differs", "min_above_opt", "opt_above_max",
+        "second_axis", "twice"])
+def test_bad_shapes_say_what_was_given_and_what_is_valid(texts: list[str], message: str) -> None:
+    with pytest.raises(UnfoldError) as info:
+        parse_shape_ranges(texts)
+    assert message in str(info.value), str(info.value)
+    assert info.value.exit_code == ExitCode.BAD_INPUT
+
+
+# --- the profile against the model --------------------------------------------------------
+
+
+def test_workspace_in_gib() -> None:
+    assert workspace_bytes_for(None) is None
+    assert workspace_bytes_for(4) == 4 << 30
+    assert workspace_bytes_for(0.5) == 1 << 29
+
+
+@pytest.mark.parametrize("gib", [0.0, -1.0, float("nan"), float("inf")])
+def test_workspace_must_be_positive(gib: float) -> None:
+    with pytest.raises(UnfoldError, match=rf"--workspace {gib:g}: must be a positive number of "
+                                          r"GiB"):
+        workspace_bytes_for(gib)

@@ -1,4 +1,4 @@
-"""`unfold build`'s library side: --shapes parsed and resolved against the ONNX model's inputs,
+"""`unfold build`'s library side: shape ranges resolved against the ONNX model's inputs,
 the weights fp16 cannot hold named before an fp16 build, the parser's errors by node, and the
 build itself, its control flow exercised against a recording stand-in for TensorRT (no
 TensorRT here: the stand-in builds nothing; `.ci/typecheck-trt` checks the real API's use)."""
@@ -19,6 +19,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cli._common import cli_spelling
+from cli.build import parse_shape_ranges
 from unfold.engines.precision import (
     FP16_SMALLEST_NORMAL,
     MAX_WARNINGS,
@@ -30,11 +32,9 @@ from unfold.engines.trt import (
     build_serialized,
     check_timing_cache_path,
     describe_parser_errors,
-    parse_shape_ranges,
     resolve_profile,
-    workspace_bytes_for,
 )
-from unfold.errors import ExitCode, UnfoldError
+from unfold.errors import ExitCode, UnfoldError, spelled_as
 from unfold.fold import ModelParts
 from unfold.inputs import InputSpec
 
@@ -63,55 +63,32 @@ def _weight(name: str, values: Any, dtype: Any = np.float32) -> onnx.TensorProto
     return numpy_helper.from_array(np.asarray(values, dtype=dtype), name)
 
 
-# --- --shapes -------------------------------------------------------------------------------
-
-def test_a_range_per_input() -> None:
-    ranges = parse_shape_ranges(["x:1x3x224x224/8x3x224x224/32x3x224x224", "ids:1x128"])
-    assert ranges == {"x": ShapeRange((1, 3, 224, 224), (8, 3, 224, 224), (32, 3, 224, 224)),
-                      "ids": ShapeRange((1, 128), (1, 128), (1, 128))}
-    assert ranges["x"].describe() == "1x3x224x224/8x3x224x224/32x3x224x224"
-
-
-def test_an_input_name_may_hold_a_colon() -> None:
-    assert parse_shape_ranges(["input:0:1x2/2x2/4x2"]) == \
-        {"input:0": ShapeRange((1, 2), (2, 2), (4, 2))}
-
-
-def test_equal_min_opt_max_is_a_range() -> None:
-    assert parse_shape_ranges(["x:2x8/2x8/2x8"])["x"] == ShapeRange.fixed((2, 8))
-
-
-@pytest.mark.parametrize(("texts", "message"), [
-    (["1x3x224x224"], "--shapes '1x3x224x224': no input name; expected NAME:MIN/OPT/MAX"),
-    ([":1x3"], "--shapes ':1x3': no input name"),
-    (["x:1x3/2x3"], "--shapes 'x:1x3/2x3': 2 shapes; expected three (MIN/OPT/MAX) or one"),
-    (["x:1x3/2x3/4x3/8x3"], "--shapes 'x:1x3/2x3/4x3/8x3': 4 shapes"),
-    (["x:"], "--shapes 'x:': shape '' is not a shape; expected positive integers joined by 'x'"),
-    (["x:1xax3"], "--shapes 'x:1xax3': shape '1xax3' is not a shape"),
-    (["x:1x0x3"], "--shapes 'x:1x0x3': shape '1x0x3' is not a shape"),
-    (["x:-1x3"], "--shapes 'x:-1x3': shape '-1x3' is not a shape"),
-    (["x:1x3/2,3/4x3"], "--shapes 'x:1x3/2,3/4x3': opt '2,3' is not a shape"),
-    (["x:1x3/2x3/4x3 "], "--shapes 'x:1x3/2x3/4x3 ': max '4x3 ' is not a shape"),
-    (["x:1x3/2x3x1/4x3"], "--shapes 'x:1x3/2x3x1/4x3': min, opt and max have 2, 3 and 2 dims"),
-    (["x:4x3/2x3/8x3"], "--shapes 'x:4x3/2x3/8x3': axis 0 is 4/2/8 (min > opt); need min <= "
-                        "opt <= max on every axis"),
-    (["x:1x3/8x3/4x3"], "--shapes 'x:1x3/8x3/4x3': axis 0 is 1/8/4 (opt > max)"),
-    (["x:1x3/1x4/1x2"], "axis 1 is 3/4/2 (opt > max)"),
-    (["x:1x3", "x:2x3"], "--shapes 'x:2x3': x was given already (x:1x3/1x3/1x3); give one range "
-                         "per input"),
-], ids=["no_name", "empty_name", "two_shapes", "four_shapes", "empty_shape", "letter", "zero",
-        "negative", "comma", "trailing_space", "rank_differs", "min_above_opt", "opt_above_max",
-        "second_axis", "twice"])
-def test_bad_shapes_say_what_was_given_and_what_is_valid(texts: list[str], message: str) -> None:
-    with pytest.raises(UnfoldError) as info:
-        parse_shape_ranges(texts)
-    assert message in str(info.value), str(info.value)
-    assert info.value.exit_code == ExitCode.BAD_INPUT
-
-
-# --- the profile against the model --------------------------------------------------------
+# --- the profile ------------------------------------------------------------------------------
 
 IMAGES = {"x": ["N", 1, 8, 8], "mask": [1, 8]}
+# (most messages read here as the CLI spells them: `--shapes x:1x8/4x8/16x8`, cli_flags)
+
+@pytest.fixture
+def cli_flags() -> Iterator[None]:
+    with spelled_as(cli_spelling):
+        yield
+
+
+def test_a_python_caller_reads_its_own_parameter() -> None:
+    with pytest.raises(UnfoldError) as info:
+        resolve_profile(_model(IMAGES), {})
+    assert str(info.value).startswith(
+        "no profile for input(s) with dynamic dims: x: Nx1x8x8; give the range of each, e.g. "
+        "profile={'x': ShapeRange(min=(1, 1, 8, 8), opt=(8, 1, 8, 8), max=(32, 1, 8, 8))}")
+    with pytest.raises(UnfoldError, match=r"^profile=\{'y': ShapeRange\(min=\(1, 8\), .*the "
+                                          r"model has no input 'y'"):
+        resolve_profile(_model(IMAGES), {"y": ShapeRange.fixed((1, 8))})
+    with pytest.raises(UnfoldError, match=r"^profile=\{'x': '1x1x8x8/4x1x8x8/16x1x8x8'\}: "
+                                          r"expected a ShapeRange"):
+        resolve_profile(_model(IMAGES), {"x": "1x1x8x8/4x1x8x8/16x1x8x8"})  # type: ignore[dict-item]
+    with pytest.raises(UnfoldError, match=r"min <= opt <= max on every axis"):
+        resolve_profile(_model(IMAGES), {"x": ShapeRange((4, 1, 8, 8), (2, 1, 8, 8),
+                                                         (8, 1, 8, 8))})
 
 
 def test_static_inputs_need_no_shapes() -> None:
@@ -132,6 +109,7 @@ def test_a_static_input_may_be_given_its_own_shape() -> None:
     assert resolve_profile(_model(IMAGES), given)["mask"] == ShapeRange.fixed((1, 8))
 
 
+@pytest.mark.usefixtures("cli_flags")
 def test_a_dynamic_input_without_shapes_is_named_with_its_dims() -> None:
     with pytest.raises(UnfoldError) as info:
         resolve_profile(_model(IMAGES), {})
@@ -140,6 +118,7 @@ def test_a_dynamic_input_without_shapes_is_named_with_its_dims() -> None:
         "--shapes x:1x1x8x8/8x1x8x8/32x1x8x8 (N from 1 to 32, tuned for 8)")
 
 
+@pytest.mark.usefixtures("cli_flags")
 def test_an_unnamed_dynamic_dim_shows_as_a_question_mark() -> None:
     with pytest.raises(UnfoldError, match=r"dynamic dims: ids: \?x16, pos: Nxseq; .*"
                                           r"--shapes ids:1x16/8x16/32x16 "
@@ -148,6 +127,7 @@ def test_an_unnamed_dynamic_dim_shows_as_a_question_mark() -> None:
         resolve_profile(_model({"ids": [None, 16], "pos": ["N", "seq"]}), {})
 
 
+@pytest.mark.usefixtures("cli_flags")
 def test_an_input_without_a_shape_needs_one() -> None:
     m = _model({"x": [2]})
     m.graph.input[0].type.tensor_type.ClearField("shape")
@@ -171,6 +151,7 @@ X = "x:1x1x8x8/2x1x8x8/4x1x8x8"  # a range the model takes
     ([X, "mask:2x8"], "--shapes mask:2x8/2x8/2x8: axis 0 is 2/2/2, but it is static in the "
                       "model (mask: 1x8)"),
 ], ids=["unknown_input", "rank", "static_dim", "static_dim_only_min", "static_input"])
+@pytest.mark.usefixtures("cli_flags")
 def test_ranges_the_model_contradicts(texts: list[str], message: str) -> None:
     with pytest.raises(UnfoldError) as info:
         resolve_profile(_model(IMAGES), parse_shape_ranges(texts))
@@ -201,19 +182,7 @@ def test_a_declared_shape_ranges_a_dynamic_dim_from_1() -> None:
 
 # --- the other options -----------------------------------------------------------------------
 
-def test_workspace_in_gib() -> None:
-    assert workspace_bytes_for(None) is None
-    assert workspace_bytes_for(4) == 4 << 30
-    assert workspace_bytes_for(0.5) == 1 << 29
-
-
-@pytest.mark.parametrize("gib", [0.0, -1.0, float("nan"), float("inf")])
-def test_workspace_must_be_positive(gib: float) -> None:
-    with pytest.raises(UnfoldError, match=rf"--workspace {gib:g}: must be a positive number of "
-                                          r"GiB"):
-        workspace_bytes_for(gib)
-
-
+@pytest.mark.usefixtures("cli_flags")
 def test_the_timing_cache_path_is_checked_first(tmp_path: Path) -> None:
     model = tmp_path / "m.onnx"
     with pytest.raises(UnfoldError, match=f"--timing-cache {tmp_path} is a directory"):
@@ -359,7 +328,7 @@ def test_bad_paths_fail_before_tensorrt_is_needed(tmp_path: Path) -> None:
     out.write_bytes(b"precious")
     with pytest.raises(UnfoldError, match=f"{out} exists; pass force=True to overwrite it"):
         build_engine(src, out, {})
-    with pytest.raises(UnfoldError, match="--timing-cache .* is a directory"):
+    with pytest.raises(UnfoldError, match="^timing_cache='.*' is a directory"):
         build_engine(src, tmp_path / "new.plan", {}, timing_cache=tmp_path)
     assert out.read_bytes() == b"precious"
 

@@ -5,9 +5,9 @@ declared batch + 3) or into a file (`build_engine`, for `unfold build`: the prof
 device buffers from torch.cuda (`TrtRunner`).
 
 What needs no TensorRT is here too and runs anywhere, so that bad input fails before TensorRT is
-even looked for: `--shapes` parsed (`parse_shape_ranges`) and checked against the ONNX model's
-inputs (`resolve_profile`), the ONNX parser's errors described node by node
-(`describe_parser_errors`), the workspace and timing-cache options checked.
+even looked for: the profile's shape ranges checked against the ONNX model's inputs
+(`resolve_profile`; cli/build.py parses `--shapes` into them), the ONNX parser's errors described
+node by node (`describe_parser_errors`), the workspace and timing-cache options checked.
 
 TensorRT is loaded only when asked for: without the `tensorrt` package, or without a CUDA GPU,
 every entry point that builds or runs raises an UnfoldError with exit code 3.
@@ -15,7 +15,6 @@ every entry point that builds or runs raises an UnfoldError with exit code 3.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 import onnx
 
-from unfold.errors import ExitCode, UnfoldError
+from unfold.errors import ExitCode, UnfoldError, option
 from unfold.inputs import InputSpec
 from unfold.onnx_files import check_output_path, write_bytes_atomic
 
@@ -76,56 +75,15 @@ class ShapeRange:
         return cls(tuple(shape), tuple(shape), tuple(shape))
 
     def describe(self) -> str:
-        """`1x3x224x224/8x3x224x224/32x3x224x224`: the form --shapes takes."""
+        """`1x3x224x224/8x3x224x224/32x3x224x224` (the form `unfold build --shapes` takes)."""
         return "/".join(_dims_text(shape) for shape in (self.min, self.opt, self.max))
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
 
 
-SHAPES_FORM = ("NAME:MIN/OPT/MAX, each shape positive integers joined by 'x' (e.g. "
-               "x:1x3x224x224/8x3x224x224/32x3x224x224), or NAME:DIMS for one fixed shape")
-
-
 def _dims_text(dims: Sequence[int | str]) -> str:
     return "x".join(map(str, dims))
-
-
-def parse_shape_ranges(texts: Sequence[str]) -> dict[str, ShapeRange]:
-    """`--shapes`, repeatable: `NAME:MIN/OPT/MAX` (or `NAME:DIMS`, one fixed shape) -> name ->
-    its range. The syntax and each range's own consistency (one rank, min <= opt <= max) only:
-    no model is needed, so a typo fails before anything is loaded; `resolve_profile` checks
-    the ranges against the model's inputs."""
-    ranges: dict[str, ShapeRange] = {}
-    for text in texts:
-        name, colon, spec = text.rpartition(":")  # (an ONNX name may hold a ':' itself)
-        if not colon or not name:
-            raise UnfoldError(f"--shapes {text!r}: no input name; expected {SHAPES_FORM}")
-        parts = spec.split("/")
-        if len(parts) not in (1, 3):
-            raise UnfoldError(f"--shapes {text!r}: {len(parts)} shapes; expected three "
-                              f"(MIN/OPT/MAX) or one (fixed): {SHAPES_FORM}")
-        shapes = []
-        for label, part in zip(("min", "opt", "max") if len(parts) == 3 else ("shape",), parts,
-                               strict=True):
-            if not re.fullmatch(r"\d+(x\d+)*", part) or any(int(d) == 0 for d in part.split("x")):
-                raise UnfoldError(f"--shapes {text!r}: {label} {part!r} is not a shape; expected "
-                                  f"positive integers joined by 'x', e.g. 1x3x224x224")
-            shapes.append(tuple(int(d) for d in part.split("x")))
-        low, opt, high = shapes if len(shapes) == 3 else shapes * 3
-        if not len(low) == len(opt) == len(high):
-            raise UnfoldError(f"--shapes {text!r}: min, opt and max have {len(low)}, {len(opt)} "
-                              f"and {len(high)} dims; all three need the input's rank")
-        for axis, (a, b, c) in enumerate(zip(low, opt, high, strict=True)):
-            if not a <= b <= c:
-                order = "min > opt" if a > b else "opt > max"
-                raise UnfoldError(f"--shapes {text!r}: axis {axis} is {a}/{b}/{c} ({order}); "
-                                  f"need min <= opt <= max on every axis")
-        if name in ranges:
-            raise UnfoldError(f"--shapes {text!r}: {name} was given already "
-                              f"({name}:{ranges[name].describe()}); give one range per input")
-        ranges[name] = ShapeRange(low, opt, high)
-    return ranges
 
 
 # an ONNX input's dims: a static size, or a dynamic dimension's name ('?' where it has none)
@@ -164,22 +122,30 @@ def resolve_profile(model: onnx.ModelProto | ModelParts, given: Mapping[str, Sha
                     declared: Mapping[str, Sequence[int]] | None = None
                     ) -> dict[str, ShapeRange]:
     """One optimization profile for every input of `model`, in its input order: the ranges
-    `given` (`parse_shape_ranges`), each checked against the model (an input it has, its rank,
+    `given` (by input name), each checked against the model (an input it has, its rank,
     its static dims); an input not given takes its static dims, and where it has dynamic ones
     and a `declared` shape (e.g. what verification runs), 1 to that (opt = max = declared). An
     input with a dynamic dim and neither is an error that names it and its dims."""
     inputs = onnx_inputs(model)
     for name, shape_range in given.items():
+        if not isinstance(shape_range, ShapeRange):
+            raise UnfoldError(f"{option('profile', {name: shape_range})}: expected a "
+                              f"ShapeRange(min, opt, max) per input name")
+        ranks = {len(shape_range.min), len(shape_range.opt), len(shape_range.max)}
+        if len(ranks) != 1 or not all(a <= b <= c for a, b, c in zip(
+                shape_range.min, shape_range.opt, shape_range.max, strict=False)):
+            raise UnfoldError(f"{option('profile', {name: shape_range})}: min, opt and max "
+                              f"need one rank and min <= opt <= max on every axis")
         if name not in inputs:
             takes = ", ".join(describe_input(n, d) for n, d in inputs.items()) or "none"
-            raise UnfoldError(f"--shapes {name}:{shape_range.describe()}: the model has no "
+            raise UnfoldError(f"{option('profile', {name: shape_range})}: the model has no "
                               f"input {name!r}; its inputs: {takes}")
     profile: dict[str, ShapeRange] = {}
     missing = []
     for name, dims in inputs.items():
         if name in given:
             profile[name] = _checked(name, dims, given[name],
-                                     f"--shapes {name}:{given[name].describe()}")
+                                     option("profile", {name: given[name]}))
         elif dims is not None and all(isinstance(d, int) for d in dims):
             profile[name] = ShapeRange.fixed([int(d) for d in dims])
         elif dims is not None and declared and name in declared:
@@ -222,25 +188,16 @@ def _no_range_message(missing: Mapping[str, OnnxDims | None]) -> str:
     varying: list[str] = []
     for name, dims in missing.items():
         if dims is None:
-            examples.append(f"--shapes {name}:MIN/OPT/MAX")
+            examples.append(option("profile", {name: "MIN/OPT/MAX"}))
             continue
         varying += [d for d in dims if isinstance(d, str) and d not in varying]
-        examples.append(f"--shapes {name}:" + "/".join(
-            _dims_text([d if isinstance(d, int) else size for d in dims]) for size in (1, 8, 32)))
+        low, opt, high = (tuple(d if isinstance(d, int) else size for d in dims)
+                          for size in (1, 8, 32))
+        examples.append(option("profile", {name: ShapeRange(low, opt, high)}))
     labels = [d for d in varying if d != "?"] + (["each ?"] if "?" in varying else [])
     sizes = f" ({', '.join(labels)} from 1 to 32, tuned for 8)" if labels else ""
-    return (f"no --shapes for input(s) with dynamic dims: {takes}; give the range of each, "
-            f"e.g. {' '.join(examples)}{sizes}")
-
-
-def workspace_bytes_for(gib: float | None) -> int | None:
-    """`--workspace` in GiB -> bytes (None: TensorRT's default, the whole GPU's memory)."""
-    if gib is None:
-        return None
-    if not 0 < gib < float("inf"):
-        raise UnfoldError(f"--workspace {gib:g}: must be a positive number of GiB (the GPU "
-                          f"memory TensorRT may use for scratch while it builds), e.g. 4")
-    return max(1, int(gib * 2**30))
+    return (f"no {option('profile')} for input(s) with dynamic dims: {takes}; give the range "
+            f"of each, e.g. {' '.join(examples)}{sizes}")
 
 
 def check_timing_cache_path(path: str | Path, *, inputs: tuple[Path, ...] = ()) -> Path:
@@ -250,13 +207,16 @@ def check_timing_cache_path(path: str | Path, *, inputs: tuple[Path, ...] = ()) 
     path = Path(path)
     for other in inputs:
         if path.resolve() == Path(other).resolve():
-            raise UnfoldError(f"--timing-cache {path} is {other}, a file of the build itself; "
-                              f"give a file of its own (e.g. {path.with_suffix('.cache').name})")
+            raise UnfoldError(f"{option('timing_cache', str(path))} is {other}, a file of the "
+                              f"build itself; give a file of its own (e.g. "
+                              f"{path.with_suffix('.cache').name})")
     if path.is_dir():
-        raise UnfoldError(f"--timing-cache {path} is a directory; give a file name")
+        raise UnfoldError(f"{option('timing_cache', str(path))} is a directory; give a file "
+                          f"name")
     folder = path.parent
     if not folder.is_dir():
-        raise UnfoldError(f"--timing-cache {path}: the folder {folder} does not exist")
+        raise UnfoldError(f"{option('timing_cache', str(path))}: the folder {folder} does not "
+                          f"exist")
     return path
 
 
@@ -421,6 +381,11 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
     model = Path(model)
     if not model.is_file():
         raise UnfoldError(f"{model}: no such file")
+    if workspace_bytes is not None and (isinstance(workspace_bytes, bool) or not isinstance(
+            workspace_bytes, int) or workspace_bytes < 1):
+        raise UnfoldError(f"{option('workspace_bytes', workspace_bytes)}: must be a positive "
+                          f"number of bytes (the GPU memory TensorRT may use for scratch while "
+                          f"it builds)")
     target = check_output_path(out, force=force, inputs=(model,))
     cache_path = None if timing_cache is None else \
         check_timing_cache_path(timing_cache, inputs=(model, target))
@@ -463,14 +428,17 @@ def _attach_timing_cache(config: trt.IBuilderConfig, path: Path | None
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise UnfoldError(f"cannot read --timing-cache {path}: {exc.strerror}") from None
+            raise UnfoldError(f"cannot read {option('timing_cache', str(path))}: "
+                              f"{exc.strerror}") from None
     cache = config.create_timing_cache(data)
     if cache is None:
-        raise UnfoldError(f"--timing-cache {path} is not a TensorRT timing cache (or is "
-                          f"truncated); give another file, or delete it to start a new one")
+        raise UnfoldError(f"{option('timing_cache', str(path))} is not a TensorRT timing cache "
+                          f"(or is truncated); give another file, or delete it to start a new "
+                          f"one")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
-        raise UnfoldError(f"--timing-cache {path} was made by another TensorRT version or on "
-                          f"another GPU; give another file, or delete it to start a new one")
+        raise UnfoldError(f"{option('timing_cache', str(path))} was made by another TensorRT "
+                          f"version or on another GPU; give another file, or delete it to "
+                          f"start a new one")
     return cache, len(data)
 
 
