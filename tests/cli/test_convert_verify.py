@@ -239,3 +239,26 @@ def test_every_way_a_conversion_ends_has_its_message_and_exit_code() -> None:
 
     assert set(ENDINGS) == {o.value for o in Outcome}
     assert [ENDINGS[o][1] for o in Outcome] == [0, 1, 1]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--atol=-1"], "--atol '-1': expected a number >= 0"),
+    (["--rtol", "1e-4", "--rtol", "logits=1e-3"], "--rtol 1e-4 logits=1e-3: give one tolerance "
+                                                   "for every output, or OUTPUT=value for each"),
+    (["--input-shape", "1x"], "--input-shape '1x': expected dimensions like 1x3x224x224"),
+    (["--int-range", "zzz"], "--int-range 'zzz': expected LOW,HIGH"),
+    (["--input-dtype", "ids:int64", "--input-dtype", "int32"],
+     "--input-dtype ids:int64 int32: give one value for every input, or NAME:VALUE for each"),
+    (["--dynamic", "sideways"], "--dynamic 'sideways': 'sideways' is not an axis name"),
+    (["--arch-kwargs", "{dim: 32}"], "--arch-kwargs '{dim: 32}' is not JSON"),
+])
+@pytest.mark.parametrize("command", ["convert", "verify"])
+def test_flags_are_parsed_before_the_model_is_even_looked_for(tmp_path: Path, command: str,
+                                                              args: list[str],
+                                                              message: str) -> None:
+    """(the model does not exist: the flag's error comes first, so it cost nothing)"""
+    paths = ([tmp_path / "missing.pt", "--out", tmp_path / "o.onnx"] if command == "convert"
+             else [tmp_path / "missing.pt", tmp_path / "o.onnx"])
+    result = _invoke(command, *paths, *args)
+    _assert_user_error(result, 2, message)
+    assert list(tmp_path.iterdir()) == []
