@@ -9,7 +9,10 @@ models, the test-set accuracy of `ln` and `un` (folded) in fp32 and in INT8.
     python benchmarks/int8.py --shapes deit_tiny --rounds 20 10 --digits-only
 
 A LayerNorm stays float between the quantized MatMuls (Q/DQ around it); a folded norm leaves
-nothing between them, so `un-folded`-int8 should run as `none`-int8.
+nothing between them, so `un-folded`-int8 should run as `none`-int8. Before timing, that is
+checked: after ONNX Runtime's own graph optimizations (the QDQ fusions, which depend on the
+calibrated parameters) the two quantized models have the same op counts. Needs the `bench`
+extra (`pip install -c constraints.txt -e ".[bench]"`).
 """
 
 from __future__ import annotations
@@ -52,6 +55,24 @@ def quantize(source: Path, out: Path, feeds: list[dict[str, np.ndarray]]) -> Pat
                     weight_type=QuantType.QInt8)
     prepared.unlink()
     return out
+
+
+def optimized_op_counts(path: Path) -> dict[str, int]:
+    """The ops ONNX Runtime runs for `path` after its graph optimizations (QLinearMatMul where
+    it fused a DequantizeLinear-MatMul-QuantizeLinear group, ...)."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # (its warning that the result is machine-specific)
+    with tempfile.TemporaryDirectory() as tmp:
+        options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath, load_external_data=False)
+    return dict(Counter(node.op_type for node in model.graph.node))
 
 
 def _feeds(path: Path, inputs, batch: int, count: int, seed: int) -> list[dict]:  # noqa: ANN001
@@ -135,6 +156,13 @@ def main() -> None:
                                                     folder / f"{shape}-{variant}-int8.onnx",
                                                     calibration)
                 agreement[variant] = _agreement(fp32[variant], paths[f"{variant}-int8"], check)
+            folded_ops = optimized_op_counts(paths["un-folded-int8"])
+            if folded_ops != optimized_op_counts(paths["none-int8"]):
+                sys.exit(f"{shape}: un-folded-int8 and none-int8 differ after ONNX Runtime's "
+                         f"optimizations; the comparison would not be like for like")
+            print(f"[int8] {shape}: un-folded-int8 runs none-int8's ops "
+                  f"({sum(folded_ops.values())} after ONNX Runtime's optimizations)",
+                  file=sys.stderr, flush=True)
             paths["none-fp32"] = fp32["none"]
             for batch, rounds in zip(options.batches, options.rounds, strict=True):
                 print(f"[int8] {shape} batch {batch}: {rounds} rounds ...", file=sys.stderr,

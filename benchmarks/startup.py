@@ -90,7 +90,8 @@ def main() -> None:
                          "min_s": min(s for s, _, _ in runs), "imports": runs[0][1],
                          "exit_codes": sorted(codes)})
     width = max(len(r["command"]) for r in rows)
-    print(f"start-up, median of {options.repeats} fresh processes (python {sys.version.split()[0]})")
+    print(f"start-up, median of {options.repeats} fresh processes "
+          f"(python {sys.version.split()[0]})")
     print(f"{'command':<{width}}  median s  min s  exit  heavy imports")
     for r in rows:
         print(f"{r['command']:<{width}}  {r['median_s']:8.2f}  {r['min_s']:5.2f}  "

@@ -2,8 +2,9 @@
 exported), `un-onnxslim` (what a deployer tries first), `un-folded` (unfold) and `none` (every
 norm an Identity: the limit), built from one factory and one seed so that only the norm
 differs, exported with the same exporter (and `ln`, `un`, `none` given the same tidy of the
-exporter's shape arithmetic the fold does, every fold rule skipped), and timed with `unfold.bench` on each CPU engine at
-batch 1 and 8, interleaved, as ratios to `none` with 95% intervals.
+exporter's shape arithmetic the fold does, every fold rule skipped), and timed with
+`unfold.bench` on each CPU engine at batch 1 and 8, interleaved, as ratios to `none` with 95%
+intervals. Needs the `bench` extra (`pip install -c constraints.txt -e ".[bench]"`).
 
     python benchmarks/suite.py                                   # everything (about 30 min here)
     python benchmarks/suite.py --shapes deit_tiny --engines ort --rounds 20 20
@@ -76,8 +77,13 @@ def _calibrate(shape: str, model) -> None:  # noqa: ANN001
 def export_variants(shape: str, folder: Path) -> dict[str, Path]:
     """The five variants of `shape` as ONNX files (TorchScript exporter, dynamic batch)."""
     import onnx
-    import onnxslim
     import torch
+
+    try:
+        import onnxslim
+    except ImportError:
+        sys.exit("benchmarks/suite.py needs onnxslim (the `un-onnxslim` variant): "
+                 "pip install -c constraints.txt -e \".[bench]\"")
 
     from unfold.fold import fold_model
     from unfold.fold.transfer import RULES

@@ -251,7 +251,9 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
            seed: int = 0, progress: Progress | None = None) -> VerifyReport:
     """Run REFERENCE (model.pt on torch, or an .onnx on ONNX Runtime) and CANDIDATE (an
     .onnx on `engine`, a TensorRT engine built by `unfold build` (.plan, .engine) with
-    `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output."""
+    `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output.
+    `inputs`, `atol`, `rtol`, `arch`, `arch_kwargs` as for `convert`; `bool(report)` is the
+    verdict."""
     from unfold.engines import ENGINES
 
     _check_choice("engine", engine, list(ENGINES))
