@@ -16,7 +16,7 @@ from cli._inputs import (
     parse_tolerance,
 )
 from unfold.errors import UnfoldError, option, python_spelling, spelled_as
-from unfold.inputs import Inputs, specs_from_inputs
+from unfold.inputs import Inputs, check_inputs, specs_from_inputs
 from unfold.verification.tolerances import resolve_tolerances
 
 
@@ -59,7 +59,6 @@ def test_input_flags_become_inputs() -> None:
      "not both"),
     (([], ["int64", "int32"], [], [], None), "--input-dtype given 2 times without input names"),
     (([], [], ["zzz"], [], None), "--int-range 'zzz': expected LOW,HIGH"),
-    (([], [], ["9,1"], [], None), "--int-range '9,1': expected LOW,HIGH with LOW <= HIGH"),
     (([], [], ["0.5,1"], [], None), "--int-range '0.5,1'"),
     (([], [], [], ["a:x,1"], None), "--float-range 'a:x,1'"),
     (([], [], [], [], "batch,sideways"), "--dynamic 'batch,sideways': 'sideways' is not an axis"),
@@ -67,6 +66,14 @@ def test_input_flags_become_inputs() -> None:
 def test_bad_input_flags_name_the_flag_before_any_work(args: tuple, message: str) -> None:
     with pytest.raises(UnfoldError, match=message):
         input_options(*args, None)
+
+
+def test_values_the_syntax_allows_are_checked_by_the_library_naming_the_flag() -> None:
+    inputs = input_options([], [], ["ids:9,1"], [], None, None)
+    with spelled_as(cli_spelling), pytest.raises(
+            UnfoldError, match=r"^--int-range ids:9,1: a range is \(low, high\), two finite ints "
+                               r"with low <= high, e.g. --int-range 0,30000$"):
+        check_inputs(inputs)
 
 
 def test_dynamic() -> None:
