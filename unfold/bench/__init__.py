@@ -1,7 +1,7 @@
 """Timing and memory, honestly (BENCHMARKS.md): several models on one engine, warmed up, then
-timed in interleaved rounds (A B C A B C ...), per batch size; median / p90 / p99 latency,
-throughput, each model's peak memory in a process of its own, and each model's per-round ratio
-to a baseline with a bootstrap 95% interval.
+timed in interleaved rounds (A B C, B C A, C A B, ...), per batch size; median / p90 / p99
+latency, throughput, each model's peak memory in a process of its own, and each model's
+per-round ratio to a baseline with a bootstrap 95% interval.
 
     report = unfold.bench.bench(["ln.onnx", "un-folded.onnx", "none.onnx"], engine="ort",
                                 batches=(1, 8), threads=2, rounds=200, baseline="none")
