@@ -57,8 +57,10 @@ FLAGS = {
     "inputs.shapes": "--input-shape", "inputs.dtype": "--input-dtype",
     "inputs.int_range": "--int-range", "inputs.float_range": "--float-range",
     "inputs.dynamic": "--dynamic", "inputs.npz": "--inputs", "batches": "--batch",
-    "profile": "--shapes", "workspace_bytes": "--workspace",
+    "profile": "--shapes",
 }
+# given once per value: --skip a --skip b
+REPEATED = {"skip"}
 NEGATED = {"verify": "--no-verify", "memory": "--no-memory"}
 # per-input / per-output values: NAME:VALUE, OUTPUT=VALUE
 _SEPARATORS = {"atol": "=", "rtol": "="}
@@ -95,6 +97,8 @@ def cli_spelling(parameter: str, value: Any = NO_VALUE) -> str:
                                                     and not isinstance(shape, str)
                                                     else str(shape)))
                         for key, shape in shapes)
+    if parameter in REPEATED and isinstance(value, Sequence) and not isinstance(value, str):
+        return " ".join(f"{flag} {shlex.quote(_text(item))}" for item in value)
     if isinstance(value, Mapping) and parameter != "arch_kwargs":
         separator = _SEPARATORS.get(parameter, ":")
         return " ".join(f"{flag} {shlex.quote(f'{key}{separator}{_text(item)}')}"

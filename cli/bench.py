@@ -94,7 +94,7 @@ def bench(
         batches = parse_batches(batch)
         given = opt.input_options(input_shape, input_dtype, int_range, float_range, None, None)
         check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
-                            seconds=seconds, warmup=warmup)
+                            seconds=seconds, warmup=warmup, seed=seed, device=device)
         for parameter, path in (("json", json_out), ("plot", plot)):
             if path is not None:
                 check_output_path(path, force=force, inputs=tuple(models), parameter=parameter)

@@ -90,9 +90,10 @@ def workspace_bytes_for(gib: float | None) -> int | None:
     """`--workspace` in GiB -> bytes (None: TensorRT's default, the whole GPU's memory)."""
     if gib is None:
         return None
-    if not 0 < gib < float("inf"):
-        raise UnfoldError(f"--workspace {gib:g}: must be a positive number of GiB (the GPU "
-                          f"memory TensorRT may use for scratch while it builds), e.g. 4")
+    if not 2**-10 <= gib < float("inf"):
+        raise UnfoldError(f"--workspace {gib:g}: must be a number of GiB, 0.001 (1 MiB) or more "
+                          f"(the GPU memory TensorRT may use for scratch while it builds), e.g. "
+                          f"4")
     return max(1, int(gib * 2**30))
 
 

@@ -96,6 +96,27 @@ def test_inputs_are_checked_before_the_model_is_known(inputs: Inputs, message: s
         check_inputs(inputs)
 
 
+@pytest.mark.parametrize(("inputs", "message"), [
+    (Inputs(shapes={"x": (2, 4), 0: (2, 4)}), r"input x is given two shapes"),
+    (Inputs(shapes=[(2, 4)], dtype="int32", int_range=(0, 2**40)),
+     r"^Inputs\(int_range=\(0, 1099511627776\)\): input x is int32, which holds -2147483648 to "
+     r"2147483647$"),
+    (Inputs(shapes=[(2, 4)], int_range=(0, 2**70), dtype="int64"),
+     r"input x is int64, which holds"),
+    (Inputs(shapes=[(2, 4)], dtype="float16", float_range=(0, 1e6)),
+     r"input x is float16, which holds -65504 to 65504"),
+])
+def test_what_an_input_cannot_take_is_refused(inputs: Inputs, message: str) -> None:
+    with pytest.raises(UnfoldError, match=message):
+        specs_from_inputs(["x"], inputs)
+
+
+def test_none_for_dynamic_is_no_dynamic_axes_and_dtypes_are_strings() -> None:
+    assert specs_from_inputs(["x"], Inputs(shapes=[(2, 4)], dynamic=None))[0].dynamic == {}
+    with pytest.raises(UnfoldError, match=r"^Inputs\(dtype=\['int64'\]\): valid dtypes"):
+        check_inputs(Inputs(dtype=["int64"]))
+
+
 def test_a_range_for_no_input_of_its_kind_is_an_error() -> None:
     ids = InputSpec("ids", (2, 8), "int64", (0, 9))
     with pytest.raises(UnfoldError, match=r"Inputs\(float_range=\(0.0, 1.0\)\): the model has "

@@ -263,6 +263,10 @@ def test_a_timm_vit_from_a_state_dict(tmp_path: Path) -> None:
     ({"skip": ["nosuch"]}, r"^skip='nosuch': valid: "),
     ({"skip": "matmul"}, r"^skip='matmul': expected rule names, e.g. skip=\['"),
     ({"max_scale": 0.5}, r"^max_scale=0.5: must be a number above 1"),
+    ({"seed": -1}, r"^seed=-1: a seed is an int >= 0"),
+    ({"seed": "0"}, r"^seed='0': a seed is an int >= 0"),
+    ({"inputs": Inputs(npz={"images": [0.5]})}, r"^Inputs\(npz=\{'images': \[0.5\]\}\): expected "
+                                               r"the path of an .npz file, not a dict"),
     ({"arch_kwargs": '{"dim": 32}'}, r"""^arch_kwargs='\{"dim": 32\}': expected a mapping of """
                                      r"keyword arguments by name, e.g. arch_kwargs=\{'dim': "),
 ])
@@ -275,11 +279,19 @@ def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(UnfoldError, match=message):
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx", **options)
     verify_options = {k: v for k, v in options.items()
-                      if k in ("atol", "rtol", "inputs", "arch_kwargs")}
+                      if k in ("atol", "rtol", "inputs", "arch_kwargs", "seed")}
     if verify_options:
         with pytest.raises(UnfoldError, match=message):
             unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",
                           **verify_options)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_module_or_a_device_that_is_no_such_thing_is_named(tmp_path: Path) -> None:
+    with pytest.raises(UnfoldError, match="^model: expected a file path .*, not a Linear"):
+        unfold.convert(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
+    with pytest.raises(UnfoldError, match="^device='gpu': valid: cpu, cuda, cuda:N"):
+        unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx", device="gpu")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -9,6 +9,7 @@ numpy only: loading, exporting and verifying all speak this vocabulary.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -150,7 +151,7 @@ def _per_input(parameter: str, value: Any, check: Any) -> Any:
 
 
 def _check_dtype(value: Any, given: Any) -> str:
-    if value not in DTYPES:
+    if not isinstance(value, str) or value not in DTYPES:
         raise UnfoldError(f"{option('inputs.dtype', given)}: valid dtypes: {', '.join(DTYPES)}")
     return str(value)
 
@@ -159,7 +160,8 @@ def _range_checker(parameter: str, integer: bool) -> Any:
     def check(value: Any, given: Any) -> tuple[float, float]:
         kinds = _is_int if integer else _is_number
         ok = (isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2
-              and all(kinds(v) and np.isfinite(v) for v in value) and value[0] <= value[1])
+              and all(kinds(v) and (_is_int(v) or np.isfinite(v)) for v in value)
+              and value[0] <= value[1])
         if not ok:
             example = (0, 30000) if integer else (0.0, 1.0)
             what = "ints" if integer else "numbers"
@@ -169,6 +171,12 @@ def _range_checker(parameter: str, integer: bool) -> Any:
         return cast(value[0]), cast(value[1])
 
     return check
+
+
+def check_seed(seed: Any) -> None:
+    """The seed of the random batches: an int >= 0 (what numpy's generators take)."""
+    if not _is_int(seed) or seed < 0:
+        raise UnfoldError(f"{option('seed', seed)}: a seed is an int >= 0")
 
 
 def check_inputs(inputs: Inputs) -> _Checked:
@@ -198,8 +206,9 @@ def check_inputs(inputs: Inputs) -> _Checked:
         value = getattr(inputs, parameter.removeprefix("inputs."))
         ranges[parameter] = None if value is None else \
             _per_input(parameter, value, _range_checker(parameter, integer))
-    dynamic = inputs.dynamic
-    if isinstance(dynamic, str) or not all(isinstance(w, str) for w in dynamic):
+    dynamic = () if inputs.dynamic is None else inputs.dynamic
+    if isinstance(dynamic, str) or not isinstance(dynamic, Sequence) \
+            or not all(isinstance(w, str) for w in dynamic):
         raise UnfoldError(f"{option('inputs.dynamic', dynamic)}: expected axis names, e.g. "
                           f"{option('inputs.dynamic', ['batch', 'seq'])}")
     axes = {}
@@ -208,6 +217,9 @@ def check_inputs(inputs: Inputs) -> _Checked:
             raise UnfoldError(f"{option('inputs.dynamic', list(dynamic))}: {word!r} is not an "
                               f"axis name; valid: {', '.join(DYNAMIC_AXES)}")
         axes[DYNAMIC_AXES[word]] = word
+    if inputs.npz is not None and not isinstance(inputs.npz, (str, os.PathLike)):
+        raise UnfoldError(f"{option('inputs.npz', inputs.npz)}: expected the path of an .npz "
+                          f"file, not a {type(inputs.npz).__name__}")
     return _Checked(shapes, dtype, ranges["inputs.int_range"], ranges["inputs.float_range"],
                     axes)
 
@@ -228,6 +240,21 @@ def _check_range_targets(parameter: str, value: Any, specs: Sequence[InputSpec],
                           f"apply it to; its inputs: {inputs}")
 
 
+def _check_fits(parameter: str, given: Any, pair: tuple[float, float], spec: InputSpec) -> None:
+    """A range the input's dtype holds (int32 ids up to 2**31 - 1, fp16 up to 65504)."""
+    dtype = np.dtype(DTYPES[spec.dtype])
+    if dtype == np.bool_:
+        return
+    info: Any = np.iinfo(dtype) if spec.is_integer else np.finfo(dtype)
+    low, high = (int(info.min), int(info.max)) if spec.is_integer else \
+        (float(info.min), float(info.max))
+    if pair[0] < low or pair[1] > high:
+        raise UnfoldError(f"{option(parameter, given)}: input {spec.name} is {spec.dtype}, "
+                          f"which holds {low:g} to {high:g}" if not spec.is_integer else
+                          f"{option(parameter, given)}: input {spec.name} is {spec.dtype}, "
+                          f"which holds {low} to {high}")
+
+
 def _check_names(parameter: str, value: Any, names: Sequence[str], known: Sequence[str]) -> None:
     if isinstance(value, dict):
         for name, item in value.items():
@@ -239,17 +266,19 @@ def _check_names(parameter: str, value: Any, names: Sequence[str], known: Sequen
 def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, *,
                       optional_names: Sequence[str] = (),
                       defaults: Sequence[InputSpec] = (),
-                      partial: Mapping[str, Sequence[int | str]] | None = None
-                      ) -> list[InputSpec]:
+                      partial: Mapping[str, Sequence[int | str]] | None = None,
+                      npz_helps: bool = True) -> list[InputSpec]:
     """The specs `inputs` describes, over `defaults` (what the model itself says).
 
     Shapes are given in input order or by name; every input needs one (from either).
     `optional_names` (forward's parameters with defaults) are used only where given.
     `partial`: what the model knows of an input's shape that has no default (an ONNX input's
-    dims, a name where one varies), for the hint when none is given."""
+    dims, a name where one varies), for the hint when none is given; `npz_helps`: whether
+    real inputs (`Inputs(npz=...)`) would stand in for a missing shape, to say so."""
     given = check_inputs(inputs or Inputs())
     by_name = {spec.name: spec for spec in defaults}
     known = list(input_names) + list(optional_names)
+    given_names: set[str] = set()
     for key, shape in given.shapes:
         if not isinstance(key, str):
             if key >= len(input_names):
@@ -265,11 +294,16 @@ def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, 
                               f"{_describe_names(input_names, optional_names)}")
         else:
             name = key
+        if name in given_names:
+            raise UnfoldError(f"{option('inputs.shapes', _given_shapes(inputs))}: input {name} "
+                              f"is given two shapes (by position {input_names.index(name)} "
+                              f"and by name?); give each input one")
+        given_names.add(name)
         old = by_name.get(name)
         by_name[name] = (replace(old, shape=shape) if old else InputSpec(name, shape))
     missing = [n for n in input_names if n not in by_name]
     if missing:
-        raise UnfoldError(_no_shape_message(missing, partial or {}))
+        raise UnfoldError(_no_shape_message(missing, partial or {}, npz_helps))
     input_names = [n for n in known if n in by_name]  # forward's order
     if given.dtype is not None:
         _check_names("inputs.dtype", given.dtype, input_names, input_names)
@@ -286,6 +320,8 @@ def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, 
         for name in input_names:
             pair = value.get(name) if isinstance(value, dict) else value
             if pair is not None and by_name[name].is_integer == integer:
+                _check_fits(parameter, {name: pair} if isinstance(value, dict) else value,
+                            pair, by_name[name])
                 by_name[name] = replace(by_name[name], value_range=pair)
     specs = []
     for name in input_names:
@@ -305,18 +341,21 @@ def _given_shapes(inputs: Inputs | None) -> Any:
     return dict(shapes) if isinstance(shapes, Mapping) else list(shapes)
 
 
-def _no_shape_message(missing: Sequence[str], partial: Mapping[str, Sequence[int | str]]) -> str:
+def _no_shape_message(missing: Sequence[str], partial: Mapping[str, Sequence[int | str]],
+                      npz_helps: bool) -> str:
     """What to give, in the model's own names and, where it knows them, shapes."""
     known = [n for n in missing if n in partial]
     npz = option("inputs.npz", "FILE.npz")
     if not known:
         return (f"no shape for input(s) {', '.join(missing)}: give one for each, e.g. "
-                f"{option('inputs.shapes', {missing[0]: (1, 128)})}, or real inputs with {npz}")
+                f"{option('inputs.shapes', {missing[0]: (1, 128)})}"
+                + (f", or real inputs with {npz}" if npz_helps else ""))
     takes = ", ".join(f"{n}: {'x'.join(map(str, partial[n]))}" for n in known)
     example = option("inputs.shapes", {n: tuple(d if isinstance(d, int) else 1
                                                 for d in partial[n]) for n in known})
     return (f"no shape for input(s) {', '.join(missing)}: the model takes {takes}; give the "
-            f"varying dimensions, e.g. {example} (or real inputs with {npz})")
+            f"varying dimensions, e.g. {example}"
+            + (f" (or real inputs with {npz})" if npz_helps else ""))
 
 
 def _describe_names(required: Sequence[str], optional: Sequence[str]) -> str:
@@ -431,4 +470,4 @@ def onnx_input_specs(model: onnx.ModelProto, inputs: Inputs | None = None, *,
         elif batch is not None and set(dynamic) == {0}:
             defaults.append(InputSpec(value.name, (batch, *dims[1:]), dtype,
                                       dynamic={0: "batch"}))
-    return specs_from_inputs(names, inputs, defaults=defaults, partial=partial)
+    return specs_from_inputs(names, inputs, defaults=defaults, partial=partial, npz_helps=False)

@@ -8,6 +8,7 @@ no file behind and never overwrites one without `force`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.engines import Runner, check_runs, runner_for
+from unfold.engines import Runner, check_device, check_runs, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
@@ -28,6 +29,7 @@ from unfold.inputs import (
     Inputs,
     InputSpec,
     check_inputs,
+    check_seed,
     load_npz,
     onnx_input_specs,
     read_npz,
@@ -105,8 +107,14 @@ class _Stages:
 
 
 def _check_options(inputs: Inputs | None, atol: Tolerances, rtol: Tolerances,
-                   arch_kwargs: Mapping[str, Any] | None) -> Inputs:
+                   arch_kwargs: Mapping[str, Any] | None, seed: Any,
+                   paths: Mapping[str, Any]) -> Inputs:
     """What can be checked before any work is: so a mistake costs nothing."""
+    for parameter, path in paths.items():
+        if not isinstance(path, (str, os.PathLike)):
+            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
+                              f"a {type(path).__name__}")
+    check_seed(seed)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
     check_tolerances(atol, rtol)
@@ -166,7 +174,7 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
     from unfold.export import EXPORTERS, export_onnx
     from unfold.fold.transfer import RULES
 
-    inputs = _check_options(inputs, atol, rtol, arch_kwargs)
+    inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed, {"model": model, "out": out})
     _check_choice("exporter", exporter, list(EXPORTERS))
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < 1):
@@ -257,7 +265,9 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
     from unfold.engines import ENGINES
 
     _check_choice("engine", engine, list(ENGINES))
-    inputs = _check_options(inputs, atol, rtol, arch_kwargs)
+    check_device(device)
+    inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed,
+                            {"reference": reference, "candidate": candidate})
     reference, candidate = Path(reference), Path(candidate)
     stages = _Stages(progress)
     example: dict[str, np.ndarray] = {}

@@ -85,6 +85,8 @@ def test_the_json_holds_every_round_and_the_environment(trio: list[Path]) -> Non
     ({"seconds": "5"}, "^seconds='5': must be a positive number"),
     ({"baseline": "nope"}, "^baseline='nope': not one of the models: un, un-folded, none"),
     ({"inputs": bench_module.Inputs(shapes=[(1, 0)])}, r"^Inputs\(shapes=\[\(1, 0\)\]\)"),
+    ({"seed": -3}, "^seed=-3: a seed is an int >= 0"),
+    ({"device": "gpu"}, "^device='gpu': valid: cpu, cuda"),
 ])
 def test_bad_options_fail_before_any_model_loads(trio: list[Path], kwargs: dict, message: str,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
@@ -94,6 +96,12 @@ def test_bad_options_fail_before_any_model_loads(trio: list[Path], kwargs: dict,
     monkeypatch.setattr(bench_module, "load_target", no_load)
     with pytest.raises(UnfoldError, match=message):
         bench(trio, **kwargs)
+
+
+def test_one_model_given_as_a_string_is_refused(trio: list[Path]) -> None:
+    with pytest.raises(UnfoldError, match=r"^models='.*un.onnx': expected a list of model "
+                                          r"files, e.g. models=\['un.onnx', 'none.onnx'\]"):
+        bench(str(trio[0]), rounds=2, memory=False)
 
 
 def test_models_an_engine_cannot_run_are_named(trio: list[Path], tmp_path: Path) -> None:

@@ -139,8 +139,9 @@ def test_a_static_model_needs_no_shapes(tmp_path: Path, fake_tensorrt: SimpleNam
     (["--shapes", "x:8x2/4x2/16x2"], "--shapes 'x:8x2/4x2/16x2': axis 0 is 8/4/16 (min > opt)"),
     (["--shapes", "x:1x2/4x2/16x2", "--shapes", "x:1x2"], "--shapes 'x:1x2': x was given "
                                                           "already"),
-    ([*SHAPES, "--workspace", "0"], "--workspace 0: must be a positive number of GiB"),
-    ([*SHAPES, "--workspace", "-2"], "--workspace -2: must be a positive number of GiB"),
+    ([*SHAPES, "--workspace", "0"], "--workspace 0: must be a number of GiB, 0.001 (1 MiB) or "
+                                    "more"),
+    ([*SHAPES, "--workspace", "-2"], "--workspace -2: must be a number of GiB"),
     ([], "no --shapes for input(s) with dynamic dims: x: Nx2; give the range of each, e.g. "
          "--shapes x:1x2/8x2/32x2"),
     (["--shapes", "y:1x2"], "--shapes y:1x2/1x2/1x2: the model has no input 'y'; its inputs: "
@@ -297,8 +298,8 @@ def test_workspace_in_gib() -> None:
     assert workspace_bytes_for(0.5) == 1 << 29
 
 
-@pytest.mark.parametrize("gib", [0.0, -1.0, float("nan"), float("inf")])
+@pytest.mark.parametrize("gib", [0.0, -1.0, 1e-12, float("nan"), float("inf")])
 def test_workspace_must_be_positive(gib: float) -> None:
-    with pytest.raises(UnfoldError, match=rf"--workspace {gib:g}: must be a positive number of "
+    with pytest.raises(UnfoldError, match=rf"--workspace {gib:g}: must be a number of "
                                           r"GiB"):
         workspace_bytes_for(gib)

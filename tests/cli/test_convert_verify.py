@@ -251,6 +251,7 @@ def test_every_way_a_conversion_ends_has_its_message_and_exit_code() -> None:
      "--input-dtype ids:int64 int32: give one value for every input, or NAME:VALUE for each"),
     (["--dynamic", "sideways"], "--dynamic 'sideways': 'sideways' is not an axis name"),
     (["--arch-kwargs", "{dim: 32}"], "--arch-kwargs '{dim: 32}' is not JSON"),
+    (["--seed", "-1"], "--seed -1: a seed is an int >= 0"),
 ])
 @pytest.mark.parametrize("command", ["convert", "verify"])
 def test_flags_are_parsed_before_the_model_is_even_looked_for(tmp_path: Path, command: str,

@@ -121,6 +121,8 @@ def test_arch_kwargs_are_json_objects() -> None:
     ("verify", False, "verify=False", "--no-verify"),
     ("batches", [1, 8, 64], "batches=[1, 8, 64]", "--batch 1,8,64"),
     ("max_scale", 1e3, "max_scale=1000.0", "--max-scale 1000"),
+    ("skip", ["producer", "compose"], "skip=['producer', 'compose']",
+     "--skip producer --skip compose"),
     ("arch_kwargs", {"dim": 48}, "arch_kwargs={'dim': 48}", """--arch-kwargs '{"dim": 48}'"""),
 ])
 def test_a_parameter_is_spelled_as_the_caller_gives_it(parameter: str, value: object,

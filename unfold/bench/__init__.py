@@ -28,9 +28,9 @@ from unfold.bench.memory import MemoryUse, measure_in_child
 from unfold.bench.models import Target, load_target
 from unfold.bench.stats import Latency, Ratio, ratio_interval
 from unfold.bench.timing import interleaved
-from unfold.engines import ENGINES
+from unfold.engines import ENGINES, check_device
 from unfold.errors import UnfoldError, option
-from unfold.inputs import Inputs, check_inputs
+from unfold.inputs import Inputs, check_inputs, check_seed
 
 # (batch, rounds done, rounds in all or None for a time budget): a progress bar
 Progress = Callable[[int, int, int | None], None]
@@ -123,8 +123,11 @@ def _environment(engine: str, device: str) -> dict[str, str]:
 
 
 def check_bench_options(*, engine: str, batches: Sequence[int], threads: int | None,
-                        rounds: int | None, seconds: float | None, warmup: int) -> None:
+                        rounds: int | None, seconds: float | None, warmup: int,
+                        seed: int = 0, device: str = "cpu") -> None:
     """Everything checkable before a model loads."""
+    check_seed(seed)
+    check_device(device)
     if engine not in ENGINES:
         raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches \
@@ -160,9 +163,13 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
     if rounds is None and seconds is None:
         rounds = 100
     check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
-                        seconds=seconds, warmup=warmup)
+                        seconds=seconds, warmup=warmup, seed=seed, device=device)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
+    if isinstance(models, (str, os.PathLike)) or not all(
+            isinstance(m, (str, os.PathLike)) for m in models):
+        raise UnfoldError(f"{option('models', models)}: expected a list of model files, e.g. "
+                          f"{option('models', ['un.onnx', 'none.onnx'])}")
     paths = [Path(m) for m in models]
     if not paths:
         raise UnfoldError("no model to bench: give one or more model files")

@@ -13,6 +13,7 @@ installed is an `UnfoldError` with exit code 3 that says how to get it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -34,6 +35,12 @@ class Runner(Protocol):
     description: str
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def check_device(device: Any) -> None:
+    """cpu, cuda, or cuda:N (what torch and the engines take)."""
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise UnfoldError(f"{option('device', device)}: valid: cpu, cuda, cuda:N")
 
 
 def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:

@@ -118,6 +118,22 @@ def describe_input(name: str, dims: OnnxDims | None) -> str:
     return f"{name}: {_dims_text(dims) or 'scalar'}"
 
 
+def check_profile(given: Any) -> None:
+    """A mapping of input name -> ShapeRange, each of one rank with min <= opt <= max."""
+    if not isinstance(given, Mapping):
+        raise UnfoldError(f"{option('profile', given)}: expected a mapping of input name -> "
+                          f"ShapeRange(min, opt, max)")
+    for name, shape_range in given.items():
+        if not isinstance(name, str) or not isinstance(shape_range, ShapeRange):
+            raise UnfoldError(f"{option('profile', {name: shape_range})}: expected a "
+                              f"ShapeRange(min, opt, max) per input name")
+        ranks = {len(shape_range.min), len(shape_range.opt), len(shape_range.max)}
+        if len(ranks) != 1 or not all(a <= b <= c for a, b, c in zip(
+                shape_range.min, shape_range.opt, shape_range.max, strict=False)):
+            raise UnfoldError(f"{option('profile', {name: shape_range})}: min, opt and max "
+                              f"need one rank and min <= opt <= max on every axis")
+
+
 def resolve_profile(model: onnx.ModelProto | ModelParts, given: Mapping[str, ShapeRange], *,
                     declared: Mapping[str, Sequence[int]] | None = None
                     ) -> dict[str, ShapeRange]:
@@ -126,16 +142,9 @@ def resolve_profile(model: onnx.ModelProto | ModelParts, given: Mapping[str, Sha
     its static dims); an input not given takes its static dims, and where it has dynamic ones
     and a `declared` shape (e.g. what verification runs), 1 to that (opt = max = declared). An
     input with a dynamic dim and neither is an error that names it and its dims."""
+    check_profile(given)
     inputs = onnx_inputs(model)
     for name, shape_range in given.items():
-        if not isinstance(shape_range, ShapeRange):
-            raise UnfoldError(f"{option('profile', {name: shape_range})}: expected a "
-                              f"ShapeRange(min, opt, max) per input name")
-        ranks = {len(shape_range.min), len(shape_range.opt), len(shape_range.max)}
-        if len(ranks) != 1 or not all(a <= b <= c for a, b, c in zip(
-                shape_range.min, shape_range.opt, shape_range.max, strict=False)):
-            raise UnfoldError(f"{option('profile', {name: shape_range})}: min, opt and max "
-                              f"need one rank and min <= opt <= max on every axis")
         if name not in inputs:
             takes = ", ".join(describe_input(n, d) for n, d in inputs.items()) or "none"
             raise UnfoldError(f"{option('profile', {name: shape_range})}: the model has no "
@@ -386,6 +395,7 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
         raise UnfoldError(f"{option('workspace_bytes', workspace_bytes)}: must be a positive "
                           f"number of bytes (the GPU memory TensorRT may use for scratch while "
                           f"it builds)")
+    check_profile(profile)
     target = check_output_path(out, force=force, inputs=(model,))
     cache_path = None if timing_cache is None else \
         check_timing_cache_path(timing_cache, inputs=(model, target))

@@ -53,12 +53,16 @@ def check_tolerances(atol: Tolerances = None, rtol: Tolerances = None) -> None:
 
 
 def _number(parameter: str, value: object, given: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not (np.isfinite(value) and value >= 0):
+    try:
+        number = float(value) if isinstance(value, (int, float, np.integer, np.floating)) \
+            and not isinstance(value, bool) else None
+    except OverflowError:  # (an int past float's range)
+        number = None
+    if number is None or not (np.isfinite(number) and number >= 0):
         raise UnfoldError(f"{option(parameter, given)}: a tolerance is a finite number >= 0 "
                           f"(e.g. {option(parameter, 1e-4)}), for every output or by output "
                           f"name (e.g. {option(parameter, {'logits': 1e-4})})")
-    return float(value)
+    return number
 
 
 def _by_name(parameter: str, value: Tolerances, output_names: Sequence[str] | None
