@@ -79,6 +79,7 @@ def bench(
     int_range: list[str] = opt.INT_RANGE,
     float_range: list[str] = opt.FLOAT_RANGE,
     arch: str | None = opt.ARCH,
+    arch_kwargs: str | None = opt.ARCH_KWARGS,
     trust: bool = opt.TRUST,
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
     force: bool = typer.Option(False, "--force", help="Overwrite --json / --plot files."),
@@ -93,6 +94,7 @@ def bench(
 
         batches = parse_batches(batch)
         given = opt.input_options(input_shape, input_dtype, int_range, float_range, None, None)
+        kwargs = opt.parse_arch_kwargs(arch_kwargs)
         check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
                             seconds=seconds, warmup=warmup, seed=seed, device=device)
         for parameter, path in (("json", json_out), ("plot", plot)):
@@ -109,7 +111,7 @@ def bench(
                 seconds=seconds, warmup=warmup, baseline=baseline,
                 inputs=given,
                 device=device, compile=compile_, memory=memory, seed=seed, trust=trust,
-                arch=arch, progress=progress)
+                arch=arch, arch_kwargs=kwargs, progress=progress)
         finally:
             progress.close()
         render_bench(report)

@@ -72,3 +72,18 @@ def test_openvino_runs_the_same_models(pair: list[Path]) -> None:
                      "--no-memory")
     assert result.exit_code == 0, result.output
     assert "batch 1: openvino" in result.stdout
+
+
+def test_a_state_dict_on_torch_takes_the_architecture_and_its_arguments(tmp_path: Path) -> None:
+    import torch
+
+    from tests.models import tiny_vit
+
+    torch.save(tiny_vit(dim=16).state_dict(), tmp_path / "vit16.pt")
+    args = ("bench", tmp_path / "vit16.pt", "--engine", "torch", "--arch",
+            "tests.models:tiny_vit", "--input-shape", "1x1x8x8", "--rounds", "2", "--no-memory")
+    result = _invoke(*args, "--arch-kwargs", '{"dim": 16}')
+    assert result.exit_code == 0, result.output
+    assert "vit16" in result.stdout
+    result = _invoke(*args)  # (the factory's default, dim 32, is not what was saved)
+    assert result.exit_code == 2 and "does not fit --arch tests.models:tiny_vit" in result.stderr

@@ -17,7 +17,7 @@ import functools
 import os
 import platform
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,6 +156,7 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
           warmup: int = 3, baseline: str | None = None, inputs: Inputs | None = None,
           device: str = "cpu", compile: bool = False, memory: bool = True, seed: int = 0,
           trust: bool = False, arch: str | None = None,
+          arch_kwargs: Mapping[str, Any] | None = None,
           progress: Progress | None = None) -> BenchReport:
     """Time `models` on `engine` at each batch size (see the module's docstring). Without
     `rounds` or `seconds`: 100 rounds. `baseline` names the model the ratios are to (default:
@@ -184,7 +185,8 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
     if threads is None and device == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             (os.cpu_count() or 1)
-    targets: dict[str, Target] = {n: load_target(p, engine, trust=trust, arch=arch)
+    targets: dict[str, Target] = {n: load_target(p, engine, trust=trust, arch=arch,
+                                                 arch_kwargs=arch_kwargs)
                                   for n, p in zip(names, paths, strict=True)}
     report = BenchReport(engine, "", device, threads, list(batches), warmup, rounds, seconds,
                          baseline, environment=_environment(engine, device))
@@ -212,5 +214,7 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
             result.memory = measure_in_child({
                 "model": result.path, "engine": engine, "batch": result.batch,
                 "threads": threads, "device": device, "compile": compile, "seed": seed,
-                "trust": trust, "arch": arch, "inputs": inputs.to_json()})
+                "trust": trust, "arch": arch,
+                "arch_kwargs": dict(arch_kwargs) if arch_kwargs is not None else None,
+                "inputs": inputs.to_json()})
     return report

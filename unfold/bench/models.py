@@ -5,6 +5,7 @@ memory child, so both run the same thing."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,8 @@ class Target:
         return runner, feeds
 
 
-def load_target(path: Path, engine: str, *, trust: bool = False,
-                arch: str | None = None) -> Target:
+def load_target(path: Path, engine: str, *, trust: bool = False, arch: str | None = None,
+                arch_kwargs: Mapping[str, Any] | None = None) -> Target:
     check_runs(engine, path, is_onnx=path.suffix.lower() == ".onnx")
     if engine in ONNX_ENGINES:
         from unfold.onnx_files import load_onnx
@@ -64,4 +65,5 @@ def load_target(path: Path, engine: str, *, trust: bool = False,
         return Target(path, engine, load_onnx(path))
     from unfold.load import load_model
 
-    return Target(path, engine, load_model(path, trust=trust, arch=arch))
+    return Target(path, engine, load_model(path, trust=trust, arch=arch,
+                                           arch_kwargs=arch_kwargs))
