@@ -449,11 +449,15 @@ def load_npz(path: str | Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarr
 
 
 def onnx_input_specs(model: onnx.ModelProto, inputs: Inputs | None = None, *,
-                     batch: int | None = None) -> list[InputSpec]:
-    """An ONNX model's inputs: its static dims, what `inputs` says for the rest. With `batch`, an
-    input whose only varying dimension is the first takes `batch` there (what `bench` runs)."""
+                     batch: int | None = None, npz_helps: bool = True) -> list[InputSpec]:
+    """An ONNX model's inputs: its static dims, what `inputs` says for the rest (its real
+    inputs' shapes, without shapes given). With `batch`, an input whose only varying dimension
+    is the first takes `batch` there (what `bench` runs). `npz_helps`: whether to suggest
+    real inputs when a shape is missing (not where the caller cannot give them)."""
     from onnx.helper import tensor_dtype_to_np_dtype
 
+    arrays = read_npz(inputs.npz) if inputs is not None and inputs.npz is not None \
+        and not inputs.shapes else {}
     defaults, names = [], []
     partial: dict[str, list[int | str]] = {}
     for value in model.graph.input:
@@ -470,4 +474,8 @@ def onnx_input_specs(model: onnx.ModelProto, inputs: Inputs | None = None, *,
         elif batch is not None and set(dynamic) == {0}:
             defaults.append(InputSpec(value.name, (batch, *dims[1:]), dtype,
                                       dynamic={0: "batch"}))
-    return specs_from_inputs(names, inputs, defaults=defaults, partial=partial, npz_helps=False)
+        elif value.name in arrays and arrays[value.name].ndim == len(dims):
+            (own,) = specs_from_arrays({value.name: arrays[value.name]})
+            defaults.append(replace(own, dtype=dtype, dynamic=dynamic))
+    return specs_from_inputs(names, inputs, defaults=defaults, partial=partial,
+                             npz_helps=npz_helps)

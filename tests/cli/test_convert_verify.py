@@ -94,8 +94,16 @@ def test_a_missing_shape_is_hinted_in_the_models_own_names_and_dims(tmp_path: Pa
     onnx.save(onnx.helper.make_model(graph), tmp_path / "a.onnx")
     result = _invoke("verify", tmp_path / "a.onnx", tmp_path / "a.onnx")
     _assert_user_error(result, 2, "no shape for input(s) x: the model takes x: Nx1x8x8; give "
-                                  "the varying dimensions, e.g. --input-shape x:1x1x8x8")
+                                  "the varying dimensions, e.g. --input-shape x:1x1x8x8 (or "
+                                  "real inputs with --inputs FILE.npz)")
     assert "images" not in result.stderr and "224" not in result.stderr
+    # real inputs stand in for the shape, as the hint says
+    np.savez(tmp_path / "real.npz", x=np.random.default_rng(0).random((5, 1, 8, 8), np.float32))
+    result = _invoke("verify", tmp_path / "a.onnx", tmp_path / "a.onnx", "--inputs",
+                     tmp_path / "real.npz", "--json")
+    assert result.exit_code == 0, result.output
+    labels = [b["label"] for b in json.loads(result.stdout)["batches"]]
+    assert labels[0] == "random #1 (5x1x8x8)" and labels[-1] == "real inputs real.npz", labels
 
 
 def test_verify_with_tensorrt_missing_exits_3(converted: tuple[Path, dict]) -> None:

@@ -26,7 +26,7 @@ class Target:
     def specs(self, batch: int, inputs: Inputs | None = None) -> list[InputSpec]:
         inputs = Inputs() if inputs is None else inputs
         if self.engine in ONNX_ENGINES:
-            specs = onnx_input_specs(self.model, inputs, batch=batch)
+            specs = onnx_input_specs(self.model, inputs, batch=batch, npz_helps=False)
         else:
             from unfold.pipeline import resolve_specs
 
