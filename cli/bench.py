@@ -78,6 +78,7 @@ def bench(
     input_dtype: list[str] = opt.INPUT_DTYPE,
     int_range: list[str] = opt.INT_RANGE,
     float_range: list[str] = opt.FLOAT_RANGE,
+    dynamic: str | None = opt.DYNAMIC,
     arch: str | None = opt.ARCH,
     arch_kwargs: str | None = opt.ARCH_KWARGS,
     trust: bool = opt.TRUST,
@@ -93,7 +94,8 @@ def bench(
         from unfold.onnx_files import check_output_path, write_bytes_atomic
 
         batches = parse_batches(batch)
-        given = opt.input_options(input_shape, input_dtype, int_range, float_range, None, None)
+        given = opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                  None)
         kwargs = opt.parse_arch_kwargs(arch_kwargs)
         check_bench_options(engine=engine, batches=batches, threads=threads, rounds=rounds,
                             seconds=seconds, warmup=warmup, seed=seed, device=device)

@@ -87,3 +87,9 @@ def test_a_state_dict_on_torch_takes_the_architecture_and_its_arguments(tmp_path
     assert "vit16" in result.stdout
     result = _invoke(*args)  # (the factory's default, dim 32, is not what was saved)
     assert result.exit_code == 2 and "does not fit --arch tests.models:tiny_vit" in result.stderr
+    result = _invoke(*args, "--arch-kwargs", '{"dim": 16}', "--batch", "1,3")
+    assert result.exit_code == 2 and "batch 3 cannot apply (give --dynamic batch, or bench at " \
+        "--batch 1)" in result.stderr, result.stderr
+    result = _invoke(*args, "--arch-kwargs", '{"dim": 16}', "--batch", "1,3", "--dynamic", "batch")
+    assert result.exit_code == 0, result.output
+    assert "batch 3:" in result.stdout

@@ -38,10 +38,12 @@ class Target:
             elif 0 in spec.dynamic:
                 fitted.append(spec.with_batch(batch))
             else:
+                fix = "export it with a dynamic batch" if self.engine in ONNX_ENGINES else \
+                    f"give {option('inputs.dynamic', ['batch'])}"
                 raise UnfoldError(f"{self.path}: input {spec.name} has a fixed first "
                                   f"dimension {spec.shape[0] if spec.shape else '(scalar)'}: "
-                                  f"batch {batch} cannot apply (export it with a dynamic "
-                                  f"batch, or bench at {option('batches', [spec.shape[0]])})")
+                                  f"batch {batch} cannot apply ({fix}, or bench at "
+                                  f"{option('batches', [spec.shape[0]])})")
         return fitted
 
     def prepare(self, batch: int, *, threads: int | None = None, device: str = "cpu",
