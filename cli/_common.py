@@ -62,14 +62,18 @@ FLAGS = {
 # given once per value: --skip a --skip b
 REPEATED = {"skip"}
 NEGATED = {"verify": "--no-verify", "memory": "--no-memory"}
-# per-input / per-output values: NAME:VALUE, OUTPUT=VALUE
-_SEPARATORS = {"atol": "=", "rtol": "="}
+# values by input or output name, one flag each: NAME:VALUE, OUTPUT=VALUE
+BY_NAME = {"inputs.shapes": ":", "inputs.dtype": ":", "inputs.int_range": ":",
+           "inputs.float_range": ":", "profile": ":", "atol": "=", "rtol": "="}
 
 
-def _text(value: Any) -> str:
-    """One value as a flag takes it: 0,30000, batch,seq, 1,8, 0.0001, 1x8/4x8/16x8."""
+def _text(value: Any, parameter: str = "") -> str:
+    """One value as a flag takes it: 0,30000, batch,seq, 1,8, 0.0001, 1x8/4x8/16x8, and
+    a shape 1x3x224x224."""
     if hasattr(value, "describe"):  # (a shape range)
         return str(value.describe())
+    if parameter == "inputs.shapes" and is_one_shape(value):
+        return "x".join(map(str, value))
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, Sequence) and not isinstance(value, str):
@@ -87,23 +91,15 @@ def cli_spelling(parameter: str, value: Any = NO_VALUE) -> str:
     flag = FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
     if value is NO_VALUE or value is True:
         return flag
-    if parameter == "inputs.shapes":
-        shapes = value.items() if isinstance(value, Mapping) else \
-            [(None, value)] if is_one_shape(value) or not isinstance(value, Sequence) else \
-            [(None, shape) for shape in value]
-        return " ".join(f"{flag} " + shlex.quote((f"{key}:" if isinstance(key, str) else "")
-                                                 + ("x".join(map(str, shape))
-                                                    if isinstance(shape, Sequence)
-                                                    and not isinstance(shape, str)
-                                                    else str(shape)))
-                        for key, shape in shapes)
-    if parameter in REPEATED and isinstance(value, Sequence) and not isinstance(value, str):
-        return " ".join(f"{flag} {shlex.quote(_text(item))}" for item in value)
-    if isinstance(value, Mapping) and parameter != "arch_kwargs":
-        separator = _SEPARATORS.get(parameter, ":")
-        return " ".join(f"{flag} {shlex.quote(f'{key}{separator}{_text(item)}')}"
-                        for key, item in value.items())
-    return f"{flag} {shlex.quote(_text(value))}"
+    if isinstance(value, Mapping) and parameter in BY_NAME:  # (a position keys no name)
+        return " ".join(f"{flag} " + shlex.quote(
+            (f"{key}{BY_NAME[parameter]}" if isinstance(key, str) else "")
+            + _text(item, parameter)) for key, item in value.items())
+    repeated = parameter in REPEATED or (parameter == "inputs.shapes"
+                                         and not is_one_shape(value))
+    if repeated and isinstance(value, Sequence) and not isinstance(value, str):
+        return " ".join(f"{flag} {shlex.quote(_text(item, parameter))}" for item in value)
+    return f"{flag} {shlex.quote(_text(value, parameter))}"
 
 
 def run_command(name: str, body: Callable[[], ExitCode], debug: bool) -> None:

@@ -248,19 +248,18 @@ def _check_fits(parameter: str, given: Any, pair: tuple[float, float], spec: Inp
     info: Any = np.iinfo(dtype) if spec.is_integer else np.finfo(dtype)
     low, high = (int(info.min), int(info.max)) if spec.is_integer else \
         (float(info.min), float(info.max))
+    holds = f"{low} to {high}" if spec.is_integer else f"{low:g} to {high:g}"
     if pair[0] < low or pair[1] > high:
         raise UnfoldError(f"{option(parameter, given)}: input {spec.name} is {spec.dtype}, "
-                          f"which holds {low:g} to {high:g}" if not spec.is_integer else
-                          f"{option(parameter, given)}: input {spec.name} is {spec.dtype}, "
-                          f"which holds {low} to {high}")
+                          f"which holds {holds}")
 
 
-def _check_names(parameter: str, value: Any, names: Sequence[str], known: Sequence[str]) -> None:
+def _check_names(parameter: str, value: Any, names: Sequence[str]) -> None:
     if isinstance(value, dict):
         for name, item in value.items():
             if name not in names:
                 raise UnfoldError(f"{option(parameter, {name: item})}: the model has no input "
-                                  f"{name!r}; its inputs: {', '.join(known)}")
+                                  f"{name!r}; its inputs: {', '.join(names)}")
 
 
 def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, *,
@@ -306,7 +305,7 @@ def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, 
         raise UnfoldError(_no_shape_message(missing, partial or {}, npz_helps))
     input_names = [n for n in known if n in by_name]  # forward's order
     if given.dtype is not None:
-        _check_names("inputs.dtype", given.dtype, input_names, input_names)
+        _check_names("inputs.dtype", given.dtype, input_names)
         for name in input_names:
             dtype = given.dtype.get(name) if isinstance(given.dtype, dict) else given.dtype
             if dtype is not None:
@@ -315,7 +314,7 @@ def specs_from_inputs(input_names: Sequence[str], inputs: Inputs | None = None, 
                                       ("inputs.float_range", given.float_range, False)):
         if value is None:
             continue
-        _check_names(parameter, value, input_names, input_names)
+        _check_names(parameter, value, input_names)
         _check_range_targets(parameter, value, [by_name[n] for n in input_names], integer)
         for name in input_names:
             pair = value.get(name) if isinstance(value, dict) else value

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.engines import Runner, check_device, check_runs, runner_for
+from unfold.engines import Runner, check_device, check_engine, check_runs, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
@@ -262,9 +262,7 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
     `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output.
     `inputs`, `atol`, `rtol`, `arch`, `arch_kwargs` as for `convert`; `bool(report)` is the
     verdict."""
-    from unfold.engines import ENGINES
-
-    _check_choice("engine", engine, list(ENGINES))
+    check_engine(engine)
     check_device(device)
     inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed,
                             {"reference": reference, "candidate": candidate})

@@ -28,7 +28,7 @@ from unfold.bench.memory import MemoryUse, measure_in_child
 from unfold.bench.models import Target, load_target
 from unfold.bench.stats import Latency, Ratio, ratio_interval
 from unfold.bench.timing import interleaved
-from unfold.engines import ENGINES, check_device
+from unfold.engines import check_device, check_engine
 from unfold.errors import UnfoldError, option
 from unfold.inputs import Inputs, check_inputs, check_seed
 
@@ -128,8 +128,7 @@ def check_bench_options(*, engine: str, batches: Sequence[int], threads: int | N
     """Everything checkable before a model loads."""
     check_seed(seed)
     check_device(device)
-    if engine not in ENGINES:
-        raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
+    check_engine(engine)
     if isinstance(batches, (str, bytes)) or not isinstance(batches, Sequence) or not batches \
             or not all(_is_count(b, 1) for b in batches):
         raise UnfoldError(f"{option('batches', batches)}: batch sizes are positive integers, "

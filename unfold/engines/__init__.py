@@ -37,6 +37,12 @@ class Runner(Protocol):
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+def check_engine(engine: Any) -> None:
+    """One of ENGINES (verify, bench and runner_for take the same names)."""
+    if engine not in ENGINES:
+        raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
+
+
 def check_device(device: Any) -> None:
     """cpu, cuda, or cuda:N (what torch and the engines take)."""
     if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
@@ -61,8 +67,7 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
     ONNX engines, a loaded torch model (`unfold.load.LoadedModel`) for `torch`. `threads`
     fixes the engine's intra-op threads; `specs` (the inputs' shapes) are what a TensorRT
     engine is built for; `compile` runs the torch model through torch.compile."""
-    if engine not in ENGINES:
-        raise UnfoldError(f"{option('engine', engine)}: valid: {', '.join(ENGINES)}")
+    check_engine(engine)
     is_torch = hasattr(model, "module")
     check_runs(engine, f"{model.source} (a {model.format})" if is_torch else model,
                is_onnx=not is_torch)
