@@ -110,6 +110,37 @@ def test_not_into_a_producer_whose_output_something_else_reads() -> None:
     assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 5, 6)).astype(np.float32)})
 
 
+def _metaformer_block(res_scale_first: bool) -> onnx.ModelProto:
+    """timm's MetaFormer (caformer): x = res_scale(x) + layer_scale(mixer(norm1(x))) right
+    after a downsampling Conv: x has two per-channel readers, the norm and res_scale."""
+    norm = [N("Mul", ["t", "norm.scale"], ["n1"], name="norm1_mul"),
+            N("Add", ["n1", "norm.shift"], ["n2"], name="norm1_add"),
+            N("MatMul", ["n2", "Wm"], ["m"], name="mixer"),
+            N("Add", ["m", "bm"], ["mb"], name="mixer_bias"),
+            N("Mul", ["mb", "ls"], ["lsm"], name="layer_scale1")]
+    res = [N("Mul", ["t", "rs"], ["res"], name="res_scale1")]
+    nodes = [N("Conv", ["x", "Wc", "bc"], ["c"], name="downsample", kernel_shape=[1, 1]),
+             N("Reshape", ["c", "flat"], ["r"]),
+             N("Transpose", ["r"], ["t"], perm=[0, 2, 1]),
+             *(res + norm if res_scale_first else norm + res),
+             N("Add", ["res", "lsm"], ["y"], name="residual")]
+    inits = [const("Wc", RNG.normal(size=(C, 3, 1, 1))), const("bc", RNG.normal(size=C)),
+             _int64("flat", [0, C, -1]), *norm_constants(C),
+             const("Wm", RNG.normal(size=(C, C))), const("bm", RNG.normal(size=C)),
+             const("rs", RNG.uniform(0.5, 1.5, C)), const("ls", RNG.uniform(0.5, 1.5, C))]
+    return model(nodes, inits, {"x": ["N", 3, 4, 4]}, {"y": ["N", 16, C]})
+
+
+@pytest.mark.parametrize("res_scale_first", [False, True])
+def test_a_producer_fold_never_changes_what_another_reader_sees(res_scale_first) -> None:
+    """Once norm1 starts a pending on x (its Mul unplugged), res_scale1 must not see itself as
+    x's only reader and scale the Conv: the residual would read norm1(x) (29% off)."""
+    m = _metaformer_block(res_scale_first)
+    folded, report = fold_model(m)
+    assert_same_outputs(m, folded, {"x": RNG.normal(size=(2, 3, 4, 4)).astype(np.float32)})
+    assert not any("downsample" in s.absorbed_by for s in report.sites)
+
+
 def test_a_scale_that_overflows_the_weights_is_not_folded() -> None:
     m = _patch_embed([0, 0, 0, 0])
     replace_initializer(m, "norm.scale", np.full(8, 3e38))

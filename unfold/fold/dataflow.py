@@ -74,6 +74,7 @@ class _Rewriter:
     def retarget(self, name: str, carrier: gs.Tensor) -> None:
         """The pending on `name` rides on `carrier` from now on (a re-scaled stream)."""
         self.actual[name] = replace(self.actual[name], carrier=carrier)
+        self.ctx.carry(name, carrier)
 
     def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
                       weights: tuple[float, float] | None = None) -> None:
@@ -446,6 +447,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
                 _forward(tensors[name], carrier, rw.graph)
             else:
                 actual[name] = placed
+                rw.ctx.carry(name, carrier)
     else:
         for slot in plan.consumes:
             carrier = arrived[slot].carrier
@@ -458,6 +460,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
             producer.outputs[producer.outputs.index(original)] = fresh
             rw.ctx.stands_for[fresh.name] = original
             actual[name] = replace(pending, carrier=fresh)
+            rw.ctx.carry(name, fresh)
     if primary is None:
         return
     rw.site = primary

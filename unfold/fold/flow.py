@@ -126,6 +126,9 @@ class Context:
         self._forwarded_into: dict[str, list[str]] = {}
         self._tensors = graph.tensors()
         self.site_nodes: set[int] = set()  # the nodes of every norm site (set by the driver)
+        # the rewrite pass's pendings by carrier: carrier name -> the original tensors whose
+        # values are an affine of it (their readers read the carrier too, through the pending)
+        self._carried: dict[str, set[str]] = {}
         self.graph_outputs = {t.name for t in graph.outputs}
         self.skip = frozenset(skip)
         self.max_scale = max_scale
@@ -188,13 +191,26 @@ class Context:
         self._forwarded_into.clear()
         self.dead.clear()
 
+    def carry(self, name: str, carrier: gs.Tensor) -> None:
+        """(rewrite) the original tensor `name` is now affine(`carrier`): a fold that changes
+        the carrier changes it too."""
+        self._carried.setdefault(carrier.name, set()).add(name)
+
     def read_only_by(self, tensor: gs.Tensor, readers: Collection[gs.Node]) -> bool:
         """Nothing but `readers` reads `tensor`'s values (Shape readers see the same shape after
-        the fold), and it is no graph output."""
+        the fold), and it is no graph output. A tensor that carries pendings is read by what
+        reads them: changing it would change what they stand for."""
         ids = {id(n) for n in readers}
         original = self.stands_for.get(tensor.name)
         if original is not None and not self.read_only_by(original, readers):
             return False
+        for name in self._carried.get(tensor.name, ()):
+            stands = self._tensors.get(name)
+            if stands is None or stands is tensor:
+                continue
+            if self.is_output(stands) or \
+                    any(id(n) not in ids for n in self.value_readers(stands)):
+                return False
         outputs = [tensor] + [self._tensors[n] for n in self._forwarded_into.get(tensor.name, ())]
         return not any(self.is_output(t) for t in outputs) and \
             all(id(n) in ids for n in self.value_readers(tensor))
