@@ -5,9 +5,11 @@ data for models over 2 GiB."""
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -21,6 +23,7 @@ from unfold.errors import UnfoldError, option
 from unfold.fold.weights import (
     ModelParts,
     array_bytes,
+    duplicate_weight,
     proto_nbytes,
     weight_header,
     weight_nbytes,
@@ -39,6 +42,8 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
         model = read_streaming(path)
         if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+    except UnfoldError:
+        raise
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise _unreadable(path, exc) from None
     _check(path, ModelParts.viewing(model))
@@ -102,6 +107,8 @@ def load_onnx_parts(path: str | Path) -> ModelParts:
                 # reads raw_data in, and marks the tensor as holding its values
                 onnx.external_data_helper.load_external_data_for_tensor(tensor,
                                                                         str(path.parent))
+    except UnfoldError:
+        raise
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise _unreadable(path, exc) from None
     _check(path, parts)
@@ -135,26 +142,70 @@ def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] 
     return out
 
 
-def save_onnx_atomic(model: onnx.ModelProto | ModelParts, out: str | Path) -> Path:
-    """Write to a temporary file beside `out`, then rename: readers never see a partial file
-    and an interrupted run leaves nothing. Over 2 GiB the weights go to `out.name + '.data'`."""
+class StagedOnnx:
+    """A model written in full to a private folder beside its destination (`path`, under its
+    final name, its data file beside it), not yet where readers look: it can be run and
+    checked there, then `publish`ed (renamed into place) or left to go with the folder."""
+
+    def __init__(self, path: Path, out: Path, data_name: str | None) -> None:
+        self.path, self.out, self.data_name = path, out, data_name
+
+    def publish(self) -> Path:
+        """Rename into place: the data file first, the model last, so a reader never pairs a
+        new model with old data."""
+        try:
+            if self.data_name is not None:
+                data = self.out.parent / self.data_name
+                os.chmod(self.path.parent / self.data_name, _mode_for(data))
+                os.replace(self.path.parent / self.data_name, data)
+            os.chmod(self.path, _mode_for(self.out))
+            os.replace(self.path, self.out)
+        except OSError as exc:
+            raise UnfoldError(f"cannot write {self.out}: {exc.strerror or exc}") from None
+        return self.out
+
+
+@contextmanager
+def staged_onnx(model: onnx.ModelProto | ModelParts, out: str | Path) -> Iterator[StagedOnnx]:
+    """Write `model` into a new private folder beside `out` (mkdtemp: created new, 0700, so no
+    link planted under a guessable name can redirect a write), under `out`'s own name; over 2
+    GiB its weights go to `out.name + '.data'` beside it. The folder and whatever is still in
+    it go when the block ends: an error, a failed check or an interrupt leaves nothing."""
     out = Path(out)
     external = serialized_size_at_least(model) >= PROTOBUF_LIMIT
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
-    os.close(fd)
-    tmp_path = Path(tmp)
-    data_name = f"{out.name}.data"
+    data_name = f"{out.name}.data" if external else None
     try:
-        _write(model, out, tmp_path, data_name, external)
+        folder = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp",
+                                       dir=out.parent or "."))
     except OSError as exc:
         raise UnfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
+    try:
+        path = folder / out.name
+        try:
+            with _create(path) as file:
+                if data_name is None:
+                    write_streaming(model, file)
+                else:
+                    with _create(folder / data_name) as data:
+                        write_streaming(model, file, external=(data, data_name))
+        except OSError as exc:
+            raise UnfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
+        yield StagedOnnx(path, out, data_name)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-        leftover = out.parent / (data_name + ".tmp")
-        if leftover.exists():
-            leftover.unlink()
-    return out
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _create(path: Path) -> BinaryIO:
+    """A new file, never one that exists nor through a link (O_EXCL | O_NOFOLLOW)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    return os.fdopen(os.open(path, flags, 0o600), "wb")
+
+
+def save_onnx_atomic(model: onnx.ModelProto | ModelParts, out: str | Path) -> Path:
+    """Write to a private folder beside `out`, then rename: readers never see a partial file
+    and an interrupted run leaves nothing. Over 2 GiB the weights go to `out.name + '.data'`."""
+    with staged_onnx(model, out) as staged:
+        return staged.publish()
 
 
 def _varint(value: int) -> bytes:
@@ -225,6 +276,8 @@ def read_parts(path: str | Path) -> ModelParts:
     def keep_apart(data: bytes) -> None:
         tensor = onnx.TensorProto()
         tensor.ParseFromString(data)
+        if tensor.name in weights:
+            raise duplicate_weight(tensor.name)
         weights[tensor.name] = tensor
 
     return ModelParts(_read(path, keep_apart), weights)
@@ -419,22 +472,3 @@ def _mode_for(path: Path) -> int:
         umask = os.umask(0)
         os.umask(umask)
         return 0o666 & ~umask
-
-
-def _write(model: onnx.ModelProto | ModelParts, out: Path, tmp_path: Path, data_name: str,
-           external: bool) -> None:
-    if not external:
-        with open(tmp_path, "wb") as file:
-            write_streaming(model, file)
-        os.chmod(tmp_path, _mode_for(out))
-        os.replace(tmp_path, out)
-        return
-    # the .onnx names its data file by its final name; the data is renamed into place
-    # first and the model last, so a reader never pairs a new model with old data
-    data_tmp = out.parent / (data_name + ".tmp")
-    with open(tmp_path, "wb") as file, open(data_tmp, "wb") as data:
-        write_streaming(model, file, external=(data, data_name))
-    os.chmod(data_tmp, _mode_for(out.parent / data_name))
-    os.chmod(tmp_path, _mode_for(out))
-    os.replace(data_tmp, out.parent / data_name)
-    os.replace(tmp_path, out)

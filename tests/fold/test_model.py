@@ -197,3 +197,58 @@ def test_swin_like_hierarchical_model_folds_to_the_no_norm_twin() -> None:
     assert report.ops_after == twin_ops(_export_swin("none"))
     images = np.random.default_rng(0).random((3, 3, 32, 32), dtype=np.float32)
     assert_same_outputs(original, folded, {"images": images})
+
+
+def _with_custom_ops() -> onnx.ModelProto:
+    """norm -> a `MatMul` of the domain com.example (whatever it computes, it is not ONNX's)
+    and norm -> a com.example `Mul` by a per-channel constant -> ONNX's MatMul."""
+    from onnx import helper
+
+    from .helpers import RNG, const, norm_constants
+
+    nodes = [helper.make_node("Mul", ["x", "norm.scale"], ["s"], name="norm_mul"),
+             helper.make_node("Add", ["s", "norm.shift"], ["n"], name="norm_add"),
+             helper.make_node("MatMul", ["n", "W"], ["y"], name="custom_matmul",
+                              domain="com.example"),
+             helper.make_node("Mul", ["n", "k"], ["m"], name="custom_mul", domain="com.example"),
+             helper.make_node("MatMul", ["m", "W2"], ["z"], name="onnx_matmul")]
+    inits = [*norm_constants(4), const("W", RNG.normal(size=(4, 3))),
+             const("k", RNG.uniform(0.5, 2, 4)), const("W2", RNG.normal(size=(4, 3)))]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [2, 4])],
+                              [helper.make_tensor_value_info("y", f, [2, 3]),
+                               helper.make_tensor_value_info("z", f, [2, 3])], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                helper.make_opsetid("com.example", 1)])
+    m.ir_version = 8
+    return m
+
+
+def test_ops_of_another_domain_are_not_onnx_ops() -> None:
+    """A com.example MatMul is no sink and a com.example Mul no norm site: neither may be
+    folded into (before, the norm went into the custom MatMul's weight: a wrong graph)."""
+    m = _with_custom_ops()
+    folded, report = fold_model(m)
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in folded.graph.initializer}
+    original = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    custom = {n.name: n for n in folded.graph.node if n.domain == "com.example"}
+    assert set(custom) == {"custom_matmul", "custom_mul"}
+    assert custom["custom_matmul"].op_type == "MatMul" and custom["custom_mul"].op_type == "Mul"
+    np.testing.assert_array_equal(weights[custom["custom_matmul"].input[1]], original["W"])
+    np.testing.assert_array_equal(weights[custom["custom_mul"].input[1]], original["k"])
+    (site,) = report.sites
+    assert site.status != "folded" and "custom_matmul" not in site.absorbed_by
+    # what the custom ops read is the norm's true output, computed as before
+    producer = {o: n for n in folded.graph.node for o in n.output}
+    norm_out = custom["custom_matmul"].input[0]
+    assert custom["custom_mul"].input[0] == norm_out
+    assert producer[norm_out].op_type in ("Add", "Mul")
+
+
+def test_two_initializers_of_one_name_are_refused() -> None:
+    from unfold.errors import UnfoldError
+
+    m = _with_custom_ops()
+    m.graph.initializer.append(m.graph.initializer[2])  # a second 'W'
+    with pytest.raises(UnfoldError, match="two initializers named 'W'"):
+        fold_model(m)

@@ -69,6 +69,28 @@ def _read_shared_weights_directly(graph: gs.Graph) -> None:
     graph.cleanup()
 
 
+# the domains whose ops the fold knows: ONNX's own (a custom domain's `MatMul` is not ONNX's)
+ONNX_DOMAINS = frozenset({"", "ai.onnx"})
+
+
+def _hide_foreign_ops(graph: gs.Graph) -> list[tuple[gs.Node, str]]:
+    """Every node of another domain gets its domain in its op type for the fold's run
+    (`com.example:MatMul`), so that no rule, site or tidy-up, all of which match op types,
+    takes it for ONNX's op. Returns what `_restore_foreign_ops` puts back."""
+    hidden = []
+    for node in graph.nodes:
+        domain = node.domain or ""
+        if domain not in ONNX_DOMAINS:
+            hidden.append((node, node.op))
+            node.op = f"{domain}:{node.op}"
+    return hidden
+
+
+def _restore_foreign_ops(hidden: list[tuple[gs.Node, str]]) -> None:
+    for node, op in hidden:
+        node.op = op
+
+
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
                in_place: bool = False, max_scale: float | None = None
                ) -> tuple[onnx.ModelProto, FoldReport]:
@@ -117,6 +139,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     # the cycles that hold big ones are collected explicitly below, so it waits until the end
     with _collector_paused():
         graph = import_parts(parts)
+        hidden = _hide_foreign_ops(graph)
         _fold_shape_arithmetic(graph, parts.skeleton)
         # Both made copies of the graph, now garbage in reference cycles that share every
         # weight: until they go, no weight the fold replaces could be freed.
@@ -127,6 +150,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         online = find_online_norms(graph)
         tidy_layout(graph)
         graph.fold_constants().cleanup().toposort()  # what the moves made constant
+        _restore_foreign_ops(hidden)
         folded = parts_of(graph, parts)
         for node in graph.nodes:  # let go of every weight the result does not hold, now
             node.inputs.clear()

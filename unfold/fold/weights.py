@@ -25,6 +25,8 @@ import onnx.numpy_helper
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
+from unfold.errors import UnfoldError
+
 # Initializers up to this size stay in the weightless copy (shape data such as Reshape targets
 # must stay visible to data propagation); larger ones become typed inputs.
 SMALL_INITIALIZER_BYTES = 4096
@@ -100,7 +102,12 @@ class ModelParts:
         skeleton = without_field(model, "graph")
         if model.HasField("graph"):
             skeleton.graph.CopyFrom(without_field(model.graph, "initializer"))
-        return cls(skeleton, {t.name: t for t in model.graph.initializer})
+        weights: dict[str, Weight] = {}
+        for tensor in model.graph.initializer:
+            if tensor.name in weights:
+                raise duplicate_weight(tensor.name)
+            weights[tensor.name] = tensor
+        return cls(skeleton, weights)
 
     def to_model(self) -> onnx.ModelProto:
         """One ModelProto, the weights moved into it one at a time (`weights` ends empty)."""
@@ -124,6 +131,13 @@ class ModelParts:
             _append(target, name, self.weights.pop(name))
         self.weights.clear()
         _take_interface(target, self.skeleton.graph)
+
+
+def duplicate_weight(name: str) -> UnfoldError:
+    """The error for a graph with two initializers of one name: which one a reader gets is
+    up to the runtime (ONNX Runtime and a fold could each take another)."""
+    return UnfoldError(f"the model has two initializers named {name!r}: which one a node "
+                       f"reads is undefined; give each initializer a name of its own")
 
 
 def _take_interface(target: onnx.GraphProto, source: onnx.GraphProto,
