@@ -1,4 +1,5 @@
-"""`unfold fold IN.onnx --out OUT.onnx`: fold every offline normalization, write atomically."""
+"""`unfold fold IN.onnx --out OUT.onnx`: fold every offline normalization, verify the result
+against IN.onnx in ONNX Runtime, and only then write it (atomically)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
+from cli import _inputs as opt
 from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.errors import ExitCode, UnfoldError
 from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
@@ -16,6 +18,7 @@ from unfold.fold.transfer import RULES
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
     from unfold.fold import FoldReport, SiteReport
+    from unfold.fold_files import FoldFileReport
 
 SKIP = typer.Option([], "--skip", parser=one_of("--skip", RULES, "a rule"), metavar="RULE",
                     help=f"A rule to leave out, repeatable: {', '.join(RULES)} (`unfold "
@@ -70,6 +73,25 @@ def render(report: FoldReport) -> None:
                  f"{len(report.left)} left, {len(report.online)} online norms")
 
 
+ENDINGS = {
+    "written": ("wrote {written}", ExitCode.OK),
+    "mismatch": ("error: the folded model does not compute what {model} does; nothing "
+                 "written", ExitCode.CHECK_FAILED),
+    "norms left": ("error: --strict: normalization left in the graph; nothing written",
+                   ExitCode.CHECK_FAILED),
+}
+
+
+def render_fold_file(report: FoldFileReport) -> None:
+    from cli.verify import render_verification
+
+    render(report.fold)
+    if report.verification is not None:
+        render_verification(report.verification)
+    for note in report.notes:
+        stdout.print(f"note: {note}")
+
+
 def fold(
     model: Path = typer.Argument(..., metavar="MODEL", help="The ONNX model to fold."),
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded model."),
@@ -79,27 +101,42 @@ def fold(
     skip: list[str] = SKIP,
     max_scale: float | None = MAX_SCALE,
     fp16: bool = FP16,
+    input_shape: list[str] = opt.INPUT_SHAPE,
+    input_dtype: list[str] = opt.INPUT_DTYPE,
+    int_range: list[str] = opt.INT_RANGE,
+    float_range: list[str] = opt.FLOAT_RANGE,
+    dynamic: str | None = opt.DYNAMIC,
+    inputs: Path | None = opt.INPUTS,
+    atol: list[str] = opt.ATOL,
+    rtol: list[str] = opt.RTOL,
+    no_verify: bool = typer.Option(False, "--no-verify",
+                                   help="Write without checking the folded model against "
+                                        "MODEL in ONNX Runtime (not advised)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random verification batches."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
     debug: bool = DEBUG,
 ) -> None:
-    """Fold every offline normalization of MODEL into its neighbouring linear ops."""
+    """Fold every offline normalization of MODEL into its neighbouring linear ops, check the
+    result against MODEL in ONNX Runtime, and only then write it."""
 
     def body() -> ExitCode:
-        from unfold.fold import fold_parts
-        from unfold.onnx_files import check_output_path, load_onnx_parts, save_onnx_atomic
+        given = opt.input_options(input_shape, input_dtype, int_range, float_range, dynamic,
+                                  inputs)
+        tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
+        from unfold.fold_files import fold_file
 
         bound = max_scale_for(max_scale, fp16)
-        target = check_output_path(out, force=force, inputs=(model,))
-        folded, report = fold_parts(load_onnx_parts(model), skip=skip, max_scale=bound)
-        show(report, as_json, render)
+        if no_verify:
+            print("warning: --no-verify: the folded model will NOT be checked against "
+                  f"{model}", file=sys.stderr)
+        report = fold_file(model, out, skip=skip, max_scale=bound, strict=strict, force=force,
+                           verify=not no_verify, inputs=given, atol=tolerances[0],
+                           rtol=tolerances[1], seed=seed, progress=opt.progress)
+        show(report, as_json, render_fold_file)
         if fp16:
-            warn_fp16(report)
-        if strict and not report:
-            print("error: --strict: normalization left in the graph; nothing written",
-                  file=sys.stderr)
-            return ExitCode.CHECK_FAILED
-        save_onnx_atomic(folded, target)
-        print(f"wrote {target}", file=sys.stderr)
-        return ExitCode.OK
+            warn_fp16(report.fold)
+        message, code = ENDINGS[report.outcome]
+        print(message.format(written=report.written, model=model), file=sys.stderr)
+        return code
 
     run_command("fold", body, debug)

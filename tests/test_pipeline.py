@@ -173,6 +173,8 @@ def test_a_wrong_fold_is_caught_located_and_nothing_is_written(
     assert "the export matches torch; the fold departs" in report.verification.notes
     assert report.verification.divergence is not None
     assert report.verification.divergence.node == fold_then_corrupt.node
+    as_json = report.to_dict()  # (a failed check is falsy: it was left out of the JSON)
+    assert as_json["verification"]["passed"] is False and as_json["outcome"] == "mismatch"
 
 
 def test_no_verify_writes_and_says_so(tmp_path: Path) -> None:

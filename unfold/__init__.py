@@ -3,6 +3,7 @@
     import unfold
     report = unfold.convert("model.pt2", "model.onnx")       # load, export, fold, verify, write
     report = unfold.verify("model.pt2", "model.onnx")        # the check on its own
+    report = unfold.fold_file("model.onnx", "folded.onnx")  # fold an ONNX file, verify, write
 
 This top-level module stays light on purpose: `import unfold.nn` (the training-time layers)
 must load nothing but torch, so `convert` and `verify` (onnx, onnxruntime) load on first use.
@@ -12,7 +13,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Inputs", "UnfoldError", "__version__", "convert", "verify"]
+__all__ = ["Inputs", "UnfoldError", "__version__", "convert", "fold_file", "verify"]
 
 
 def __getattr__(name: str) -> Any:
@@ -20,6 +21,10 @@ def __getattr__(name: str) -> Any:
         from unfold import pipeline
 
         return getattr(pipeline, name)
+    if name == "fold_file":
+        from unfold.fold_files import fold_file
+
+        return fold_file
     if name == "Inputs":
         from unfold.inputs import Inputs
 

@@ -84,7 +84,8 @@ class ConvertReport:
             "inputs": [s.describe() for s in self.inputs],
             "exporter": self.exporter, "fallback_reason": self.fallback_reason,
             "opset": self.opset, "fold": self.fold.to_dict(),
-            "verification": self.verification.to_dict() if self.verification else None,
+            "verification": (self.verification.to_dict() if self.verification is not None
+                             else None),
             "verified": self.verification is not None and bool(self.verification),
             "seconds": self.seconds, "notes": self.notes,
             "written": str(self.written) if self.written else None,

@@ -50,13 +50,84 @@ def test_fold_writes_the_folded_model_and_reports(tmp_path: Path) -> None:
     result = _invoke("fold", src, "--out", out, "--json")
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
-    assert report["folded"] == 1 and report["no_norm_left"] is True
-    assert report["ops_after"] == {"Add": 1, "MatMul": 1}
+    assert report["outcome"] == "written" and report["verified"] is True
+    assert report["verification"]["batches"], "checked against the input before writing"
+    fold = report["fold"]
+    assert fold["folded"] == 1 and fold["no_norm_left"] is True
+    assert fold["ops_after"] == {"Add": 1, "MatMul": 1}
     assert "PASSED" in result.stderr and f"wrote {out}" in result.stderr
     folded = onnx.load(out)
     onnx.checker.check_model(folded, full_check=True)
     assert sorted(n.op_type for n in folded.graph.node) == ["Add", "MatMul"]
     assert not list(tmp_path.glob(".*.tmp")), "no temporary file left behind"
+
+
+def _defective_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fold engine with a defect: its result's MatMul weight is off by 1e-3 of itself
+    (standing in for a wrong transfer function, which the engine must never ship)."""
+    import unfold.fold
+
+    real = unfold.fold.fold_parts
+
+    def wrong(parts, **kwargs):
+        folded, report = real(parts, **kwargs)
+        matmul = next(n for n in folded.skeleton.graph.node if n.op_type == "MatMul")
+        weight = onnx.numpy_helper.to_array(folded.weights[matmul.input[1]])
+        folded.weights[matmul.input[1]] = (weight * 1.001).astype(weight.dtype)
+        return folded, report
+
+    monkeypatch.setattr(unfold.fold, "fold_parts", wrong)
+
+
+def test_fold_verifies_before_writing_and_a_defect_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _defective_fold(monkeypatch)
+    src, out = _write(tmp_path), tmp_path / "folded.onnx"
+    out.write_bytes(b"the user's file")
+    result = _invoke("fold", src, "--out", out, "--force", "--json")
+    assert result.exit_code == 1, result.output + result.stderr
+    report = json.loads(result.stdout)
+    assert report["outcome"] == "mismatch" and report["written"] is None
+    assert report["verification"]["divergence"]["op_type"] == "MatMul"
+    assert f"does not compute what {src} does; nothing written" in result.stderr
+    assert "Traceback" not in result.output + result.stderr
+    assert out.read_bytes() == b"the user's file", "nothing of the user's replaced"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folded.onnx", "model.onnx"]
+
+
+def test_no_verify_writes_unchecked_and_says_so_loudly(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _defective_fold(monkeypatch)
+    src, out = _write(tmp_path), tmp_path / "folded.onnx"
+    result = _invoke("fold", src, "--out", out, "--no-verify", "--json")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert "warning: --no-verify: the folded model will NOT be checked" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["verification"] is None and report["verified"] is False
+    assert any("NOT checked" in note for note in report["notes"])
+    assert out.is_file()
+
+
+def test_fold_verifies_a_dynamic_model_at_sizes_it_says(tmp_path: Path) -> None:
+    result = _invoke("fold", _write(tmp_path), "--out", tmp_path / "f.onnx", "--json")
+    report = json.loads(result.stdout)
+    assert {b["shapes"]["x"][0] for b in report["verification"]["batches"]} == {1, 2, 5}
+    assert any("batch=2" in note for note in report["notes"]), report["notes"]
+    given = _invoke("fold", _write(tmp_path), "--out", tmp_path / "g.onnx", "--json",
+                    "--input-shape", "x:3x8")
+    shapes = {b["shapes"]["x"][0] for b in json.loads(given.stdout)["verification"]["batches"]}
+    assert 3 in shapes
+
+
+def test_fold_refuses_two_initializers_of_one_name(tmp_path: Path) -> None:
+    src = _write(tmp_path)
+    m = onnx.load(src)
+    m.graph.initializer.append(m.graph.initializer[0])
+    onnx.save(m, src)
+    out = tmp_path / "f.onnx"
+    _assert_user_error(_invoke("fold", src, "--out", out), 2,
+                       "the model has two initializers named 'norm.scale'")
+    assert not out.exists()
 
 
 def test_fold_table_names_each_site(tmp_path: Path) -> None:
@@ -70,7 +141,7 @@ def test_strict_with_a_norm_left_exits_1_and_writes_nothing(tmp_path: Path) -> N
     result = _invoke("fold", _write(tmp_path, extra_reader=True), "--out", out, "--strict",
                      "--json")
     assert result.exit_code == 1
-    (site,) = json.loads(result.stdout)["sites"]
+    (site,) = json.loads(result.stdout)["fold"]["sites"]
     assert site["status"] == "partial"
     assert site["reasons"] == ["reader Relu 'act': Relu does not commute with a shift"]
     assert "error: --strict: normalization left" in result.stderr
@@ -173,7 +244,7 @@ def test_max_scale_re_scales_a_post_norm_stream_with_reported_muls(tmp_path: Pat
     assert _invoke("fold", src, "--out", free).exit_code == 0
     result = _invoke("fold", src, "--out", bounded, "--max-scale", "4", "--json")
     assert result.exit_code == 0, result.output + result.stderr
-    rescales = [p for site in json.loads(result.stdout)["sites"] for p in site["path"]
+    rescales = [p for site in json.loads(result.stdout)["fold"]["sites"] for p in site["path"]
                 if "re-scaled" in p]
     assert rescales and all("beyond --max-scale 4" in p for p in rescales), rescales
     extra = _ops(bounded)
@@ -187,7 +258,7 @@ def test_fp16_bounds_the_stream_at_64(tmp_path: Path) -> None:
     onnx.save(post_norm_stack(6, 8), src)
     result = _invoke("fold", src, "--out", tmp_path / "f.onnx", "--fp16", "--json")
     assert result.exit_code == 0, result.output + result.stderr
-    paths = [p for site in json.loads(result.stdout)["sites"] for p in site["path"]]
+    paths = [p for site in json.loads(result.stdout)["fold"]["sites"] for p in site["path"]]
     assert any("beyond --max-scale 64" in p for p in paths), paths
 
 

@@ -1,0 +1,78 @@
+"""unfold.fold_file (unfold/fold_files.py): an ONNX file folded, checked against itself in ONNX
+Runtime, and only then written; over the protobuf limit (lowered here) the same through
+external data, the candidate run from the very files that are published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import unfold
+from unfold import onnx_files
+from unfold.errors import UnfoldError
+
+from .fold.helpers import RNG, assert_same_outputs, const, model, norm_constants
+
+N = onnx.helper.make_node
+
+
+def _norm_then_linear(path: Path, keep_initializers_as_inputs: bool = False) -> Path:
+    nodes = [N("Mul", ["x", "norm.scale"], ["s"], name="norm_mul"),
+             N("Add", ["s", "norm.shift"], ["n"], name="norm_add"),
+             N("MatMul", ["n", "W"], ["m"], name="fc"), N("Add", ["m", "c"], ["y"])]
+    m = model(nodes, norm_constants(64) + [const("W", RNG.normal(size=(64, 16))),
+                                           const("c", RNG.normal(size=16))],
+              {"x": ["batch", 64]}, {"y": ["batch", 16]})
+    if keep_initializers_as_inputs:  # what torch.onnx.export(keep_initializers_as_inputs=True)
+        m.graph.input.extend(onnx.helper.make_tensor_value_info(
+            t.name, t.data_type, list(t.dims)) for t in m.graph.initializer)
+    onnx.save(m, path)
+    return path
+
+
+def test_fold_file_verifies_then_writes(tmp_path: Path) -> None:
+    src, out = _norm_then_linear(tmp_path / "m.onnx"), tmp_path / "f.onnx"
+    report = unfold.fold_file(src, out)
+    assert report and report.outcome == "written" and report.written == out
+    assert report.verification is not None and report.verification
+    assert {b.shapes["x"][0] for b in report.verification.batches} == {1, 2, 5}
+    assert set(report.seconds) == {"load", "reference", "fold", "stage", "verify", "write"}
+    assert_same_outputs(onnx.load(src), onnx.load(out),
+                        {"x": RNG.normal(size=(3, 64)).astype(np.float32)})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.onnx", "m.onnx"]
+
+
+def test_over_the_limit_it_verifies_and_publishes_external_data(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)  # the 2 GiB limit, scaled down
+    src = tmp_path / "big.onnx"
+    onnx_files.save_onnx_atomic(onnx.load(_norm_then_linear(tmp_path / "m.onnx")), src)
+    assert (tmp_path / "big.onnx.data").is_file()
+    out = tmp_path / "folded.onnx"
+    report = unfold.fold_file(src, out)
+    assert report.outcome == "written" and report.verification
+    assert (tmp_path / "folded.onnx.data").is_file()
+    assert not list(tmp_path.glob(".*")), "the staging folder is gone"
+    assert_same_outputs(onnx.load(tmp_path / "m.onnx"), onnx.load(str(out)),
+                        {"x": RNG.normal(size=(3, 64)).astype(np.float32)})
+
+
+def test_an_initializer_listed_as_an_input_keeps_its_value_in_the_check(tmp_path: Path) -> None:
+    src = _norm_then_linear(tmp_path / "m.onnx", keep_initializers_as_inputs=True)
+    report = unfold.fold_file(src, tmp_path / "f.onnx")
+    assert report.verification is not None
+    assert {n for b in report.verification.batches for n in b.shapes} == {"x"}
+
+
+def test_its_options_are_checked_before_any_work(tmp_path: Path) -> None:
+    src = _norm_then_linear(tmp_path / "m.onnx")
+    for kwargs, message in (({"skip": "producer"}, "skip='producer': expected rule names"),
+                            ({"skip": ["nope"]}, "unknown rule"),
+                            ({"max_scale": 1}, "max_scale=1: must be a number above 1"),
+                            ({"seed": -1}, "seed=-1"), ({"atol": "1e-4"}, "atol")):
+        with pytest.raises(UnfoldError, match=message):
+            unfold.fold_file(src, tmp_path / "f.onnx", **kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

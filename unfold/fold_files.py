@@ -1,0 +1,246 @@
+"""`fold_file`: an ONNX file in, its folded model out, verified before it is written (what
+`unfold fold` runs; `convert` does the same from a torch model, against torch).
+
+    report = unfold.fold_file("model.onnx", "folded.onnx")
+    report.outcome  # written | mismatch | norms left
+
+The fold engine has many transfer functions; a defect in one must never reach a user as a
+wrong model. So, unless told not to, the input and the folded model both run in ONNX Runtime
+on the same batches (random ones from the input specs, and the user's real inputs), every
+output is compared with fp32 tolerances, and only a folded model that matches is written. The
+reference runs first and lets go of its weights before the fold starts, and the candidate runs
+from the very files that will be published, so memory stays near the weights' size and what
+was checked is what is written. Imports neither torch nor anything that does.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from unfold.errors import UnfoldError, option
+from unfold.fold.report import FoldReport
+from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
+from unfold.onnx_files import PROTOBUF_LIMIT, check_output_path, load_onnx_parts, staged_onnx
+from unfold.verification import VerifyReport, make_batches, run_verification
+from unfold.verification.tolerances import Tolerances, check_tolerances
+
+Progress = Callable[[str], None]
+
+WRITTEN, MISMATCH, NORMS_LEFT = "written", "mismatch", "norms left"
+
+
+@dataclass
+class FoldFileReport:
+    source: str
+    fold: FoldReport
+    verification: VerifyReport | None  # None with verify=False
+    inputs: list[InputSpec] = field(default_factory=list)  # what verification ran at
+    seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    written: Path | None = None
+
+    @property
+    def outcome(self) -> str:
+        """written; mismatch (the folded model does not compute what the input does: nothing
+        written); norms left (strict, and a normalization stayed: nothing written)."""
+        if self.written is not None:
+            return WRITTEN
+        if self.verification is not None and not self.verification:
+            return MISMATCH
+        return NORMS_LEFT
+
+    def __bool__(self) -> bool:
+        return self.written is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "fold": self.fold.to_dict(),
+                "inputs": [s.describe() for s in self.inputs],
+                "verification": (self.verification.to_dict()
+                                 if self.verification is not None else None),
+                "verified": self.verification is not None and bool(self.verification),
+                "seconds": self.seconds, "notes": self.notes,
+                "written": str(self.written) if self.written else None,
+                "outcome": self.outcome}
+
+
+class _Recorded:
+    """The input model's outputs, batch by batch, computed before the fold (its session, and
+    its copy of the weights, gone by then): a Runner that replays them in order."""
+
+    def __init__(self, description: str, input_names: list[str], output_names: list[str],
+                 outputs: list[dict[str, np.ndarray]]) -> None:
+        self.description, self.input_names, self.output_names = \
+            description, input_names, output_names
+        self._outputs = iter(outputs)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return next(self._outputs)
+
+
+def check_fold_options(skip: Any, max_scale: Any) -> None:
+    """`skip` (rule names) and `max_scale` (a number above 1), before any work."""
+    from unfold.fold.transfer import RULES
+
+    if isinstance(skip, str) or not all(isinstance(rule, str) for rule in skip):
+        raise UnfoldError(f"{option('skip', skip)}: expected rule names, e.g. "
+                          f"{option('skip', [next(iter(RULES))])}")
+    unknown = [rule for rule in skip if rule not in RULES]
+    if unknown:
+        raise UnfoldError(f"{option('skip', unknown)}: unknown rule(s); valid: "
+                          f"{', '.join(RULES)}")
+    if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
+            max_scale, (int, float)) or not max_scale > 1.0):
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+
+
+# what verification runs a dynamic dim at when the caller gives no shape: the first dim (a
+# batch) at 2 (make_batches adds 1 and 5), any other (a sequence length) at 8
+DEFAULT_BATCH, DEFAULT_DIM = 2, 8
+
+
+def _verification_specs(skeleton: onnx.ModelProto, weights: Mapping[str, Any],
+                        inputs: Inputs) -> tuple[list[InputSpec], str | None]:
+    """The input specs of the model's real inputs (an initializer that is also listed as a
+    graph input, as keep_initializers_as_inputs exports, keeps its own value, as in any runtime
+    given none), and a note where dynamic dims got sizes the caller did not give."""
+    interface = onnx.ModelProto()
+    interface.graph.input.extend(i for i in skeleton.graph.input if i.name not in weights)
+    if inputs.shapes or inputs.npz is not None:
+        return onnx_input_specs(interface, inputs), None
+    chosen: dict[str, int] = {}
+    for value in interface.graph.input:
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis > 0 and not dim.HasField("dim_value"):
+                name = dim.dim_param or f"{value.name}[{axis}]"
+                chosen.setdefault(name, DEFAULT_DIM)
+                dim.Clear()
+                dim.dim_value = chosen[name]
+    specs = onnx_input_specs(interface, inputs, batch=DEFAULT_BATCH)
+    sized = [f"{name}={size}" for name, size in chosen.items()]
+    if any(spec.dynamic for spec in specs):
+        sized.insert(0, f"batch={DEFAULT_BATCH} (and 1, {DEFAULT_BATCH + 3})")
+    return specs, (f"verified with dynamic dims at {', '.join(sized)}; give "
+                   f"{option('inputs.shapes', '...')} or {option('inputs.npz', '...')} for "
+                   f"others") if sized else None
+
+
+def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
+              max_scale: float | None = None, strict: bool = False, force: bool = False,
+              verify: bool = True, inputs: Inputs | None = None, atol: Tolerances = None,
+              rtol: Tolerances = None, seed: int = 0,
+              progress: Progress | None = None) -> FoldFileReport:
+    """Fold every offline norm of the ONNX file `model`, check the result against it in ONNX
+    Runtime (unless `verify=False`), and only then write `out` (with `strict`, only if no
+    normalization is left). `report.outcome` says which; nothing is written otherwise.
+
+    inputs: shapes, dtypes, ranges or real inputs (`npz`) for inputs with dynamic dims
+    atol, rtol: tolerances (a float, or by output name); fp32 defaults otherwise
+    skip, max_scale: as for `unfold.fold.fold_model`"""
+    from unfold.engines.ort import OrtRunner
+    from unfold.fold import fold_parts
+
+    for parameter, path in {"model": model, "out": out}.items():
+        if not isinstance(path, (str, os.PathLike)):
+            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
+                              f"a {type(path).__name__}")
+    check_fold_options(skip, max_scale)
+    check_seed(seed)
+    inputs = Inputs() if inputs is None else inputs
+    check_inputs(inputs)
+    check_tolerances(atol, rtol)
+    model, out = Path(model), Path(out)
+    target = check_output_path(out, force=force, inputs=(model,))
+    say = progress or (lambda message: None)
+    seconds: dict[str, float] = {}
+    start = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal start
+        seconds[stage] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+
+    say(f"loading {model} ...")
+    parts = load_onnx_parts(model)
+    lap("load")
+    batches: list[tuple[str, dict[str, np.ndarray]]] = []
+    specs: list[InputSpec] = []
+    notes: list[str] = []
+    recorded: _Recorded | None = None
+    if verify:
+        specs, sized = _verification_specs(parts.skeleton, parts.weights, inputs)
+        notes = [sized] if sized else []
+        user = None
+        if inputs.npz is not None:
+            user = (f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs))
+        batches = make_batches(specs, seed=seed, user=user)
+        say(f"running {model} on {len(batches)} batches (the reference) ...")
+        reference = OrtRunner(model)  # from the file: its external data as it lies
+        try:
+            outputs = [reference.run(f) for _, f in batches]
+        except UnfoldError as exc:
+            if not sized:
+                raise
+            raise UnfoldError(f"{model} does not run at the sizes chosen for its dynamic dims "
+                              f"({sized.split(';')[0].removeprefix('verified with ')}): give "
+                              f"the shapes to verify at with "
+                              f"{option('inputs.shapes', '...')} ({exc})") from None
+        recorded = _Recorded(reference.description, reference.input_names,
+                             reference.output_names, outputs)
+        del reference, outputs
+        lap("reference")
+    say("folding offline normalizations ...")
+    folded, fold_report = fold_parts(parts, skip=skip, max_scale=max_scale)
+    lap("fold")
+    report = FoldFileReport(str(model), fold_report, None, specs, seconds, notes)
+    if not verify:
+        report.notes.append(f"{option('verify', False)}: the folded model was NOT checked "
+                            f"against {model.name}")
+    if strict and not fold_report:
+        return report
+    with staged_onnx(folded, target) as staged:
+        del folded
+        lap("stage")
+        if verify:
+            assert recorded is not None
+            say(f"verifying the folded model against {model.name} ...")
+            candidate = OrtRunner(staged.path)
+            verification = run_verification(recorded, candidate, batches, atol=atol,
+                                            rtol=rtol)
+            del candidate
+            if not verification:
+                _locate(verification, model, staged.path, batches)
+            report.verification = verification
+            lap("verify")
+            if not verification:
+                return report
+        report.written = staged.publish()
+    lap("write")
+    return report
+
+
+def _locate(verification: VerifyReport, model: Path, folded: Path,
+            batches: Sequence[tuple[str, dict[str, np.ndarray]]]) -> None:
+    """Name the first node of the folded model whose output departs from the input's (where
+    both fit in memory as protobufs: under 2 GiB)."""
+    from unfold.onnx_files import load_onnx
+    from unfold.verification import first_divergence
+
+    failed = verification.failed_batch()
+    assert failed is not None
+    if any(p.stat().st_size >= PROTOBUF_LIMIT for p in (model, folded)) or \
+            (folded.parent / f"{folded.name}.data").exists() or \
+            any(t.data_location == onnx.TensorProto.EXTERNAL
+                for t in onnx.load(str(model), load_external_data=False).graph.initializer):
+        verification.notes.append("the first departing node is not located for a model "
+                                  "with external data")
+        return
+    feeds = next(f for label, f in batches if label == failed.label)
+    verification.divergence = first_divergence(load_onnx(model), load_onnx(folded), feeds)
