@@ -69,6 +69,8 @@ def render(report: FoldReport) -> None:
         if report.ops_before[op] != report.ops_after[op]:
             ops.add_row(op, str(report.ops_before[op]), str(report.ops_after[op]))
     stdout.print(ops)
+    for sentence in report.unreached:
+        stdout.print(f"not reached: {sentence}")
     stdout.print(f"{len(report.folded)} of {len(report.sites)} offline sites folded, "
                  f"{len(report.left)} left, {len(report.online)} online norms")
 

@@ -22,8 +22,11 @@ WOULD = {"folded": "would fold", "materialized": "would fold into one Mul+Add at
 
 
 def render_inspect(report: FoldReport) -> None:
+    for sentence in report.unreached:
+        stdout.print(f"not reached: {sentence}")
     if not report.sites and not report.online:
-        stdout.print("no normalization found: nothing to fold")
+        if not report.unreached:
+            stdout.print("no normalization found: nothing to fold")
         return
     table = Table(title="normalization sites")
     for column in ("site", "kind", "fold", "into / why not"):

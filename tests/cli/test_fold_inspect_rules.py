@@ -329,3 +329,20 @@ def test_rules_as_json() -> None:
     by_name = {row["rule"]: row for row in rows}
     assert by_name["consumer-linear"]["kind"] == "sink"
     assert "Pad" in by_name["pad"]["ops"] and by_name["pad"]["algebra"]
+
+
+def test_strict_fails_on_a_quantized_model_and_inspect_says_what_it_is(tmp_path: Path) -> None:
+    nodes = [N("QuantizeLinear", ["x", "qs", "qz"], ["xq"]),
+             N("DequantizeLinear", ["xq", "qs", "qz"], ["xd"]),
+             N("Mul", ["xd", "norm.scale"], ["s"], name="norm_mul"),
+             N("Add", ["s", "norm.shift"], ["y"], name="norm_add")]
+    m = model(nodes, [*norm_constants(8), const("qs", 0.05),
+                      onnx.numpy_helper.from_array(np.array(0, np.int8), "qz")],
+              {"x": [2, 8]}, {"y": [2, 8]})
+    src, out = tmp_path / "q.onnx", tmp_path / "f.onnx"
+    onnx.save(m, src)
+    result = _invoke("fold", src, "--out", out, "--strict")
+    assert result.exit_code == 1 and not out.exists()
+    assert "not reached: quantized model" in result.stdout
+    shown = _invoke("inspect", src)
+    assert shown.exit_code == 0 and "fold the fp32 model, then quantize" in shown.stdout

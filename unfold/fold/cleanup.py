@@ -8,14 +8,76 @@ import onnx_graphsurgeon as gs
 
 from unfold.fold.graph import RESHAPES, bypass, constant_value, is_round_trip, rank
 
+# passes until nothing changes: each change can make a new pair meet (the authors' UN1d leaves
+# Transpose -> Reshape -> Unsqueeze -> Reshape -> Transpose: four rounds to nothing)
+MAX_TIDY_ROUNDS = 8
+
 
 def tidy_layout(graph: gs.Graph) -> None:
-    """Round trips dropped, Transpose chains composed, duplicate layout ops merged."""
-    _drop_layout_round_trips(graph)
-    _compose_transposes(graph)
-    _compose_reshapes(graph)
-    graph.toposort()
-    _merge_duplicate_layout_ops(graph)
+    """Round trips dropped, reshapes to a tensor's own shape dropped, Transpose and Reshape
+    chains composed, duplicate layout ops merged, until nothing changes."""
+    for _ in range(MAX_TIDY_ROUNDS):
+        before = len(graph.nodes)
+        _drop_layout_round_trips(graph)
+        _drop_identity_reshapes(graph)
+        _compose_transposes(graph)
+        _compose_reshapes(graph)
+        graph.cleanup().toposort()
+        _merge_duplicate_layout_ops(graph)
+        graph.cleanup()
+        if len(graph.nodes) == before:
+            break
+
+
+def known_shape(tensor: gs.Tensor) -> list | None:
+    """A tensor's shape where every dim is known: a number, or a named dim (one value wherever
+    that name appears: weights.infer_shapes names two dims alike only when they are equal)."""
+    shape = getattr(tensor, "shape", None)
+    if shape is None or not all(isinstance(d, (int, str)) and d != "" for d in shape):
+        return None
+    return list(shape)
+
+
+def drop_identity(graph: gs.Graph, node: gs.Node) -> bool:
+    """Where `node`'s one output is its one data input under another name, its readers read
+    the input (a graph output keeps its name: the node stays). True when it went."""
+    graph_outputs = {t.name for t in graph.outputs}
+    if not node.outputs or node.outputs[0].name in graph_outputs:
+        return False
+    bypass(node, node.inputs[0])
+    return True
+
+
+def drop_same_type_casts(graph: gs.Graph) -> None:
+    """A Cast to the type its input has already (`norm(x).to(x)`, which the TorchScript
+    exporter writes as a float-to-float Cast) is the identity: it goes, so that it blocks
+    nothing."""
+    import numpy as np
+    import onnx
+
+    for node in [n for n in graph.nodes if n.op == "Cast" and n.inputs and n.outputs]:
+        dtype = getattr(node.inputs[0], "dtype", None)
+        if dtype is None or "to" not in node.attrs:
+            continue
+        try:
+            source = dtype if isinstance(dtype, int) else \
+                onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (TypeError, KeyError, ValueError):
+            continue
+        if int(node.attrs["to"]) == int(source):
+            drop_identity(graph, node)
+
+
+def _drop_identity_reshapes(graph: gs.Graph) -> None:
+    """Reshape/Flatten/Squeeze/Unsqueeze whose output has its input's own (known) shape: once
+    the norm between x.reshape(B, C, -1) and the reshape back is gone, what is left of the
+    authors' UN1d is a reshape of (B, C, N) to (B, C, N)."""
+    for node in [n for n in graph.nodes if n.op in RESHAPES]:
+        if not node.outputs or not node.inputs:
+            continue
+        before, after = known_shape(node.inputs[0]), known_shape(node.outputs[0])
+        if before is not None and before == after:
+            drop_identity(graph, node)
 
 
 def _drop_layout_round_trips(graph: gs.Graph) -> None:
@@ -100,3 +162,71 @@ def _merge_duplicate_layout_ops(graph: gs.Graph) -> None:
         if kept is node:
             continue
         bypass(node, kept.outputs[0])
+
+
+LAYOUT_OPS = frozenset(RESHAPES + ("Transpose",))
+MAX_ENVELOPE = 4  # layout ops looked at on each side of a site
+MAX_SIMULATED = 1 << 22  # elements: a larger layout is not simulated (and not tracked)
+
+
+def layout_envelope(site_input: gs.Tensor, site_output: gs.Tensor,
+                    graph_outputs: set[str]) -> list[gs.Node]:
+    """The layout ops a norm is wrapped in that exist for it alone: the longest chains of
+    single-reader Transpose/Reshape-family ops right before its input and right after its
+    output that together compose to the identity (the authors' UN1d: permute, reshape,
+    unsqueeze | norm | reshape, permute). Once the norm is folded they must go too; any that
+    stays is the norm's, left behind. [] where there is none (or shapes are not known)."""
+    before: list[gs.Node] = []
+    tensor = site_input
+    while len(before) < MAX_ENVELOPE and len(tensor.inputs) == 1 and \
+            tensor.inputs[0].op in LAYOUT_OPS and len(tensor.outputs) == 1 and \
+            tensor.name not in graph_outputs:
+        before.insert(0, tensor.inputs[0])
+        tensor = tensor.inputs[0].inputs[0]
+    after: list[gs.Node] = []
+    tensor = site_output
+    while len(after) < MAX_ENVELOPE and len(tensor.outputs) == 1 and \
+            tensor.outputs[0].op in LAYOUT_OPS and tensor.name not in graph_outputs:
+        after.append(tensor.outputs[0])
+        tensor = tensor.outputs[0].outputs[0]
+    best: list[gs.Node] = []
+    for i in range(len(before), -1, -1):
+        for j in range(len(after), -1, -1):
+            chain = before[len(before) - i:] + after[:j]
+            if len(chain) > len(best) and i and j and _composes_to_identity(chain):
+                best = chain
+    return best
+
+
+def _composes_to_identity(chain: list[gs.Node]) -> bool:
+    """The layout ops of `chain`, applied one after the other (a norm between them changes no
+    layout), give back the first one's input: simulated on an index array at the tensors'
+    known shapes, a named dim standing for one value wherever it appears."""
+    import numpy as np
+
+    sizes: dict[str, int] = {}
+
+    def concrete(tensor: gs.Tensor) -> list[int] | None:
+        shape = known_shape(tensor)
+        if shape is None:
+            return None
+        return [d if isinstance(d, int) else sizes.setdefault(d, 2 + len(sizes))
+                for d in shape]
+
+    start = concrete(chain[0].inputs[0])
+    if start is None or int(np.prod(start)) > MAX_SIMULATED:
+        return False
+    index = np.arange(int(np.prod(start))).reshape(start)
+    values = index
+    for node in chain:
+        if node.op == "Transpose":
+            perm = node.attrs.get("perm", list(reversed(range(values.ndim))))
+            if len(perm) != values.ndim:
+                return False
+            values = values.transpose(perm)
+        else:
+            shape = concrete(node.outputs[0])
+            if shape is None or int(np.prod(shape)) != values.size:
+                return False
+            values = values.reshape(shape)
+    return values.shape == index.shape and bool(np.array_equal(values, index))

@@ -28,8 +28,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine
+from unfold.fold.cleanup import layout_envelope
 from unfold.fold.flow import Context, Move, Pending, Stop, dtype_of, named
-from unfold.fold.graph import SHAPE_READERS, Names, redirect_readers, replace_weight
+from unfold.fold.graph import SHAPE_READERS, Names, is_floating, redirect_readers, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
 from unfold.fold.transfer import plan_node
@@ -124,7 +125,7 @@ class _Rewriter:
         slot = 0 if values[0] is not None else 1
         value = values[slot]
         assert value is not None
-        if not np.issubdtype(value.dtype, np.floating):
+        if not is_floating(value.dtype):
             return False
         merged = np.asarray(value, np.float64) * np.asarray(scale, np.float64)
         shape = self.ctx.shape(source)
@@ -180,6 +181,9 @@ def _edges(tensor: gs.Tensor) -> list[tuple[gs.Node, int]]:
 @dataclass
 class FoldResult:
     reports: list[SiteReport]
+    # per site (by name), the layout ops around it that exist for it alone (cleanup.py's
+    # layout_envelope): the tidy-up after the pass must remove them with the site
+    envelopes: dict[str, list[gs.Node]] = field(default_factory=dict)
 
 
 def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
@@ -190,6 +194,8 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     ctx = Context(graph, skip=skip, max_scale=max_scale)
     sites = find_affine_sites(graph)
     ctx.site_nodes = {id(n) for s in sites for n in s.nodes}
+    envelopes = {s.name: envelope for s in sites
+                 if (envelope := layout_envelope(s.input, s.output, ctx.graph_outputs))}
     site_at = {id(s.nodes[0]): s for s in sites}
     inside = {id(n) for s in sites for n in s.nodes[1:]}
     plans, pend = _analyse(order, site_at, inside, ctx)
@@ -197,7 +203,7 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     chosen, because = _decide(order, unit_of, plans, pend, ctx)
     log = _Log(site_ops={s.name: len(s.nodes) for s in sites})
     _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
-    return FoldResult(_reports(sites, log))
+    return FoldResult(_reports(sites, log), envelopes)
 
 
 # --- 1. analysis ------------------------------------------------------------------------------
@@ -298,8 +304,9 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 if not isinstance(plan, Move) or slot not in plan.consumes:
                     chosen[edge] = False
                     because[edge] = f"reader {named(reader)}: " + (
-                        plan.reason if isinstance(plan, Stop) else "it takes it on another "
-                        "input only")
+                        plan.reason if isinstance(plan, Stop) else plan.declined.get(
+                            slot, "it takes it on another input only") if isinstance(
+                            plan, Move) else "it takes it on another input only")
                     blocked = blocked or because[edge]
                     continue
                 c, later = 0.0, ""
@@ -393,8 +400,8 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
             continue
         for slot, t in enumerate(node.inputs):
             if slot in arrived and slot not in plan.consumes:
-                stops[(t.name, id(node))] = f"reader {named(node)} takes it on " \
-                                            f"another input only"
+                stops[(t.name, id(node))] = f"reader {named(node)}: " + plan.declined.get(
+                    slot, "it takes it on another input only")
         _execute(node, plan, arrived, actual, tensors, rw, log)
     _materialize_what_is_read(actual, tensors, stops, ctx, rw, log)
 

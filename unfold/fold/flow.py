@@ -93,6 +93,8 @@ class Move:
     # what happens after it is paid anyway (a norm composed into the pending: on its own it
     # would go the same way), so an edge into it costs only `cost`
     own_outputs: bool = False
+    # why it does not take the pendings on its other inputs (a shifted query beside a key)
+    declined: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass

@@ -42,6 +42,13 @@ def replace_weight(node: gs.Node, slot: int, value: np.ndarray, names: Names) ->
         old.values = np.empty(0, dtype=old.dtype)
 
 
+def is_floating(dtype: np.dtype) -> bool:
+    """A floating type, bfloat16 and the float8s included (ml_dtypes' types, which numpy does
+    not count as np.floating: their kind is 'V')."""
+    dtype = np.dtype(dtype)
+    return np.issubdtype(dtype, np.floating) or dtype.name.startswith(("bfloat16", "float8"))
+
+
 # ops that read only a tensor's shape: a per-channel affine does not change what they see
 SHAPE_READERS = frozenset({"Shape", "Size"})
 

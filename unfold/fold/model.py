@@ -14,18 +14,22 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from unfold.errors import UnfoldError, option
-from unfold.fold.cleanup import tidy_layout
+from unfold.fold.cleanup import drop_same_type_casts, tidy_layout
+from unfold.fold.coverage import unreached_norms, whole_model_reason
 from unfold.fold.dataflow import fold_graph
 from unfold.fold.graph import Names, bypass
 from unfold.fold.online import find_online_norms
-from unfold.fold.report import FoldReport, torch_module
+from unfold.fold.report import FoldReport, SiteReport, torch_module
+from unfold.fold.sites import find_affine_sites
 from unfold.fold.transfer import RULES
 from unfold.fold.weights import (
     ModelParts,
     import_parts,
     infer_shapes,
     parts_of,
+    weight_header,
     weight_nbytes,
+    weight_proto,
     weightless_model,
 )
 
@@ -48,6 +52,7 @@ def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
     onnxruntime.set_default_logger_severity(3)
     _read_shared_weights_directly(graph)
     infer_shapes(graph, skeleton)
+    drop_same_type_casts(graph)
     for _ in range(MAX_PREPARATION_ROUNDS):
         before = len(graph.nodes)
         graph.fold_constants().cleanup()
@@ -108,6 +113,22 @@ def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
     return folded.to_model(), report
 
 
+def _note_layout_left(sites: list[SiteReport], envelopes: dict[str, list[gs.Node]],
+                      graph: gs.Graph) -> None:
+    """A site whose own layout ops outlived it (they compose to the identity around it, so the
+    no-norm twin has none of them) is not gone: it counts as left, naming them."""
+    alive = {id(node) for node in graph.nodes}
+    for site in sites:
+        left = [node for node in envelopes.get(site.name, []) if id(node) in alive]
+        if not left:
+            continue
+        site.layout_left = [f"{node.op} '{node.name}'" for node in left]
+        site.reasons.append(f"its layout ops stay ({', '.join(site.layout_left)}): around "
+                            f"the norm they compose to the identity, and they were not removed")
+        if site.status in ("folded", "materialized"):
+            site.status = "partial"
+
+
 @contextmanager
 def _collector_paused() -> Iterator[None]:
     collecting = gc.isenabled()
@@ -133,6 +154,10 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     modules = {node.name: module for node in parts.skeleton.graph.node
                if (module := torch_module(node)) is not None}
+    blocked = whole_model_reason(parts.skeleton, [weight_header(w)[0]
+                                                  for w in parts.weights.values()])
+    if blocked is not None:
+        return parts, _report_only(parts, blocked[1], original_ops, modules)
     big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
     # Python's cyclic collector would walk the graph's many small objects again and again (a
     # third of a 128-block fold): replaced weights are freed explicitly (replace_weight), and
@@ -145,11 +170,14 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         # weight: until they go, no weight the fold replaces could be freed.
         if big:
             gc.collect()
-        sites = fold_graph(graph, Names(graph), skip=skip, max_scale=max_scale).reports
+        result = fold_graph(graph, Names(graph), skip=skip, max_scale=max_scale)
+        sites = result.reports
         graph.cleanup().toposort()
         online = find_online_norms(graph)
         tidy_layout(graph)
         graph.fold_constants().cleanup().toposort()  # what the moves made constant
+        _note_layout_left(sites, result.envelopes, graph)
+        unreached = unreached_norms(graph)
         _restore_foreign_ops(hidden)
         folded = parts_of(graph, parts)
         for node in graph.nodes:  # let go of every weight the result does not hold, now
@@ -165,4 +193,33 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         site.module = modules.get(site.name)
     for norm in online:
         norm.module = modules.get(norm.name)
-    return folded, FoldReport(sites, original_ops, ops_after, online)
+    return folded, FoldReport(sites, original_ops, ops_after, online, unreached)
+
+
+def _report_only(parts: ModelParts, reason: str, ops: Counter[str],
+                 modules: dict[str, str]) -> FoldReport:
+    """The report on a model the fold does not change (coverage.whole_model_reason): its norm
+    sites found and reported as stayed, for `reason`. `parts` is left as it was."""
+    from onnx_graphsurgeon.logger import G_LOGGER
+
+    model = onnx.ModelProto()
+    model.CopyFrom(parts.skeleton)
+    model.graph.initializer.extend(weight_proto(name, w) for name, w in parts.weights.items())
+    severity, G_LOGGER.severity = G_LOGGER.severity, G_LOGGER.CRITICAL  # (bf16 casts: moot)
+    try:
+        graph = gs.import_onnx(model)
+        del model
+        try:
+            infer_shapes(graph, parts.skeleton)
+        except Exception:  # noqa: BLE001 - shapes only help find more sites
+            pass
+        sites = [SiteReport(name=site.name, kind=site.kind, channels=site.channels,
+                            reasons=[reason], module=modules.get(site.name))
+                 for site in find_affine_sites(graph)]
+        online = find_online_norms(graph)
+        unreached = [reason] + unreached_norms(graph)
+    finally:
+        G_LOGGER.severity = severity
+    for norm in online:
+        norm.module = modules.get(norm.name)
+    return FoldReport(sites, ops, Counter(ops), online, unreached)

@@ -6,7 +6,9 @@ Found so they can be reported (kind and reason) instead of silently left in the 
   in training mode;
 - decomposed: a ReduceMean over the channel (last) axis whose input is x² (RMSNorm, and PN's
   group scaling, which is an RMSNorm over channel groups), or whose result is subtracted from
-  its own input (LayerNorm written out).
+  its own input (LayerNorm written out);
+- ConvNeXt-V2's global response norm: g = ‖x‖₂ over space (ReduceL2), divided by its own mean
+  over the channels (ReduceMean, + eps): g / (mean(g) + eps).
 """
 
 from __future__ import annotations
@@ -62,10 +64,33 @@ def _is_square(node: gs.Node | None) -> bool:
     return node.op == "Mul" and node.inputs[0] is node.inputs[1]
 
 
+def _is_response_norm(node: gs.Node) -> bool:
+    """ReduceL2 -> g, read by a Div as its numerator whose denominator is ReduceMean(g),
+    perhaps plus a constant (GRN's eps)."""
+    g = node.outputs[0]
+    means = {id(r.outputs[0]) for r in g.outputs if r.op == "ReduceMean"}
+    for reader in g.outputs:
+        if reader.op != "Div" or reader.inputs[0] is not g:
+            continue
+        denominator = reader.inputs[1]
+        if id(denominator) in means:
+            return True
+        producer = denominator.inputs[0] if len(denominator.inputs) == 1 else None
+        if producer is not None and producer.op == "Add" and any(
+                id(t) in means for t in producer.inputs) and any(
+                constant_value(t) is not None for t in producer.inputs):
+            return True
+    return False
+
+
 def find_online_norms(graph: gs.Graph) -> list[OnlineNorm]:
     found = []
     for node in graph.nodes:
-        if node.op in ONLINE_OPS:
+        if node.op == "ReduceL2" and _is_response_norm(node):
+            found.append(OnlineNorm(node.name, "GRN (global response norm)",
+                                    "online: the L2 norm over space and its mean over the "
+                                    "channels are computed from each input at run time"))
+        elif node.op in ONLINE_OPS:
             found.append(OnlineNorm(node.name, ONLINE_OPS[node.op]))
         elif node.op == "BatchNormalization" and node.attrs.get("training_mode", 0):
             found.append(OnlineNorm(node.name, "BatchNorm in training mode",

@@ -58,6 +58,9 @@ class SiteReport:
     # the product of every norm's so far: dividing weights by it grows them by 1/min)
     scale_range: list[float] | None = None
     module: str | None = None  # the torch module it was exported from, where recorded
+    # layout ops that existed only around this norm (they compose to the identity) and
+    # outlived it: the site is not gone while they stay
+    layout_left: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -71,6 +74,9 @@ class FoldReport:
     ops_before: Counter[str]
     ops_after: Counter[str]
     online: list[OnlineNorm] = field(default_factory=list)  # never folded, reported
+    # what the fold did not reach (coverage.py): a quantized or bfloat16 model, norms inside
+    # subgraphs or model-local functions; each a sentence
+    unreached: list[str] = field(default_factory=list)
 
     @property
     def folded(self) -> list[SiteReport]:
@@ -90,12 +96,13 @@ class FoldReport:
 
     def __bool__(self) -> bool:
         """True when no normalization is left (a materialized pending affine is allowed)."""
-        return not self.left and not self.online
+        return not self.left and not self.online and not self.unreached
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "sites": [asdict(s) for s in self.sites],
             "online": [asdict(o) for o in self.online],
+            "unreached": list(self.unreached),
             "ops_before": dict(sorted(self.ops_before.items())),
             "ops_after": dict(sorted(self.ops_after.items())),
             "folded": len(self.folded), "left": len(self.left), "kept": len(self.kept),

@@ -30,7 +30,7 @@ from unfold.fold.algebra import (
     reshape_constant,
     transpose_constant,
 )
-from unfold.fold.graph import constant_value, undoes
+from unfold.fold.graph import constant_value, is_floating, undoes
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -101,7 +101,7 @@ def _axis_step(node: gs.Node) -> _AxisStep | None:
     value = first_value if const_first else second_value
     assert value is not None
     shape = getattr(data, "shape", None)
-    if shape is None or not np.issubdtype(value.dtype, np.floating) or value.ndim > len(shape):
+    if shape is None or not is_floating(value.dtype) or value.ndim > len(shape):
         return None
     aligned = value.reshape((1,) * (len(shape) - value.ndim) + value.shape)
     if not broadcasts_within(aligned, shape):

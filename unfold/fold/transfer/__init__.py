@@ -93,6 +93,11 @@ def plan_node(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move
     for slot in sorted(pendings):
         alone = _plan_all(node, {slot: pendings[slot]}, ctx)
         if isinstance(alone, Move):
+            for other in pendings:
+                if other not in alone.consumes:
+                    refused = _plan_all(node, {other: pendings[other]}, ctx)
+                    if isinstance(refused, Stop):
+                        alone.declined[other] = refused.reason
             return alone
     return found
 

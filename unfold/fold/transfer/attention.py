@@ -28,6 +28,10 @@ OPS = frozenset({"MatMul", "Softmax", "Mul", "Div", "Add", "Sub", "Identity", "D
 ALGEBRA = "softmax rows pass a shift of v; a shift of k is a per-query constant softmax drops"
 
 PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})
+# the minimum of a bias-less query projection (T2T-ViT's qkv_bias=False): its shift b·W_q adds
+# (b·W_q)·kᵀ to the logits, which varies along the keys: no softmax drops it, no bias takes it
+QUERY_SHIFT = ("a query's shift changes the attention logits key by key, and its bias-less "
+               "projection has no bias to take it: one Add stays (the minimum)")
 
 
 def _rows_sum_to_one(tensor: gs.Tensor, ctx: Context) -> bool:
@@ -113,4 +117,6 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if affine.scale.shape[-1] == 1 and not affine.has_shift:
         return Move(NAME, f"scale moved past MatMul {quoted(node)}", (0,),
                     {out.name: pending.then(Affine(affine.scale, np.zeros(1)))})
+    if affine.has_shift and not affine.has_scale:
+        return Stop(QUERY_SHIFT)
     return Stop("it multiplies the affine's tensor by another variable")
