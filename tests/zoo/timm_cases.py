@@ -25,6 +25,12 @@ What each case exercises:
   fold.
 * `timm-deit-distilled`: DeiT with a distillation token (deit_tiny_distilled_patch16_224
   shrunk): the final norm is read by two token selections, one per head.
+* `timm-caformer`: CAFormer (caformer_s18's recipe shrunk: SepConv mixers in the first two
+  stages, attention in the last two, LayerNorm2dNoBias / LayerNormNoBias, StarReLU MLPs
+  without bias): every stage's downsampling Conv produces x, which norm1 and res_scale1 (a
+  per-channel Mul, stages 3-4) both read: a fold of one into that Conv changed what the other
+  saw (11.5% off before). Its minima: a padded downsampling Conv's reader keeps the shift
+  (3), a bias-less query's shift (2), a bias-less fc1's shift before StarReLU (2).
 * `timm-resmlp`: ResMLP (resmlp_12_224's layout shrunk; built from `MlpMixer` directly, as
   `resmlp_12_224` fixes patch size, depth and width): its norms are `Affine` modules (already a
   per-channel affine, exported as one Mul and one Add); the first of each block is read by a
@@ -147,6 +153,34 @@ def _build_levit(twin: bool) -> nn.Module:
     return model.eval()
 
 
+def _build_caformer(twin: bool) -> nn.Module:
+    from timm.models.metaformer import (
+        Attention,
+        LayerNorm2dNoBias,
+        LayerNormNoBias,
+        MetaFormer,
+        SepConv,
+    )
+
+    torch.manual_seed(SEED)
+    model = MetaFormer(in_chans=3, num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 96),
+                       token_mixers=(SepConv, SepConv, Attention, Attention),
+                       norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2)
+    _informative_weights(model, SEED + 2)
+    _randomize_params(model, ("scale",), SEED + 1)
+    if twin:
+        norms_to_identity(model)
+    else:
+        model, _ = swap_norms(model, kind="un")
+        randomize_offline_norms(model, SEED)
+    return model.eval()
+
+
+CAFORMER_EXTRA = ("a padded downsampling Conv reads 3 norms (their shift stays as an Add before "
+                  "it), 2 attentions have bias-less queries, 2 bias-less fc1s read a norm "
+                  "before StarReLU: one Add each")
+
+
 def _build_resmlp(twin: bool) -> nn.Module:
     from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
 
@@ -202,4 +236,7 @@ TIMM_CASES: list[ZooCase] = [
                               embed_dim=32, depth=2, num_heads=2, num_classes=10),
             _image(32), ("pixels",), exporters=EXPORTERS),
     ZooCase("timm-resmlp", _build_resmlp, _image(32), ("pixels",), exporters=EXPORTERS),
+    ZooCase("timm-caformer", _build_caformer, _image(64), ("pixels",), exporters=EXPORTERS,
+            extra_ops={"*": Counter({"Add": 7})}, left_sites={"*": 7},
+            why_extra=CAFORMER_EXTRA),
 ]
