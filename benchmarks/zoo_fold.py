@@ -1,4 +1,5 @@
-"""The fold on architectures nobody here wrote: every zoo case (Hugging Face, torch.nn, and timm
+"""The fold on architectures nobody here wrote: every zoo case (Hugging Face, torch.nn, the UN
+authors' T2T-ViT and fairseq layers, and timm
 where `tests/zoo/timm_cases.py` imports) with every exporter it declares, measured against its
 no-norm twin by `tests.zoo.harness.fold_case`.
 
@@ -31,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.zoo, from a checkout
 
 MODULES = (("tests.zoo.hf_cases", "HF_CASES"), ("tests.zoo.torch_cases", "TORCH_CASES"),
-           ("tests.zoo.timm_cases", "TIMM_CASES"))
+           ("tests.zoo.authors_cases", "AUTHORS_CASES"), ("tests.zoo.timm_cases", "TIMM_CASES"))
 
 
 def load_cases() -> tuple[list[Any], list[str]]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
+import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
@@ -255,8 +256,10 @@ def _summary(failures: dict[Spec, str], drawn: list[Spec]) -> str:
 
 @pytest.mark.slow
 def test_random_models_fold_like_their_twins_many() -> None:
-    """SLOW_EXAMPLES random descriptions, drawn by hypothesis, checked in WORKERS processes."""
-    drawn = draw_specs(SLOW_EXAMPLES)
+    """SLOW_EXAMPLES random descriptions, drawn by hypothesis, checked in WORKERS processes.
+    On CI (CI=true) the draw is derandomized, as hypothesis' own CI profile does: a landing
+    must not depend on the luck of the draw, while every local run explores new models."""
+    drawn = draw_specs(SLOW_EXAMPLES, derandomize=os.environ.get("CI") == "true")
     assert len(drawn) >= SLOW_EXAMPLES
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(WORKERS, mp_context=context, initializer=_worker) as pool:

@@ -39,14 +39,14 @@ from unfold.nn import PowerNorm, UnifiedNorm
 
 STYLES = ("pre", "post", "res_post")
 # token norms (on (B, N, C), the channel axis last)
-KINDS = ("un", "pn*", "divsqrt", "bn", "bn_flat", "repbn", "dyt")
+KINDS = ("un", "un1d", "pn*", "divsqrt", "bn", "bn_flat", "repbn", "dyt")
 # channels-first norms (on (B, C, H, W)) of the convolutional stems
 CF_KINDS = ("bn2d", "affine", "un")
 POOLINGS = ("cls", "mean", "none", "distill", "cls_avg", "cf_head")
 STEMS = ("tokens", "patch", "cf_producer", "cf_reader", "cf_reader_padded")
 SEGMENTS = ("zero_pad", "roll", "windows", "shifted_windows", "mha_post", "token_mixing",
             "conv1x1", "conv_padded", "biasless_gelu", "biasless_qkv", "levit_mlp",
-            "patch_merging", "preact")
+            "patch_merging", "preact", "res_scale")
 HEADS = 2
 CLASSES = 3
 STEM_CHANNELS = 6
@@ -74,6 +74,7 @@ class Spec:
     dim: int = 8
     grid: int = 2  # tokens: grid x grid
     dynamic: bool = False  # dynamic batch axis
+    cast_back: bool = False  # every token norm as norm(x).to(x) (a same-type Cast)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -138,6 +139,65 @@ class Un(Norm):
         _set(self.norm.running_var, var)
         _set(self.norm.weight, _scale(rng, c) * np.sqrt(var + self.norm.eps))
         _set(self.norm.bias, _shift(rng, c))
+
+
+class Un1d(Norm):
+    """The UN authors' UN1d in eval, as it exports: (B, N, C) -> permute(0, 2, 1) ->
+    reshape(B, C, -1) -> unsqueeze(-1) -> x / sqrt(running_var + eps) -> weight * x + bias
+    ((1, C, 1, 1) constants) -> reshape back -> permute back. Five layout ops around one
+    affine: folded, none of them may stay."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.c = c
+        for name in ("running_var", "weight", "bias"):
+            self.register_buffer(name, torch.ones(c))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # (their x.size(0) and reshape(x.size()) become -1: the TorchScript tracer bakes a
+        # dynamic batch read from a size into a constant; the ops are the same)
+        x = x.permute(0, 2, 1).contiguous()
+        tokens = x.shape[2]
+        x = x.reshape(-1, self.c, tokens).unsqueeze(-1)
+        x = x / (self.running_var.view(1, self.c, 1, 1) + EPS).sqrt()
+        x = self.weight.view(1, self.c, 1, 1) * x + self.bias.view(1, self.c, 1, 1)
+        return x.reshape(-1, self.c, tokens).permute(0, 2, 1).contiguous()
+
+    def randomize(self, rng: np.random.Generator) -> None:
+        var = rng.uniform(0.5, 2.0, self.c)
+        _set(self.running_var, var)
+        _set(self.weight, _scale(rng, self.c) * np.sqrt(var + EPS))
+        _set(self.bias, _shift(rng, self.c))
+
+
+class ToSelf(nn.Module):
+    """f(x).to(x): what a norm cast back leaves in its twin (DyT's tanh stays, as f), the
+    TorchScript exporter writing the cast as a same-type Cast."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x).to(x)
+
+
+class CastBack(Norm):
+    """norm(x).to(x) (a model that casts a norm's output back to its input's type): its twin
+    keeps the cast."""
+
+    def __init__(self, norm: Norm) -> None:
+        super().__init__()
+        self.inner = norm
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.inner(x).to(x)
+
+    def twin(self) -> nn.Module:
+        return ToSelf(self.inner.twin())
+
+    def randomize(self, rng: np.random.Generator) -> None:
+        pass  # (its inner norm is a module of its own: randomized as one)
 
 
 class PnStar(Norm):
@@ -310,9 +370,15 @@ class Bn2d(Norm):
 
 
 TOKEN_NORMS: dict[str, Callable[[int], Norm]] = {
-    "un": Un, "pn*": PnStar, "divsqrt": DivSqrt, "bn": TokenBn, "bn_flat": FlatBn,
+    "un": Un, "un1d": Un1d, "pn*": PnStar, "divsqrt": DivSqrt, "bn": TokenBn, "bn_flat": FlatBn,
     "repbn": RepBn, "dyt": DyT,
 }
+
+
+def token_norm(spec: Spec, c: int) -> Norm:
+    """The model's token norm on c channels (cast back to its input's type, where asked)."""
+    norm = TOKEN_NORMS[spec.kind](c)
+    return CastBack(norm) if spec.cast_back else norm
 CF_NORMS: dict[str, Callable[[int], Norm]] = {
     "bn2d": Bn2d, "affine": ChannelAffine, "un": lambda c: Un(c, channel_axis=1),
 }
@@ -370,7 +436,7 @@ class ConvStem(nn.Module):
             self.cf_norm = CF_NORMS[spec.cf_kind](cf)
             self.patch = nn.Conv2d(cf, c, 3, padding=1) if self.stem == "cf_reader_padded" \
                 else nn.Conv2d(cf, c, 2, stride=2)
-        self.norm = TOKEN_NORMS[spec.kind](c) if spec.patch_norm else nn.Identity()
+        self.norm = token_norm(spec, c) if spec.patch_norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         if self.stem == "cf_producer":
@@ -406,8 +472,8 @@ class Block(nn.Module):
     def __init__(self, spec: Spec, dim: int, grid: int) -> None:
         super().__init__()
         self.style, self.grid, self.roll = spec.style, grid, spec.res_post_roll
-        self.norm1 = TOKEN_NORMS[spec.kind](dim)
-        self.norm2 = TOKEN_NORMS[spec.kind](dim)
+        self.norm1 = token_norm(spec, dim)
+        self.norm2 = token_norm(spec, dim)
         self.attn = Attention(dim, HEADS, fused_qkv=spec.fused_qkv)
         self.mlp = Mlp(dim, 2 * dim)
         self.ls1: nn.Module = LayerScale(dim) if spec.layer_scale else nn.Identity()
@@ -452,7 +518,7 @@ class Segment(nn.Module):
     def __init__(self, spec: Spec, dim: int, grid: int) -> None:
         super().__init__()
         self.dim, self.grid = dim, grid
-        self.norm: nn.Module = TOKEN_NORMS[spec.kind](dim)
+        self.norm: nn.Module = token_norm(spec, dim)
 
     def out(self, dim: int, grid: int) -> tuple[int, int]:
         return dim, grid
@@ -635,7 +701,7 @@ class PatchMerging(Segment):
 
     def __init__(self, spec: Spec, dim: int, grid: int) -> None:
         super().__init__(spec, dim, grid)
-        self.norm = TOKEN_NORMS[spec.kind](4 * dim)
+        self.norm = token_norm(spec, 4 * dim)
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
 
     def out(self, dim: int, grid: int) -> tuple[int, int]:
@@ -673,6 +739,21 @@ class Preact(Segment):
         walk.branch_with_bias()
 
 
+class ResScale(Segment):
+    """MetaFormer (timm's caformer/convformer): x = res_scale⊙x + layer_scale⊙mixer(norm(x)).
+    The stream is read by the norm and by res_scale, a per-channel Mul (a LayerScale: its
+    twin drops it): neither may be folded into the stream's producer for the other."""
+
+    def __init__(self, spec: Spec, dim: int, grid: int) -> None:
+        super().__init__(spec, dim, grid)
+        self.res_scale = LayerScale(dim)
+        self.mixer = nn.Linear(dim, dim)
+        self.layer_scale = LayerScale(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.res_scale(x) + self.layer_scale(self.mixer(self.norm(x)))
+
+
 SEGMENT_CLASSES: dict[str, Callable[[Spec, int, int], Segment]] = {
     "zero_pad": lambda s, d, g: SwinSegment(s, d, g, pad=True, roll=False, windows=False),
     "roll": lambda s, d, g: SwinSegment(s, d, g, pad=False, roll=True, windows=False),
@@ -687,6 +768,7 @@ SEGMENT_CLASSES: dict[str, Callable[[Spec, int, int], Segment]] = {
     "levit_mlp": LevitMlp,
     "patch_merging": PatchMerging,
     "preact": Preact,
+    "res_scale": ResScale,
 }
 SEGMENT_COSTS: dict[str, Callable[[Spec, Walk, str], None]] = {
     "zero_pad": Segment.cost, "roll": Segment.cost, "windows": Segment.cost,
@@ -694,6 +776,7 @@ SEGMENT_COSTS: dict[str, Callable[[Spec, Walk, str], None]] = {
     "token_mixing": TokenMixing.cost, "conv1x1": Segment.cost, "conv_padded": ConvPadded.cost,
     "biasless_gelu": BiaslessGelu.cost, "biasless_qkv": BiaslessQkv.cost,
     "levit_mlp": LevitMlp.cost, "patch_merging": PatchMerging.cost, "preact": Preact.cost,
+    "res_scale": Segment.cost,
 }
 
 
@@ -710,7 +793,7 @@ class Head(nn.Module):
     def __init__(self, spec: Spec, dim: int, grid: int) -> None:
         super().__init__()
         self.pooling, self.grid = spec.pooling, grid
-        self.norm = TOKEN_NORMS[spec.kind](dim) if spec.final_norm else nn.Identity()
+        self.norm = token_norm(spec, dim) if spec.final_norm else nn.Identity()
         self.head = nn.Linear(2 * dim if spec.pooling == "cls_avg" else dim, CLASSES)
         if spec.pooling == "distill":
             self.head_dist = nn.Linear(dim, CLASSES)
@@ -903,6 +986,17 @@ OPTIONS: dict[str, Spec] = {
                                segments=(("shifted_windows", 1), ("token_mixing", 2))),
     "dynamic_batch": replace(BASE, dynamic=True, depth=2, grid=4,
                              segments=(("windows", 1),)),
+    # the UN authors' own layer (5 layout ops around the affine), pre- and post-norm
+    "un1d_pre": replace(BASE, kind="un1d", depth=2),
+    "un1d_post": replace(BASE, kind="un1d", style="post", depth=2, pooling="cls"),
+    "un1d_dynamic": replace(BASE, kind="un1d", style="post", dynamic=True, grid=4),
+    # a producer's output read by a norm and a per-channel Mul (caformer after its Conv)
+    "res_scale_after_patch": replace(BASE, stem="patch", segments=(("res_scale", 0),)),
+    "res_scale_post": replace(BASE, style="post", stem="patch", depth=2,
+                              segments=(("res_scale", 0), ("res_scale", 2))),
+    # norm(x).to(x): a same-type Cast after every norm
+    "cast_back_pre": replace(BASE, cast_back=True, depth=2),
+    "cast_back_post": replace(BASE, cast_back=True, style="post", depth=2),
 }
 
 
@@ -914,7 +1008,8 @@ def features(spec: Spec) -> set[str]:
         named.add(f"cf_kind={spec.cf_kind}")
     flags = {"layer_scale": spec.layer_scale, "res_post_roll": spec.res_post_roll,
              "patch_norm": spec.patch_norm, "dynamic": spec.dynamic,
-             "separate_qkv": not spec.fused_qkv, "no_final_norm": not spec.final_norm}
+             "separate_qkv": not spec.fused_qkv, "no_final_norm": not spec.final_norm,
+             "cast_back": spec.cast_back}
     return named | {name for name, on in flags.items() if on}
 
 
@@ -938,5 +1033,5 @@ def specs(draw: st.DrawFn) -> Spec:
         cf_kind=draw(st.sampled_from(CF_KINDS)),
         patch_norm=stem != "tokens" and draw(st.booleans()), segments=segments,
         dim=draw(st.sampled_from([8, 12])), grid=grid, dynamic=draw(st.booleans()),
-        seed=draw(st.integers(0, 2**16)),
+        cast_back=draw(st.integers(0, 5)) == 0, seed=draw(st.integers(0, 2**16)),
     )

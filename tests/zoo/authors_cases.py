@@ -299,3 +299,6 @@ def cases() -> list[ZooCase]:
                 lambda: (torch.randn(6, 2, 32), torch.randn(5, 2, 32)),
                 ("source", "target")),
     ]
+
+
+AUTHORS_CASES = cases()

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.zoo.authors_cases import cases
+from tests.zoo.authors_cases import AUTHORS_CASES
 from tests.zoo.twin_checks import assert_check, checked, params
 from unfold.fold.transfer.attention import QUERY_SHIFT
 
-CASES = cases()
+CASES = AUTHORS_CASES
 
 
 @pytest.mark.parametrize(("case", "exporter", "check"), params(CASES))

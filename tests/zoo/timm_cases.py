@@ -10,6 +10,10 @@ What each case exercises:
   block of those stages shifts them (torch.roll by 2); two patch mergings (12x12 -> 6x6 ->
   3x3, where the window shrinks to the grid and nothing shifts), pre-norm, final norm ->
   average pool -> head.
+* `timm-swin-4-stages`: Swin with all four stages at 112 px (28 -> 14 -> 7 -> 4 tokens a side,
+  window 7): the TorchScript exporter computes the last stage's window padding from shapes
+  three stages deep, which took 8 rounds of shape folding (6 left 2 norms, "pads are not
+  constant", as Swin-T at 224 did).
 * `timm-swinv2`: SwinV2 (swinv2_tiny_window8_256 shrunk), the same grid and windows: res-post
   norm (`x + norm(attn(x))`), patch merging reduces first and normalizes after.
 * `timm-convnext`: ConvNeXt (convnext_tiny shrunk, conv_mlp=False): channels-first LayerNorm2d
@@ -215,6 +219,10 @@ LEVIT_EXTRA = (
 
 _SWIN = dict(img_size=48, patch_size=4, window_size=5, embed_dim=16, depths=(2, 2, 2),
              num_heads=(1, 2, 4), num_classes=10)
+# four stages, 112 px / patch 4 = 28 -> 14 -> 7 -> 4 tokens a side: the last stage pads its 4x4
+# grid to a 7x7 window, its pads computed (TorchScript) from shapes three stages deep
+_SWIN_4 = dict(img_size=112, patch_size=4, window_size=7, embed_dim=16, depths=(1, 1, 2, 2),
+               num_heads=(1, 1, 2, 2), num_classes=10)
 _CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=10, ls_init_value=1.0)
 
 # Every case exports with both exporters (timm 1.0.31, torch 2.14.1, onnxscript 0.7.2): none
@@ -222,6 +230,8 @@ _CONVNEXT = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=10, ls_i
 TIMM_CASES: list[ZooCase] = [
     ZooCase("timm-swin", _layer_norm_model("swin_tiny_patch4_window7_224", **_SWIN),
             _image(48), ("pixels",), exporters=EXPORTERS),
+    ZooCase("timm-swin-4-stages", _layer_norm_model("swin_tiny_patch4_window7_224", **_SWIN_4),
+            _image(112), ("pixels",), exporters=EXPORTERS),
     ZooCase("timm-swinv2", _layer_norm_model("swinv2_tiny_window8_256", **_SWIN),
             _image(48), ("pixels",), exporters=EXPORTERS),
     ZooCase("timm-convnext", _layer_norm_model("convnext_tiny", ("gamma",), **_CONVNEXT),

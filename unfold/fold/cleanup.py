@@ -6,7 +6,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
-from unfold.fold.graph import RESHAPES, bypass, constant_value, is_round_trip, rank
+from unfold.fold.graph import (
+    RESHAPES,
+    bypass,
+    constant_value,
+    is_round_trip,
+    rank,
+    value_readers,
+)
 
 # passes until nothing changes: each change can make a new pair meet (the authors' UN1d leaves
 # Transpose -> Reshape -> Unsqueeze -> Reshape -> Transpose: four rounds to nothing)
@@ -18,6 +25,7 @@ def tidy_layout(graph: gs.Graph) -> None:
     chains composed, duplicate layout ops merged, until nothing changes."""
     for _ in range(MAX_TIDY_ROUNDS):
         before = len(graph.nodes)
+        _drop_identities(graph)
         _drop_layout_round_trips(graph)
         _drop_identity_reshapes(graph)
         _compose_transposes(graph)
@@ -40,11 +48,22 @@ def known_shape(tensor: gs.Tensor) -> list | None:
 
 def drop_identity(graph: gs.Graph, node: gs.Node) -> bool:
     """Where `node`'s one output is its one data input under another name, its readers read
-    the input (a graph output keeps its name: the node stays). True when it went."""
+    the input. A graph output keeps its name: the input's producer writes it instead, where
+    nothing else reads the input (else the node stays). True when it went."""
     graph_outputs = {t.name for t in graph.outputs}
-    if not node.outputs or node.outputs[0].name in graph_outputs:
+    if not node.outputs or not node.inputs:
         return False
-    bypass(node, node.inputs[0])
+    out, source = node.outputs[0], node.inputs[0]
+    if out.name not in graph_outputs:
+        bypass(node, source)
+        return True
+    producer = source.inputs[0] if len(source.inputs) == 1 else None
+    if producer is None or source.name in graph_outputs or len(source.outputs) != 1 or \
+            any(t is source for t in graph.inputs):
+        return False
+    node.outputs.clear()
+    node.inputs.clear()
+    producer.outputs[producer.outputs.index(source)] = out
     return True
 
 
@@ -66,6 +85,13 @@ def drop_same_type_casts(graph: gs.Graph) -> None:
             continue
         if int(node.attrs["to"]) == int(source):
             drop_identity(graph, node)
+
+
+def _drop_identities(graph: gs.Graph) -> None:
+    """Identity nodes (a neutral materialization leaves one) hide a Transpose pair from the
+    round-trip check: they go, but where they name a graph output."""
+    for node in [n for n in graph.nodes if n.op == "Identity" and n.inputs and n.outputs]:
+        drop_identity(graph, node)
 
 
 def _drop_identity_reshapes(graph: gs.Graph) -> None:
@@ -172,23 +198,24 @@ MAX_SIMULATED = 1 << 22  # elements: a larger layout is not simulated (and not t
 def layout_envelope(site_input: gs.Tensor, site_output: gs.Tensor,
                     graph_outputs: set[str]) -> list[gs.Node]:
     """The layout ops a norm is wrapped in that exist for it alone: the longest chains of
-    single-reader Transpose/Reshape-family ops right before its input and right after its
-    output that together compose to the identity (the authors' UN1d: permute, reshape,
-    unsqueeze | norm | reshape, permute). Once the norm is folded they must go too; any that
-    stays is the norm's, left behind. [] where there is none (or shapes are not known)."""
+    single-reader (Shape readers aside) Transpose/Reshape-family ops right before its input
+    and right after its output that together compose to the identity (the authors' UN1d:
+    permute, reshape, unsqueeze | norm | reshape, permute). Once the norm is folded they must
+    go too; any that stays is the norm's, left behind. [] where there is none (or shapes are
+    not known)."""
     before: list[gs.Node] = []
     tensor = site_input
     while len(before) < MAX_ENVELOPE and len(tensor.inputs) == 1 and \
-            tensor.inputs[0].op in LAYOUT_OPS and len(tensor.outputs) == 1 and \
+            tensor.inputs[0].op in LAYOUT_OPS and len(value_readers(tensor)) == 1 and \
             tensor.name not in graph_outputs:
         before.insert(0, tensor.inputs[0])
         tensor = tensor.inputs[0].inputs[0]
     after: list[gs.Node] = []
     tensor = site_output
-    while len(after) < MAX_ENVELOPE and len(tensor.outputs) == 1 and \
-            tensor.outputs[0].op in LAYOUT_OPS and tensor.name not in graph_outputs:
-        after.append(tensor.outputs[0])
-        tensor = tensor.outputs[0].outputs[0]
+    while len(after) < MAX_ENVELOPE and len(value_readers(tensor)) == 1 and \
+            value_readers(tensor)[0].op in LAYOUT_OPS and tensor.name not in graph_outputs:
+        after.append(value_readers(tensor)[0])
+        tensor = after[-1].outputs[0]
     best: list[gs.Node] = []
     for i in range(len(before), -1, -1):
         for j in range(len(after), -1, -1):

@@ -24,6 +24,8 @@ from unfold.fold.sites import find_affine_sites
 from unfold.fold.transfer import RULES
 from unfold.fold.weights import (
     ModelParts,
+    declared_size_problem,
+    graph_problem,
     import_parts,
     infer_shapes,
     parts_of,
@@ -39,8 +41,10 @@ COLLECT_FROM_BYTES = 64 << 20
 
 # Rounds of shape inference and constant folding before the fold: the TorchScript exporter
 # computes pads and crops from Shape ops at run time (Swin's window padding); each round makes
-# the next level of that arithmetic constant.
-MAX_PREPARATION_ROUNDS = 6
+# the next level of that arithmetic constant, and the rounds stop as soon as one changes
+# nothing. Swin-T at 224 px needs 8 (its fourth stage's pads hang on the first three's
+# shapes: 6 left its last two norms "pads are not constant").
+MAX_PREPARATION_ROUNDS = 24
 
 
 def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
@@ -52,13 +56,13 @@ def _fold_shape_arithmetic(graph: gs.Graph, skeleton: onnx.ModelProto) -> None:
     onnxruntime.set_default_logger_severity(3)
     _read_shared_weights_directly(graph)
     infer_shapes(graph, skeleton)
-    drop_same_type_casts(graph)
     for _ in range(MAX_PREPARATION_ROUNDS):
         before = len(graph.nodes)
         graph.fold_constants().cleanup()
         infer_shapes(graph, skeleton)  # shapes the constant folding made static
         if len(graph.nodes) == before:
             break
+    drop_same_type_casts(graph)  # (types are known once the shape arithmetic is constant)
 
 
 def _read_shared_weights_directly(graph: gs.Graph) -> None:
@@ -151,6 +155,9 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
                           f"{', '.join(RULES)}")
     if max_scale is not None and not max_scale > 1.0:
         raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+    problem = graph_problem(parts) or declared_size_problem(parts)
+    if problem is not None:
+        raise UnfoldError(problem)
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     modules = {node.name: module for node in parts.skeleton.graph.node
                if (module := torch_module(node)) is not None}

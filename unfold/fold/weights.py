@@ -95,6 +95,8 @@ class ModelParts:
 
     skeleton: onnx.ModelProto
     weights: dict[str, Weight]
+    # the files it was read from (the model, its external data): never to be written over
+    sources: frozenset = frozenset()
 
     @classmethod
     def viewing(cls, model: onnx.ModelProto) -> ModelParts:
@@ -350,3 +352,87 @@ def _named(a: int, b: int, symbols: dict[str, tuple[int, int]], fallback) -> str
         if a % p == 0 and b % q == 0 and a // p == b // q:
             return f"{name}*{a // p}"
     return f"dynamic_{a}_{b}"
+
+
+# Work whose size comes only from what a model declares (a static input of 2^29 elements, a
+# ConstantOfShape of a constant shape) is refused past this, or past 4x the model's weights if
+# that is more: shape inference with data propagation and constant folding would otherwise
+# materialize it (a 172-byte model drove a fold to the OOM killer).
+DECLARED_FLOOR_BYTES = 1 << 30
+DECLARED_WEIGHT_FACTOR = 4
+_CREATORS = {"ConstantOfShape": 0, "Expand": 1}  # op -> the input that holds the shape
+
+
+def declared_size_problem(parts: ModelParts) -> str | None:
+    """What makes the model declare more data than unfold will hold for it, or None."""
+    weights = sum(weight_nbytes(w) for w in parts.weights.values())
+    limit = max(DECLARED_FLOOR_BYTES, DECLARED_WEIGHT_FACTOR * weights)
+    graph = parts.skeleton.graph
+
+    def too_big(what: str, dims: list[int], elem_type: int) -> str | None:
+        try:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(elem_type).itemsize
+        except (KeyError, TypeError, ValueError):
+            itemsize = 4
+        count = 1
+        for dim in dims:
+            count *= max(int(dim), 0)
+        if count * itemsize <= limit:
+            return None
+        return (f"{what} declares {count} elements ({count * itemsize / 2**30:.1f} GiB), more "
+                f"than unfold holds for a model of {weights} bytes of weights (the limit is "
+                f"{limit / 2**30:.1f} GiB: {DECLARED_WEIGHT_FACTOR}x the weights, at least "
+                f"{DECLARED_FLOOR_BYTES / 2**30:.0f} GiB)")
+
+    for kind, values in (("input", graph.input), ("output", graph.output),
+                         ("tensor", graph.value_info)):
+        for value in values:
+            tensor = value.type.tensor_type
+            dims = [d.dim_value for d in tensor.shape.dim if d.HasField("dim_value")]
+            if len(dims) == len(tensor.shape.dim):
+                found = too_big(f"{kind} '{value.name}'", dims, tensor.elem_type)
+                if found:
+                    return found
+    constants = {name: w for name, w in parts.weights.items()}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    constants[node.output[0]] = attr.t
+    for node in graph.node:
+        slot = _CREATORS.get(node.op_type)
+        if slot is None or len(node.input) <= slot or node.input[slot] not in constants:
+            continue
+        shape = constants[node.input[slot]]
+        if weight_nbytes(shape) > 1024:
+            continue  # not a shape
+        values = shape if isinstance(shape, np.ndarray) else onnx.numpy_helper.to_array(shape)
+        found = too_big(f"{node.op_type} '{node.name or node.output[0]}'",
+                        [int(v) for v in np.asarray(values).reshape(-1)], onnx.TensorProto.FLOAT)
+        if found:
+            return found
+    return None
+
+
+def graph_problem(parts: ModelParts, *, folding: bool = True) -> str | None:
+    """What makes the graph one unfold must not take, or None: nodes that share a name (ONNX
+    Runtime refuses such a graph, and would refuse what the fold writes), and, for a fold,
+    initializers that are also graph inputs (a caller may feed them: a fold that bakes them
+    into other weights would change what feeding them means)."""
+    graph = parts.skeleton.graph
+    seen: set[str] = set()
+    for node in graph.node:
+        if node.name and node.name in seen:
+            shared = sum(n.name == node.name for n in graph.node)
+            return (f"{shared} nodes share the name {node.name!r} (ONNX Runtime refuses such "
+                    f"a graph); give each node a name of its own")
+        seen.add(node.name)
+    overridable = [i.name for i in graph.input if i.name in parts.weights] if folding else []
+    if overridable:
+        listed = ", ".join(repr(n) for n in overridable[:3]) + (
+            f" and {len(overridable) - 3} more" if len(overridable) > 3 else "")
+        return (f"the initializers {listed} are also graph inputs, so a caller may feed other "
+                f"values for them, which a fold would bake into other weights: export with "
+                f"torch.onnx.export(..., keep_initializers_as_inputs=False) (the default), or "
+                f"drop them from the graph's inputs")
+    return None

@@ -68,7 +68,9 @@ def test_two_norms_in_a_row_compose_into_one_affine_the_head_takes(case: str) ->
                           "composed with 'n2_mul' (offline affine (Mul/Add))"]
     assert (second.status, second.merged_into) == ("folded", "n1_mul"), second
     assert second.path == ["composed into 'n1_mul'"]
-    assert report.ops_after == {between[0].op_type: 1, "MatMul": 1, "Add": 1}
+    # an Identity, or a Reshape to the tensor's own shape, goes in the tidy-up; a Dropout stays
+    kept = {"Dropout": 1} if case == "dropout_between" else {}
+    assert report.ops_after == {**kept, "MatMul": 1, "Add": 1}
     assert_same_outputs(m, folded, _x())
 
 
@@ -137,5 +139,5 @@ def test_skip_compose_the_second_norm_still_folds_into_the_head() -> None:
     first, second = report.sites
     assert first.status == "stayed", first
     assert (second.status, second.absorbed_by) == ("folded", ["head"]), second
-    assert report.ops_after == {"Identity": 1, "Mul": 1, "Add": 2, "MatMul": 1}
+    assert report.ops_after == {"Mul": 1, "Add": 2, "MatMul": 1}
     assert_same_outputs(m, folded, _x())
