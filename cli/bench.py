@@ -119,7 +119,8 @@ def bench(
         render_bench(report)
         if json_out is not None:
             text = json.dumps(report.to_dict(), indent=1) + "\n"
-            print(f"wrote {write_bytes_atomic(text.encode(), json_out)}", file=sys.stderr)
+            print(f"wrote {write_bytes_atomic(text.encode(), json_out, force=force)}",
+                  file=sys.stderr)
         if plot is not None:
             from unfold.bench.plot import save_plot
 

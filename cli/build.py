@@ -141,7 +141,7 @@ def build(
             require_tensorrt,
             resolve_profile,
         )
-        from unfold.onnx_files import check_output_path, load_onnx_parts
+        from unfold.onnx_files import check_not_read, check_output_path, load_onnx_parts
 
         given = parse_shape_ranges(shapes)
         workspace_bytes = workspace_bytes_for(workspace)
@@ -149,6 +149,9 @@ def build(
         cache = None if timing_cache is None else \
             check_timing_cache_path(timing_cache, inputs=(model, target))
         parts = load_onnx_parts(model)
+        check_not_read(target, parts.sources)  # (its external data, whatever --force says)
+        if cache is not None:
+            check_not_read(cache, parts.sources, parameter="timing_cache")
         profile = resolve_profile(parts, given)
         fp16_range = fp16_range_report(parts) if fp16 else None
         del parts  # (TensorRT reads the model from its file)

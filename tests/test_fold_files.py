@@ -60,11 +60,14 @@ def test_over_the_limit_it_verifies_and_publishes_external_data(
                         {"x": RNG.normal(size=(3, 64)).astype(np.float32)})
 
 
-def test_an_initializer_listed_as_an_input_keeps_its_value_in_the_check(tmp_path: Path) -> None:
+def test_an_initializer_a_caller_may_feed_is_not_folded_but_refused(tmp_path: Path) -> None:
+    """keep_initializers_as_inputs=True exports list every weight as an input too: a caller
+    may feed them, and a fold would bake them into other weights; before, they were folded and
+    silently dropped from the inputs."""
     src = _norm_then_linear(tmp_path / "m.onnx", keep_initializers_as_inputs=True)
-    report = unfold.fold_file(src, tmp_path / "f.onnx")
-    assert report.verification is not None
-    assert {n for b in report.verification.batches for n in b.shapes} == {"x"}
+    with pytest.raises(UnfoldError, match="are also graph inputs.*keep_initializers_as_inputs"):
+        unfold.fold_file(src, tmp_path / "f.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 def test_its_options_are_checked_before_any_work(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_overwriting_keeps_the_replaced_files_mode(
     written = sorted(tmp_path.iterdir())
     for path, mode in zip(written, (0o640, 0o604), strict=False):
         path.chmod(mode)
-    save_onnx_atomic(_norm_then_linear(), out)
+    save_onnx_atomic(_norm_then_linear(), out, force=True)
     assert [oct(_mode(p)) for p in sorted(tmp_path.iterdir())] == \
         [oct(m) for m in (0o640, 0o604)[:len(written)]]
 
@@ -213,3 +213,155 @@ def test_an_opset_newer_than_onnx_knows_is_refused_at_load(
     with pytest.raises(UnfoldError, match=rf"future.onnx declares opset 999 of {named}; the "
                                           rf"installed onnx \S+ supports opsets up to {newest}$"):
         load(path)
+
+
+# --- what unfold writes: regular files only, inside the output's folder, never a clobber
+# without force, never a file the input reads (issue 17's hostile cases)
+
+
+def _big(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str = "big.onnx") -> Path:
+    """A model saved with external data (the limit lowered), in its own folder."""
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    save_onnx_atomic(_norm_then_linear(), folder / name)
+    return folder / name
+
+
+def test_a_link_planted_at_the_old_temporary_name_redirects_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data used to be written through `OUT.data.tmp`, opened by name: a symlink planted
+    there sent the weights into the victim. Now nothing is written by a guessable name."""
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data.tmp").symlink_to(victim)
+    unrelated = tmp_path / "notes.onnx.data.tmp"
+    unrelated.write_text("mine")
+    save_onnx_atomic(_norm_then_linear(), out)
+    assert victim.read_text() == "precious" and (tmp_path / "m.onnx.data.tmp").is_symlink()
+    assert unrelated.read_text() == "mine"
+    assert (tmp_path / "m.onnx.data").is_file() and not (tmp_path / "m.onnx.data").is_symlink()
+
+
+def test_an_existing_data_file_is_replaced_only_with_force(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data").write_text("someone's data")
+    with pytest.raises(UnfoldError, match="m.onnx.data exists; pass force=True"):
+        save_onnx_atomic(_norm_then_linear(), out)
+    assert (tmp_path / "m.onnx.data").read_text() == "someone's data" and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx.data"]
+    save_onnx_atomic(_norm_then_linear(), out, force=True)
+    assert load_onnx(out) is not None
+
+
+def test_only_regular_files_are_replaced_even_with_force(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(UnfoldError, match="is not a regular file \\(a FIFO\\): unfold replaces "
+                                          "only regular files"):
+        onnx_files.check_output_path(fifo, force=True)
+    device = tmp_path / "null"
+    try:
+        os.mknod(device, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    except OSError:
+        pytest.skip("no mknod here")
+    with pytest.raises(UnfoldError, match="a character device"):
+        save_onnx_atomic(_norm_then_linear(), device, force=True)
+    assert stat.S_ISCHR(device.stat().st_mode) and stat.S_ISFIFO(fifo.stat().st_mode)
+
+
+def test_a_run_that_lost_the_race_for_its_output_clobbers_nothing(tmp_path: Path) -> None:
+    """Both runs passed the existence check; the other one published first."""
+    out = tmp_path / "m.onnx"
+    onnx_files.check_output_path(out, force=False)
+    with onnx_files.staged_onnx(_norm_then_linear(), out) as staged:
+        out.write_text("the other run's model")
+        with pytest.raises(UnfoldError, match="exists \\(written since this run began\\?\\)"):
+            staged.publish(force=False)
+    assert out.read_text() == "the other run's model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_no_output_may_be_a_file_the_input_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _big(tmp_path, monkeypatch)
+    parts = load_onnx_parts(big)
+    data = big.parent / "big.onnx.data"
+    assert parts.sources == {big.resolve(), data.resolve()}
+    for out in (data, big):  # its data file; the model itself
+        with pytest.raises(UnfoldError, match="is a file the input reads"):
+            onnx_files.check_not_read(out, parts.sources)
+
+
+# --- what unfold reads: clear words on odd files, memory bounded by what the model holds
+
+
+def test_a_model_that_declares_a_huge_input_is_refused_at_load(tmp_path: Path) -> None:
+    """172 bytes, an input of 2^29 floats and a ConstantOfShape of its shape: shape inference
+    with data propagation took 23 GB for it before."""
+    n = 2 ** 29
+    nodes = [N("Shape", ["x"], ["s"]),
+             N("ConstantOfShape", ["s"], ["z"],
+               value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])),
+             N("Add", ["x", "z"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", onnx.TensorProto.FLOAT, [n])], [helper.make_tensor_value_info(
+            "y", onnx.TensorProto.FLOAT, [n])])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    path = tmp_path / "bomb.onnx"
+    onnx.save(m, path)
+    assert path.stat().st_size < 500
+    for load in (load_onnx, load_onnx_parts):
+        with pytest.raises(UnfoldError, match="input 'x' declares 536870912 elements \\(2.0 "
+                                              "GiB\\), more than unfold holds"):
+            load(path)
+    with pytest.raises(UnfoldError, match="declares 536870912 elements"):
+        fold_model(m)
+
+
+def test_an_initializer_whose_data_does_not_fill_its_dims_is_refused(tmp_path: Path) -> None:
+    m = _norm_then_linear()
+    weight = next(t for t in m.graph.initializer if t.name == "W")
+    weight.dims[:] = [1 << 14, 1 << 15]  # 2 GiB of float32 claimed over the same bytes
+    path = tmp_path / "liar.onnx"
+    onnx.save(m, path)
+    with pytest.raises(UnfoldError, match="the initializer 'W' holds 8192 bytes of data, but "
+                                          "its dims \\[16384, 32768\\] and type say"):
+        load_onnx_parts(path)
+
+
+def test_a_missing_or_odd_data_file_is_named(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _big(tmp_path, monkeypatch)
+    data = big.parent / "big.onnx.data"
+    data.unlink()
+    for load in (load_onnx, load_onnx_parts):
+        with pytest.raises(UnfoldError, match="stored in the data file 'big.onnx.data', which "
+                                              "is missing"):
+            load(big)
+    os.mkfifo(data)
+    with pytest.raises(UnfoldError, match="its data file 'big.onnx.data' is not a regular file "
+                                          "\\(a FIFO\\)"):
+        load_onnx_parts(big)
+
+
+def test_a_fifo_given_as_the_model_is_named(tmp_path: Path) -> None:
+    fifo = tmp_path / "m.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(UnfoldError, match="is not a regular file \\(a FIFO\\)"):
+        load_onnx_parts(fifo)
+
+
+def test_duplicate_node_names_are_refused(tmp_path: Path) -> None:
+    m = _norm_then_linear()
+    for node in m.graph.node:
+        node.name = "same"
+    path = tmp_path / "dup.onnx"
+    onnx.save(m, path)
+    with pytest.raises(UnfoldError, match="4 nodes share the name 'same'"):
+        load_onnx_parts(path)

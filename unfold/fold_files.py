@@ -27,8 +27,15 @@ import onnx
 
 from unfold.errors import UnfoldError, option
 from unfold.fold.report import FoldReport
+from unfold.fold.weights import graph_problem
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
-from unfold.onnx_files import PROTOBUF_LIMIT, check_output_path, load_onnx_parts, staged_onnx
+from unfold.onnx_files import (
+    PROTOBUF_LIMIT,
+    check_not_read,
+    check_output_path,
+    load_onnx_parts,
+    staged_onnx,
+)
 from unfold.verification import VerifyReport, make_batches, run_verification
 from unfold.verification.tolerances import Tolerances, check_tolerances
 
@@ -169,6 +176,10 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
 
     say(f"loading {model} ...")
     parts = load_onnx_parts(model)
+    check_not_read(target, parts.sources)  # (its external data, whatever `force` says)
+    problem = graph_problem(parts)  # (fold_parts says it too: here before the reference runs)
+    if problem is not None:
+        raise UnfoldError(f"{model}: {problem}")
     lap("load")
     batches: list[tuple[str, dict[str, np.ndarray]]] = []
     specs: list[InputSpec] = []
@@ -221,7 +232,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
             lap("verify")
             if not verification:
                 return report
-        report.written = staged.publish()
+        report.written = staged.publish(force=force)
     lap("write")
     return report
 

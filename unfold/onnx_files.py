@@ -8,7 +8,7 @@ import os
 import shutil
 import stat
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +23,9 @@ from unfold.errors import UnfoldError, option
 from unfold.fold.weights import (
     ModelParts,
     array_bytes,
+    declared_size_problem,
     duplicate_weight,
+    graph_problem,
     proto_nbytes,
     weight_header,
     weight_nbytes,
@@ -40,7 +42,7 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
     path = _existing_file(path)
     try:
         model = read_streaming(path)
-        if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        if _check_data_files(path, model.graph.initializer):
             onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
     except UnfoldError:
         raise
@@ -56,7 +58,42 @@ def _existing_file(path: str | Path) -> Path:
         raise UnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise UnfoldError(f"{path} is a directory; give an .onnx file")
+    if not path.is_file():
+        raise UnfoldError(f"{path} is not a regular file ({file_kind(path)}); give an .onnx "
+                          f"file")
     return path
+
+
+def file_kind(path: Path) -> str:
+    """What a path that is no regular file is, in words."""
+    mode = path.stat().st_mode
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISDIR, "a directory")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def _check_data_files(path: Path, tensors: Iterable[onnx.TensorProto]) -> set[Path]:
+    """The external data files the model's tensors name, each checked to be there and a regular
+    file (inside the model's folder: onnx refuses any other). Returns them."""
+    found: set[Path] = set()
+    for tensor in tensors:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        data = path.parent / location
+        if data in found:
+            continue
+        if not data.exists():
+            raise UnfoldError(f"{path}: its weights are stored in the data file '{location}', "
+                              f"which is missing (looked for {data})")
+        if not data.is_file():
+            raise UnfoldError(f"{path}: its data file '{location}' is not a regular file "
+                              f"({file_kind(data)})")
+        found.add(data)
+    return found
 
 
 def _unreadable(path: Path, exc: Exception) -> UnfoldError:
@@ -85,15 +122,47 @@ def _check_opsets(path: Path, model: onnx.ModelProto) -> None:
                               f"onnx {onnx.__version__} supports opsets up to {newest[domain]}")
 
 
-def _check(path: Path, parts: ModelParts) -> None:
+def _check(path: Path, parts: ModelParts, *, folding: bool = False) -> None:
     graph = parts.skeleton.graph
     if not graph.node and not graph.output:
         raise UnfoldError(f"{path} holds no ONNX graph (is it an ONNX file?)")
     _check_opsets(path, parts.skeleton)
+    _check_weight_sizes(path, parts)
+    problem = graph_problem(parts, folding=folding) or declared_size_problem(parts)
+    if problem is not None:
+        raise UnfoldError(f"{path}: {problem}")
     try:  # on a weightless copy: checking the model itself serializes every weight once more
         onnx.checker.check_model(weightless_model(parts), full_check=True)
     except Exception as exc:
         raise UnfoldError(f"{path} fails onnx.checker: {exc}") from None
+
+
+def _check_weight_sizes(path: Path, parts: ModelParts) -> None:
+    """Each initializer holds as many values as its dims say (a tensor whose dims claim 2 GiB
+    over 64 bytes of data would be read, and written back, inconsistent)."""
+    for name, weight in parts.weights.items():
+        if not isinstance(weight, onnx.TensorProto) or weight.data_type in PACKED_TYPES or \
+                weight.data_type in (onnx.TensorProto.STRING, onnx.TensorProto.UNDEFINED):
+            continue
+        expected = proto_nbytes(weight)
+        if weight.HasField("raw_data"):
+            held = len(weight.raw_data)
+        elif weight.data_location == onnx.TensorProto.EXTERNAL:
+            continue  # (its length is checked when it is read)
+        else:
+            itemsize = onnx.helper.tensor_dtype_to_np_dtype(weight.data_type).itemsize
+            field = onnx.helper.tensor_dtype_to_field(weight.data_type)
+            values = len(getattr(weight, field))
+            if weight.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+                values //= 2
+            if values == 0 and expected:
+                held = 0
+            else:
+                held = values * itemsize
+        if held != expected:
+            raise UnfoldError(f"{path}: the initializer {name!r} holds {held} bytes of data, "
+                              f"but its dims {list(weight.dims)} and type say {expected}: the "
+                              f"file is inconsistent")
 
 
 def load_onnx_parts(path: str | Path) -> ModelParts:
@@ -101,6 +170,9 @@ def load_onnx_parts(path: str | Path) -> ModelParts:
     path = _existing_file(path)
     try:
         parts = read_parts(path)
+        data_files = _check_data_files(
+            path, [w for w in parts.weights.values() if isinstance(w, onnx.TensorProto)])
+        parts.sources = frozenset({path.resolve(), *(d.resolve() for d in data_files)})
         for tensor in parts.weights.values():
             if isinstance(tensor, onnx.TensorProto) and \
                     tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -127,6 +199,9 @@ def check_output_path(out: str | Path, *, force: bool, inputs: tuple[Path, ...] 
                               f"result elsewhere")
     if out.is_dir():
         raise UnfoldError(f"{option(parameter, str(out))} is a directory; give a file name")
+    if out.exists() and not out.is_file():
+        raise UnfoldError(f"{option(parameter, str(out))} is not a regular file "
+                          f"({file_kind(out)}): unfold replaces only regular files")
     if out.exists() and not force:
         raise UnfoldError(f"{out} exists; pass {option('force', True)} to overwrite it")
     folder = out.parent if str(out.parent) else Path(".")
@@ -150,19 +225,46 @@ class StagedOnnx:
     def __init__(self, path: Path, out: Path, data_name: str | None) -> None:
         self.path, self.out, self.data_name = path, out, data_name
 
-    def publish(self) -> Path:
-        """Rename into place: the data file first, the model last, so a reader never pairs a
-        new model with old data."""
-        try:
-            if self.data_name is not None:
-                data = self.out.parent / self.data_name
-                os.chmod(self.path.parent / self.data_name, _mode_for(data))
-                os.replace(self.path.parent / self.data_name, data)
-            os.chmod(self.path, _mode_for(self.out))
-            os.replace(self.path, self.out)
-        except OSError as exc:
-            raise UnfoldError(f"cannot write {self.out}: {exc.strerror or exc}") from None
+    def publish(self, *, force: bool) -> Path:
+        """Put into place: the data file first, the model last, so a reader never pairs a new
+        model with old data. Without `force` nothing that exists is replaced, not even a file
+        another run created since the checks (link(2) fails if the name exists)."""
+        if self.data_name is not None:
+            data = self.out.parent / self.data_name
+            if not force and data.exists():
+                raise UnfoldError(f"{data} exists; pass {option('force', True)} to overwrite "
+                                  f"it")
+            publish_file(self.path.parent / self.data_name, data, force=force)
+        publish_file(self.path, self.out, force=force)
         return self.out
+
+
+def publish_file(staged: Path, final: Path, *, force: bool) -> None:
+    """Move the finished file `staged` to `final`, with the mode `open()` would give a new file
+    (or the replaced file's). With `force` a regular file there is replaced; a device, FIFO or
+    socket never is. Without it, an existing `final` is an error, however late it appeared."""
+    try:
+        if final.exists() and not final.is_file():
+            raise UnfoldError(f"{final} is not a regular file ({file_kind(final)}): unfold "
+                              f"replaces only regular files")
+        os.chmod(staged, _mode_for(final))
+        if force:
+            os.replace(staged, final)
+            return
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            raise UnfoldError(f"{final} exists (written since this run began?); pass "
+                              f"{option('force', True)} to overwrite it") from None
+        except OSError:  # a file system without hard links: the check, then the rename
+            if final.exists():
+                raise UnfoldError(f"{final} exists; pass {option('force', True)} to "
+                                  f"overwrite it") from None
+            os.replace(staged, final)
+            return
+        os.unlink(staged)
+    except OSError as exc:
+        raise UnfoldError(f"cannot write {final}: {exc.strerror or exc}") from None
 
 
 @contextmanager
@@ -201,11 +303,23 @@ def _create(path: Path) -> BinaryIO:
     return os.fdopen(os.open(path, flags, 0o600), "wb")
 
 
-def save_onnx_atomic(model: onnx.ModelProto | ModelParts, out: str | Path) -> Path:
-    """Write to a private folder beside `out`, then rename: readers never see a partial file
-    and an interrupted run leaves nothing. Over 2 GiB the weights go to `out.name + '.data'`."""
+def check_not_read(out: Path, sources: Iterable[Path], parameter: str = "out") -> None:
+    """Refuse an output (or its data file) that is a file the input reads: the model or its
+    external data, whatever `force` says."""
+    resolved = {Path(p).resolve() for p in sources}
+    for target in (out, out.parent / f"{out.name}.data"):
+        if target.resolve() in resolved:
+            raise UnfoldError(f"{option(parameter, str(out))}: {target} is a file the input "
+                              f"reads; write the result elsewhere")
+
+
+def save_onnx_atomic(model: onnx.ModelProto | ModelParts, out: str | Path, *,
+                     force: bool = False) -> Path:
+    """Write to a private folder beside `out`, then move into place: readers never see a
+    partial file and an interrupted run leaves nothing; an existing file is replaced only with
+    `force`. Over 2 GiB the weights go to `out.name + '.data'`."""
     with staged_onnx(model, out) as staged:
-        return staged.publish()
+        return staged.publish(force=force)
 
 
 def _varint(value: int) -> bytes:
@@ -437,18 +551,19 @@ PACKED_TYPES = frozenset(getattr(onnx.TensorProto, name) for name in
                          if hasattr(onnx.TensorProto, name))
 
 
-def write_bytes_atomic(data: bytes, out: str | Path) -> Path:
+def write_bytes_atomic(data: bytes, out: str | Path, *, force: bool = True) -> Path:
     """Any file unfold writes (a benchmark's JSON, a plot, an engine): to a temporary file
-    beside `out`, then renamed into place with the mode `open()` would give it (or the
-    replaced file's); an error or an interrupt leaves nothing behind."""
+    beside `out` (created new: mkstemp), then moved into place with the mode `open()` would
+    give it (or the replaced file's); an error or an interrupt leaves nothing behind. Callers
+    check `--force` first (check_output_path); `force=False` also refuses a file that appeared
+    since."""
     out = Path(out)
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent or ".")
     tmp_path = Path(tmp)
     try:
         with os.fdopen(fd, "wb") as file:
             file.write(data)
-        os.chmod(tmp_path, _mode_for(out))
-        os.replace(tmp_path, out)
+        publish_file(tmp_path, out, force=force)
     except OSError as exc:
         raise UnfoldError(f"cannot write {out}: {exc.strerror or exc}") from None
     finally:

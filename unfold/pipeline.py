@@ -223,7 +223,7 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
     if strict and not fold_report:
         return report
     with stages.stage("write", f"writing {target}"):
-        report.written = save_onnx_atomic(folded, target)
+        report.written = save_onnx_atomic(folded, target, force=force)
     return report
 
 

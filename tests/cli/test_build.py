@@ -303,3 +303,18 @@ def test_workspace_must_be_positive(gib: float) -> None:
     with pytest.raises(UnfoldError, match=rf"--workspace {gib:g}: must be a number of "
                                           r"GiB"):
         workspace_bytes_for(gib)
+
+
+def test_the_engine_never_goes_over_a_file_the_model_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unfold.onnx_files as onnx_files
+
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 8)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_MIN_BYTES", 8)
+    src = tmp_path / "big.onnx"
+    onnx_files.save_onnx_atomic(onnx.load(_write(tmp_path)), src)
+    data = tmp_path / "big.onnx.data"
+    before = data.read_bytes()
+    _assert_user_error(_invoke(src, "--out", data, "--force", *SHAPES), 2,
+                       f"--out {data}: {data} is a file the input reads")
+    assert data.read_bytes() == before

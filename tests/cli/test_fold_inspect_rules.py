@@ -346,3 +346,36 @@ def test_strict_fails_on_a_quantized_model_and_inspect_says_what_it_is(tmp_path:
     assert "not reached: quantized model" in result.stdout
     shown = _invoke("inspect", src)
     assert shown.exit_code == 0 and "fold the fp32 model, then quantize" in shown.stdout
+
+
+def test_fold_never_writes_over_a_file_its_input_reads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import unfold.onnx_files as onnx_files
+
+    monkeypatch.setattr(onnx_files, "PROTOBUF_LIMIT", 4096)
+    nodes = [N("Mul", ["x", "norm.scale"], ["s"], name="norm_mul"),
+             N("Add", ["s", "norm.shift"], ["n"], name="norm_add"),
+             N("MatMul", ["n", "W"], ["y"], name="fc")]
+    m = model(nodes, norm_constants(64) + [const("W", RNG.normal(size=(64, 32)))],
+              {"x": ["N", 64]}, {"y": ["N", 32]})
+    src = tmp_path / "big.onnx"
+    onnx_files.save_onnx_atomic(m, src)
+    data = tmp_path / "big.onnx.data"
+    before = data.read_bytes()
+    _assert_user_error(_invoke("fold", src, "--out", data, "--force"), 2,
+                       f"--out {data}: {data} is a file the input reads")
+    assert data.read_bytes() == before
+
+
+def test_fold_and_inspect_refuse_a_model_that_declares_more_than_it_holds(
+        tmp_path: Path) -> None:
+    nodes = [N("Shape", ["x"], ["s"]),
+             N("ConstantOfShape", ["s"], ["z"],
+               value=helper.make_tensor("v", onnx.TensorProto.FLOAT, [1], [1.0])),
+             N("Add", ["x", "z"], ["y"])]
+    m = model(nodes, [], {"x": [2 ** 29]}, {"y": [2 ** 29]})
+    src = tmp_path / "bomb.onnx"
+    onnx.save(m, src)
+    for args in (["fold", src, "--out", tmp_path / "f.onnx"], ["inspect", src]):
+        _assert_user_error(_invoke(*args), 2, f"{src}: input 'x' declares 536870912 elements")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.onnx"]

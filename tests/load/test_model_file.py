@@ -219,3 +219,36 @@ def test_arch_json_inputs_must_describe_every_input(tmp_path: Path) -> None:
         {"arch": ARCH, "inputs": {"pixels": {"shape": [1, 1, 8, 8]}}}))
     with pytest.raises(UnfoldError, match='"inputs" must describe images'):
         load_model(tmp_path / "m.state_dict.pt", trust=True)
+
+
+@pytest.mark.parametrize("member", ["../outside.txt", "/etc/outside.txt"])
+def test_an_archive_whose_members_point_outside_it_is_refused_by_name(
+        tmp_path: Path, member: str) -> None:
+    """Refused before torch reads it, so none of torch's own logging (a Traceback block and
+    "Please check the warnings above") reaches the user: the one error line names the member."""
+    import subprocess
+    import sys
+
+    source = CHECKPOINT_DIR / "digits-vit-un.pt2"
+    bad = tmp_path / "m.pt2"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(bad, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, src.read(item))
+        dst.writestr(zipfile.ZipInfo(member), b"x")
+    with pytest.raises(UnfoldError, match=f"its member '{member}' points outside the archive"):
+        load_model(bad)
+    result = subprocess.run([sys.executable, "-m", "cli", "convert", str(bad), "--out",
+                             str(tmp_path / "m.onnx")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr and "warnings above" not in result.stderr
+    assert f"its member '{member}' points outside the archive" in result.stderr
+
+
+def test_a_fifo_is_not_a_model_file(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "m.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(UnfoldError, match="is not a regular file \\(a FIFO\\)"):
+        load_model(fifo)

@@ -413,7 +413,7 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
     seconds = time.perf_counter() - start
     engine = bytes(serialized)
     del serialized
-    write_bytes_atomic(engine, target)
+    write_bytes_atomic(engine, target, force=force)
     report = BuildReport(str(target), len(engine), seconds, trt.__version__,
                          ["fp32", *(["fp16"] if fp16 else []), *(["bf16"] if bf16 else [])],
                          workspace_bytes, dict(profile))

@@ -13,13 +13,15 @@ its inputs.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
+import logging
 import pickle
 import re
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +82,11 @@ def load_model(path: str | Path, *, arch: str | None = None,
         raise UnfoldError(f"{path}: no such file")
     if path.is_dir():
         raise UnfoldError(f"{path} is a directory; give a model file (.pt, .pt2, .pth)")
+    if not path.is_file():
+        from unfold.onnx_files import file_kind
+
+        raise UnfoldError(f"{path} is not a regular file ({file_kind(path)}); give a model "
+                          f"file (.pt, .pt2, .pth)")
     if path.stat().st_size == 0:
         raise UnfoldError(f"{path} is empty (0 bytes): not a model file")
     if _is_onnx(path):
@@ -122,6 +129,11 @@ def _sniff(path: Path) -> str:
             names = archive.namelist()
     except (zipfile.BadZipFile, OSError) as exc:
         raise UnfoldError(f"{path} is not a readable PyTorch file (damaged zip: {exc})") from None
+    for name in names:
+        parts = name.replace("\\", "/").split("/")
+        if name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":"):
+            raise UnfoldError(f"{path} is not a safe PyTorch archive: its member {name!r} "
+                              f"points outside the archive (an absolute path or '..')")
     if any(n.endswith("/archive_format") or n == "archive_format" for n in names):
         return "pt2"
     if any("/code/" in n for n in names) and any(n.endswith("constants.pkl") for n in names):
@@ -129,10 +141,24 @@ def _sniff(path: Path) -> str:
     return "pickle"
 
 
-def _load_program(path: Path) -> LoadedModel:
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """torch's loaders log (tracebacks included) before they raise; the raise is what the user
+    is told, in one line: their log stays out of it (--debug shows the exception)."""
+    logger = logging.getLogger("torch")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _load_program(path: Path) -> LoadedModel:
+    try:
+        with _quiet_torch():
             program = torch.export.load(str(path))
     except Exception as exc:
         raise UnfoldError(f"{path} looks like a torch.export program but does not load: "
@@ -167,8 +193,7 @@ def _program_dynamic(program: torch.export.ExportedProgram) -> dict[str, dict[in
 
 def _load_torchscript(path: Path) -> LoadedModel:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
+        with _quiet_torch():  # (and TorchScript's deprecation notice)
             module = torch.jit.load(str(path), map_location="cpu")
     except Exception as exc:
         raise UnfoldError(f"{path} looks like a TorchScript archive but does not load: "
