@@ -27,9 +27,17 @@ here exports with both exporters: no case drops one.
   the first block, post_layernorm on the cls token only (the pooler output).
 * `hf_whisper_encoder` (WhisperEncoder): Conv1d/GELU front end, pre-norm, bias-less k_proj, the
   final norm is the output.
+* `hf_falcon` (FalconModel, Falcon-7B's layout: bias=False, parallel attention and MLP off one
+  norm, rotary embeddings): the norm's shift, through the bias-less fused query_key_value, is
+  split into q, k, v, and q and k go through the rotary halves (Slice, Neg, Concat, Mul by
+  sin/cos): one Add right after the projection is its minimum, as is one after the bias-less
+  dense_h_to_4h before GELU (4 in all). The fold leaves +8 today (an Add at every rotary half):
+  its `ops` check is a strict xfail in test_hf.py, with the reason.
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import torch
 import transformers
@@ -285,6 +293,33 @@ def _features() -> tuple[torch.Tensor]:
     return (torch.randn(BATCH, WHISPER_MELS, WHISPER_FRAMES, generator=gen),)
 
 
+# --- Falcon -----------------------------------------------------------------------------------
+
+
+class _Falcon(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        config = transformers.FalconConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+            bias=False, new_decoder_architecture=False, multi_query=False, parallel_attn=True,
+            alibi=False, hidden_dropout=0.0, attention_dropout=0.0, attn_implementation="eager")
+        self.model = transformers.FalconModel(config)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                         return_dict=True)
+        return (out.last_hidden_state,)
+
+
+def build_falcon(twin: bool) -> nn.Module:
+    torch.manual_seed(SEED)
+    return _finish(_Falcon(), twin)
+
+
+FALCON_EXTRA = ("bias-less fused query_key_value and dense_h_to_4h: each takes the norm's scale, "
+                "its shift stays one Add after it (2 layers x 2)")
+
+
 HF_CASES: list[ZooCase] = [
     ZooCase("hf_bert", build_bert, lambda: (_ids(), _mask()),
             ("input_ids", "attention_mask")),
@@ -298,4 +333,7 @@ HF_CASES: list[ZooCase] = [
     ZooCase("hf_swin", build_swin, lambda: (_pixels(SWIN_IMAGE),), ("pixel_values",)),
     ZooCase("hf_clip_vision", build_clip_vision, lambda: (_pixels(32),), ("pixel_values",)),
     ZooCase("hf_whisper_encoder", build_whisper_encoder, _features, ("input_features",)),
+    ZooCase("hf_falcon", build_falcon, lambda: (_ids(), _mask()),
+            ("input_ids", "attention_mask"), extra_ops={"*": Counter({"Add": 4})},
+            left_sites={"*": 2}, why_extra=FALCON_EXTRA),
 ]
