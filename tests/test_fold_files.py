@@ -79,3 +79,34 @@ def test_its_options_are_checked_before_any_work(tmp_path: Path) -> None:
         with pytest.raises(UnfoldError, match=message):
             unfold.fold_file(src, tmp_path / "f.onnx", **kwargs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_a_model_the_fold_leaves_as_it_is_is_not_run_and_says_why(tmp_path: Path) -> None:
+    """A bfloat16 model: its norms are reported, the model is written unchanged, and nothing is
+    run (ONNX Runtime's CPU provider has no bfloat16 kernels; random bfloat16 inputs crashed
+    the input generator before)."""
+    import ml_dtypes
+
+    def bf16(name: str, value) -> onnx.TensorProto:
+        return onnx.numpy_helper.from_array(
+            np.asarray(value, np.float32).astype(ml_dtypes.bfloat16), name)
+
+    nodes = [N("Mul", ["x", "s"], ["a"], name="norm_mul"), N("Add", ["a", "b"], ["n"]),
+             N("MatMul", ["n", "W"], ["y"], name="fc")]
+    bf = onnx.TensorProto.BFLOAT16
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", bf, ["batch", 8])],
+        [onnx.helper.make_tensor_value_info("y", bf, ["batch", 4])],
+        [bf16("s", RNG.uniform(0.5, 2, 8)), bf16("b", RNG.normal(size=8)),
+         bf16("W", RNG.normal(size=(8, 4)))])
+    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    src = tmp_path / "bf16.onnx"
+    onnx.save(m, src)
+    report = unfold.fold_file(src, tmp_path / "f.onnx")
+    assert report.outcome == "written" and report.verification is None
+    assert any(n.startswith("not verified: the fold leaves this model as it is (bfloat16 model")
+               for n in report.notes), report.notes
+    assert onnx.load(tmp_path / "f.onnx").graph == m.graph
+    strict = unfold.fold_file(src, tmp_path / "g.onnx", strict=True)
+    assert strict.outcome == "norms left" and not (tmp_path / "g.onnx").exists()

@@ -26,8 +26,9 @@ import numpy as np
 import onnx
 
 from unfold.errors import UnfoldError, option
+from unfold.fold.coverage import whole_model_reason
 from unfold.fold.report import FoldReport
-from unfold.fold.weights import graph_problem
+from unfold.fold.weights import graph_problem, weight_header
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
 from unfold.onnx_files import (
     PROTOBUF_LIMIT,
@@ -174,20 +175,26 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
         seconds[stage] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
 
+    batches: list[tuple[str, dict[str, np.ndarray]]] = []
+    specs: list[InputSpec] = []
+    notes: list[str] = []
+    recorded: _Recorded | None = None
+    verified_by_default = verify
     say(f"loading {model} ...")
     parts = load_onnx_parts(model)
     check_not_read(target, parts.sources)  # (its external data, whatever `force` says)
     problem = graph_problem(parts)  # (fold_parts says it too: here before the reference runs)
     if problem is not None:
         raise UnfoldError(f"{model}: {problem}")
+    untouched = whole_model_reason(parts.skeleton, [weight_header(w)[0]
+                                                    for w in parts.weights.values()])
+    if untouched is not None and verify:  # the fold leaves such a model exactly as it is
+        verify = False
+        notes.append(f"not verified: the fold leaves this model as it is ({untouched[1]})")
     lap("load")
-    batches: list[tuple[str, dict[str, np.ndarray]]] = []
-    specs: list[InputSpec] = []
-    notes: list[str] = []
-    recorded: _Recorded | None = None
     if verify:
         specs, sized = _verification_specs(parts.skeleton, parts.weights, inputs)
-        notes = [sized] if sized else []
+        notes += [sized] if sized else []
         user = None
         if inputs.npz is not None:
             user = (f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs))
@@ -211,7 +218,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     folded, fold_report = fold_parts(parts, skip=skip, max_scale=max_scale)
     lap("fold")
     report = FoldFileReport(str(model), fold_report, None, specs, seconds, notes)
-    if not verify:
+    if not verified_by_default:
         report.notes.append(f"{option('verify', False)}: the folded model was NOT checked "
                             f"against {model.name}")
     if strict and not fold_report:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import ml_dtypes
 import numpy as np
 
 from unfold.errors import UnfoldError, option
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 DTYPES: dict[str, type] = {
     "float32": np.float32, "float16": np.float16, "float64": np.float64,
-    "int64": np.int64, "int32": np.int32, "bool": np.bool_,
+    "bfloat16": ml_dtypes.bfloat16, "int64": np.int64, "int32": np.int32, "bool": np.bool_,
 }
 # `dynamic` names the axes that vary, the same for every input of rank > axis
 DYNAMIC_AXES = {"batch": 0, "seq": 1}
@@ -245,7 +246,7 @@ def _check_fits(parameter: str, given: Any, pair: tuple[float, float], spec: Inp
     dtype = np.dtype(DTYPES[spec.dtype])
     if dtype == np.bool_:
         return
-    info: Any = np.iinfo(dtype) if spec.is_integer else np.finfo(dtype)
+    info: Any = np.iinfo(dtype) if spec.is_integer else ml_dtypes.finfo(dtype)
     low, high = (int(info.min), int(info.max)) if spec.is_integer else \
         (float(info.min), float(info.max))
     holds = f"{low} to {high}" if spec.is_integer else f"{low:g} to {high:g}"
