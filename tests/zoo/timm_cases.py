@@ -126,17 +126,23 @@ def _layer_norm_model(name: str, layer_scales: tuple[str, ...] = (),
         import timm
 
         torch.manual_seed(SEED)
-        model = timm.create_model(name, pretrained=False, **kwargs)
-        _informative_weights(model, SEED + 2)
-        _randomize_params(model, layer_scales, SEED + 1)
-        if twin:
-            norms_to_identity(model)
-        else:
-            model, _ = swap_norms(model, kind="un")
-            randomize_offline_norms(model, SEED)
-        return model.eval()
+        return _swapped_or_twin(timm.create_model(name, pretrained=False, **kwargs),
+                                layer_scales, twin)
 
     return build
+
+
+def _swapped_or_twin(model: nn.Module, layer_scales: tuple[str, ...], twin: bool) -> nn.Module:
+    """A freshly built LayerNorm model (from SEED) as the UN model (norms swapped, statistics
+    randomized) or as its twin (norms Identity), its weights informative either way."""
+    _informative_weights(model, SEED + 2)
+    _randomize_params(model, layer_scales, SEED + 1)
+    if twin:
+        norms_to_identity(model)
+    else:
+        model, _ = swap_norms(model, kind="un")
+        randomize_offline_norms(model, SEED)
+    return model.eval()
 
 
 def _build_levit(twin: bool) -> nn.Module:
@@ -170,14 +176,7 @@ def _build_caformer(twin: bool) -> nn.Module:
     model = MetaFormer(in_chans=3, num_classes=10, depths=(1, 1, 1, 1), dims=(16, 32, 64, 96),
                        token_mixers=(SepConv, SepConv, Attention, Attention),
                        norm_layers=[LayerNorm2dNoBias] * 2 + [LayerNormNoBias] * 2)
-    _informative_weights(model, SEED + 2)
-    _randomize_params(model, ("scale",), SEED + 1)
-    if twin:
-        norms_to_identity(model)
-    else:
-        model, _ = swap_norms(model, kind="un")
-        randomize_offline_norms(model, SEED)
-    return model.eval()
+    return _swapped_or_twin(model, ("scale",), twin)
 
 
 CAFORMER_EXTRA = ("a padded downsampling Conv reads 3 norms (their shift stays as an Add before "
