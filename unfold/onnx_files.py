@@ -150,8 +150,11 @@ def _check_weight_sizes(path: Path, parts: ModelParts) -> None:
         elif weight.data_location == onnx.TensorProto.EXTERNAL:
             continue  # (its length is checked when it is read)
         else:
-            itemsize = onnx.helper.tensor_dtype_to_np_dtype(weight.data_type).itemsize
-            field = onnx.helper.tensor_dtype_to_field(weight.data_type)
+            try:
+                itemsize = onnx.helper.tensor_dtype_to_np_dtype(weight.data_type).itemsize
+                field = onnx.helper.tensor_dtype_to_field(weight.data_type)
+            except (KeyError, TypeError, ValueError):
+                continue  # a type onnx cannot describe: the checker speaks for it
             values = len(getattr(weight, field))
             if weight.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
                 values //= 2
