@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,9 @@ import onnx
 
 from unfold.errors import UnfoldError, option
 from unfold.fold.coverage import whole_model_reason
+from unfold.fold.model import check_fold_options
 from unfold.fold.report import FoldReport
-from unfold.fold.weights import graph_problem, weight_header
+from unfold.fold.weights import graph_problem
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
 from unfold.onnx_files import (
     PROTOBUF_LIMIT,
@@ -42,7 +44,13 @@ from unfold.verification.tolerances import Tolerances, check_tolerances, default
 
 Progress = Callable[[str], None]
 
-WRITTEN, MISMATCH, NORMS_LEFT = "written", "mismatch", "norms left"
+
+
+class Outcome(str, Enum):
+    """How a checked write ended (`fold_file`'s, and `convert`'s)."""
+    WRITTEN = "written"  # verified (or verify=False) and written
+    MISMATCH = "mismatch"  # the folded model does not compute what the reference does
+    NORMS_LEFT = "norms left"  # strict, and a normalization stayed: nothing written
 
 
 @dataclass
@@ -56,14 +64,12 @@ class FoldFileReport:
     written: Path | None = None
 
     @property
-    def outcome(self) -> str:
-        """written; mismatch (the folded model does not compute what the input does: nothing
-        written); norms left (strict, and a normalization stayed: nothing written)."""
+    def outcome(self) -> Outcome:
         if self.written is not None:
-            return WRITTEN
+            return Outcome.WRITTEN
         if self.verification is not None and not self.verification:
-            return MISMATCH
-        return NORMS_LEFT
+            return Outcome.MISMATCH
+        return Outcome.NORMS_LEFT
 
     def __bool__(self) -> bool:
         return self.written is not None
@@ -76,7 +82,7 @@ class FoldFileReport:
                 "verified": self.verification is not None and bool(self.verification),
                 "seconds": self.seconds, "notes": self.notes,
                 "written": str(self.written) if self.written else None,
-                "outcome": self.outcome}
+                "outcome": self.outcome.value}
 
 
 class _Recorded:
@@ -93,22 +99,6 @@ class _Recorded:
         return next(self._outputs)
 
 
-def check_fold_options(skip: Any, max_scale: Any) -> None:
-    """`skip` (rule names) and `max_scale` (a number above 1), before any work."""
-    from unfold.fold.transfer import RULES
-
-    if isinstance(skip, str) or not all(isinstance(rule, str) for rule in skip):
-        raise UnfoldError(f"{option('skip', skip)}: expected rule names, e.g. "
-                          f"{option('skip', [next(iter(RULES))])}")
-    unknown = [rule for rule in skip if rule not in RULES]
-    if unknown:
-        raise UnfoldError(f"{option('skip', unknown)}: unknown rule(s); valid: "
-                          f"{', '.join(RULES)}")
-    if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
-            max_scale, (int, float)) or not max_scale > 1.0):
-        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
-
-
 # The check's default tolerance, relative to each float output's scale. Two fp32 graphs of one
 # function round differently: on the shipped digits ViT with N(0, 1) inputs the folded and the
 # unfolded model differ by up to 2.5e-5 of the output's scale in ONNX Runtime (its own export
@@ -123,13 +113,12 @@ FOLD_RTOL = 1e-4
 DEFAULT_BATCH, DEFAULT_DIM = 2, 8
 
 
-def _verification_specs(skeleton: onnx.ModelProto, weights: Mapping[str, Any],
+def _verification_specs(skeleton: onnx.ModelProto,
                         inputs: Inputs) -> tuple[list[InputSpec], str | None]:
-    """The input specs of the model's real inputs (an initializer that is also listed as a
-    graph input, as keep_initializers_as_inputs exports, keeps its own value, as in any runtime
-    given none), and a note where dynamic dims got sizes the caller did not give."""
+    """The input specs to verify at, and a note where dynamic dims got sizes the caller did
+    not give (they are set on a copy of the model's inputs)."""
     interface = onnx.ModelProto()
-    interface.graph.input.extend(i for i in skeleton.graph.input if i.name not in weights)
+    interface.graph.input.extend(skeleton.graph.input)
     if inputs.shapes or inputs.npz is not None:
         return onnx_input_specs(interface, inputs), None
     chosen: dict[str, int] = {}
@@ -196,14 +185,14 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     problem = graph_problem(parts)  # (fold_parts says it too: here before the reference runs)
     if problem is not None:
         raise UnfoldError(f"{model}: {problem}")
-    untouched = whole_model_reason(parts.skeleton, [weight_header(w)[0]
-                                                    for w in parts.weights.values()])
+    untouched = whole_model_reason(parts)
     if untouched is not None and verify:  # the fold leaves such a model exactly as it is
         verify = False
-        notes.append(f"not verified: the fold leaves this model as it is ({untouched[1]})")
+        notes.append(f"not verified: the fold leaves this model as it is ({untouched})")
+    external_data = len(parts.sources) > 1  # (the model file and its data files)
     lap("load")
     if verify:
-        specs, sized = _verification_specs(parts.skeleton, parts.weights, inputs)
+        specs, sized = _verification_specs(parts.skeleton, inputs)
         notes += [sized] if sized else []
         user = None
         if inputs.npz is not None:
@@ -245,7 +234,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
                                             rtol=_fold_rtol(rtol, first_outputs))
             del candidate
             if not verification:
-                _locate(verification, model, staged.path, batches)
+                _locate(verification, model, staged.path, batches, external_data)
             report.verification = verification
             lap("verify")
             if not verification:
@@ -266,18 +255,16 @@ def _fold_rtol(rtol: Tolerances, outputs: Mapping[str, np.ndarray]) -> Tolerance
 
 
 def _locate(verification: VerifyReport, model: Path, folded: Path,
-            batches: Sequence[tuple[str, dict[str, np.ndarray]]]) -> None:
+            batches: Sequence[tuple[str, dict[str, np.ndarray]]], external_data: bool) -> None:
     """Name the first node of the folded model whose output departs from the input's (where
-    both fit in memory as protobufs: under 2 GiB)."""
+    both fit in memory as protobufs: under 2 GiB, no external data)."""
     from unfold.onnx_files import load_onnx
     from unfold.verification import first_divergence
 
     failed = verification.failed_batch()
     assert failed is not None
-    if any(p.stat().st_size >= PROTOBUF_LIMIT for p in (model, folded)) or \
-            (folded.parent / f"{folded.name}.data").exists() or \
-            any(t.data_location == onnx.TensorProto.EXTERNAL
-                for t in onnx.load(str(model), load_external_data=False).graph.initializer):
+    if external_data or (folded.parent / f"{folded.name}.data").exists() or \
+            any(p.stat().st_size >= PROTOBUF_LIMIT for p in (model, folded)):
         verification.notes.append("the first departing node is not located for a model "
                                   "with external data")
         return

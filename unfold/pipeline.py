@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,8 @@ from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
 from unfold.fold import FoldReport, fold_model
+from unfold.fold.model import check_fold_options
+from unfold.fold_files import Outcome
 from unfold.inputs import (
     Inputs,
     InputSpec,
@@ -43,13 +44,6 @@ from unfold.verification import VerifyReport, first_divergence, make_batches, ru
 from unfold.verification.tolerances import Tolerances, check_tolerances
 
 Progress = Callable[[str], None]
-
-
-class Outcome(str, Enum):
-    """How a conversion ended."""
-    WRITTEN = "written"  # verified (or verify=False) and written
-    MISMATCH = "mismatch"  # the folded ONNX does not compute what torch does: nothing written
-    NORMS_LEFT = "norms left"  # strict, and a normalization stayed: nothing written
 
 
 @dataclass
@@ -173,21 +167,13 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
     skip: fold rules not to use (`unfold rules` lists them)
     max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)"""
     from unfold.export import EXPORTERS, export_onnx
-    from unfold.fold.transfer import RULES
 
     inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed, {"model": model, "out": out})
     _check_choice("exporter", exporter, list(EXPORTERS))
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < 1):
         raise UnfoldError(f"{option('opset', opset)}: must be a positive ONNX opset version")
-    if isinstance(skip, str) or not all(isinstance(rule, str) for rule in skip):
-        raise UnfoldError(f"{option('skip', skip)}: expected rule names, e.g. "
-                          f"{option('skip', [next(iter(RULES))])}")
-    for rule in skip:
-        _check_choice("skip", rule, list(RULES))
-    if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
-            max_scale, (int, float)) or not max_scale > 1.0):
-        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+    check_fold_options(skip, max_scale)
     target = check_output_path(out, force=force, inputs=(Path(model),))
     stages = _Stages(progress)
     with stages.stage("load", f"loading {model}"):

@@ -212,10 +212,12 @@ def layout_envelope(site_input: gs.Tensor, site_output: gs.Tensor,
         tensor = tensor.inputs[0].inputs[0]
     after: list[gs.Node] = []
     tensor = site_output
-    while len(after) < MAX_ENVELOPE and len(value_readers(tensor)) == 1 and \
-            value_readers(tensor)[0].op in LAYOUT_OPS and tensor.name not in graph_outputs:
-        after.append(value_readers(tensor)[0])
-        tensor = after[-1].outputs[0]
+    while len(after) < MAX_ENVELOPE and tensor.name not in graph_outputs:
+        readers = value_readers(tensor)
+        if len(readers) != 1 or readers[0].op not in LAYOUT_OPS:
+            break
+        after.append(readers[0])
+        tensor = readers[0].outputs[0]
     best: list[gs.Node] = []
     for i in range(len(before), -1, -1):
         for j in range(len(after), -1, -1):

@@ -10,8 +10,8 @@ sites folded" on a model full of norms is a lie by omission):
 - norms inside the subgraphs of If / Loop / Scan and inside model-local functions, which the
   dataflow pass does not enter.
 
-`unreached(graph)` lists each as a sentence; the report carries them, `no_norm_left` is false
-while any is there, and `--strict` fails.
+`whole_model_reason(parts)` and `unreached_norms(graph)` say each in a sentence; the report
+carries them, `no_norm_left` is false while any is there, and `--strict` fails.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import onnx
 from unfold.fold.graph import constant_value
 from unfold.fold.online import find_online_norms
 from unfold.fold.sites import find_affine_sites
+from unfold.fold.weights import ModelParts, weight_header
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -35,10 +36,6 @@ NARROW_FLOATS = {onnx.TensorProto.BFLOAT16: "bfloat16"} | {
     getattr(onnx.TensorProto, name): name.lower() for name in
     ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2", "FLOAT8E5M2FNUZ")
     if hasattr(onnx.TensorProto, name)}
-
-QUANTIZED = "quantized"
-NARROW = "narrow float"
-
 
 def quantized_ops(model: onnx.ModelProto) -> Counter[str]:
     """The quantization ops of the model's main graph."""
@@ -57,18 +54,19 @@ def narrow_float_type(model: onnx.ModelProto, weight_types: list[int]) -> str | 
     return None
 
 
-def whole_model_reason(model: onnx.ModelProto, weight_types: list[int]) -> tuple[str, str] | None:
-    """(what, why) where the model as a whole cannot be folded exactly; None where it can."""
-    quantizers = quantized_ops(model)
+def whole_model_reason(parts: ModelParts) -> str | None:
+    """Why the model as a whole cannot be folded exactly (the fold then leaves it as it is);
+    None where it can."""
+    quantizers = quantized_ops(parts.skeleton)
     if quantizers:
         listed = ", ".join(f"{n} {op}" for op, n in sorted(quantizers.items()))
-        return QUANTIZED, (f"quantized model ({listed}): its norms sit between quantizers "
-                           f"calibrated for them; fold the fp32 model, then quantize")
-    narrow = narrow_float_type(model, weight_types)
+        return (f"quantized model ({listed}): its norms sit between quantizers calibrated for "
+                f"them; fold the fp32 model, then quantize")
+    narrow = narrow_float_type(parts.skeleton,
+                               [weight_header(w)[0] for w in parts.weights.values()])
     if narrow is not None:
-        return NARROW, (f"{narrow} model: the fold computes its constants in float64 and "
-                        f"cannot write {narrow} back exactly; fold the fp32 model, then convert "
-                        f"it to {narrow}")
+        return (f"{narrow} model: the fold computes its constants in float64 and cannot write "
+                f"{narrow} back exactly; fold the fp32 model, then convert it to {narrow}")
     return None
 
 

@@ -304,9 +304,7 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 if not isinstance(plan, Move) or slot not in plan.consumes:
                     chosen[edge] = False
                     because[edge] = f"reader {named(reader)}: " + (
-                        plan.reason if isinstance(plan, Stop) else plan.declined.get(
-                            slot, "it takes it on another input only") if isinstance(
-                            plan, Move) else "it takes it on another input only")
+                        plan.reason if isinstance(plan, Stop) else _declined(plan, slot))
                     blocked = blocked or because[edge]
                     continue
                 c, later = 0.0, ""
@@ -340,6 +338,12 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 cost[tensor.name] = total
                 why[tensor.name] = next((later for _, c, later in edges if later), "")
     return chosen, because
+
+
+def _declined(plan: Move | None, slot: int) -> str:
+    """Why a reader does not take the pending on input `slot` although it moves others."""
+    default = "it takes it on another input only"
+    return plan.declined.get(slot, default) if plan is not None else default
 
 
 # --- 3. rewrite -------------------------------------------------------------------------------
@@ -400,8 +404,8 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
             continue
         for slot, t in enumerate(node.inputs):
             if slot in arrived and slot not in plan.consumes:
-                stops[(t.name, id(node))] = f"reader {named(node)}: " + plan.declined.get(
-                    slot, "it takes it on another input only")
+                stops[(t.name, id(node))] = f"reader {named(node)}: " + \
+                    _declined(plan, slot)
         _execute(node, plan, arrived, actual, tensors, rw, log)
     _materialize_what_is_read(actual, tensors, stops, ctx, rw, log)
 

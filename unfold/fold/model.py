@@ -9,6 +9,7 @@ import gc
 from collections import Counter
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -29,7 +30,6 @@ from unfold.fold.weights import (
     import_parts,
     infer_shapes,
     parts_of,
-    weight_header,
     weight_nbytes,
     weight_proto,
     weightless_model,
@@ -100,6 +100,20 @@ def _restore_foreign_ops(hidden: list[tuple[gs.Node, str]]) -> None:
         node.op = op
 
 
+def check_fold_options(skip: Any, max_scale: Any) -> None:
+    """`skip` (rule names, `unfold rules`) and `max_scale` (a number above 1), checked by the
+    ways into the fold that do work first (convert, fold_file) before any of it."""
+    if isinstance(skip, str) or not all(isinstance(rule, str) for rule in skip):
+        raise UnfoldError(f"{option('skip', skip)}: expected rule names, e.g. "
+                          f"{option('skip', [next(iter(RULES))])}")
+    for rule in skip:
+        if rule not in RULES:
+            raise UnfoldError(f"{option('skip', rule)}: valid: {', '.join(RULES)}")
+    if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
+            max_scale, (int, float)) or not max_scale > 1.0):
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+
+
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
                in_place: bool = False, max_scale: float | None = None
                ) -> tuple[onnx.ModelProto, FoldReport]:
@@ -161,10 +175,9 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
     original_ops = Counter(node.op_type for node in parts.skeleton.graph.node)
     modules = {node.name: module for node in parts.skeleton.graph.node
                if (module := torch_module(node)) is not None}
-    blocked = whole_model_reason(parts.skeleton, [weight_header(w)[0]
-                                                  for w in parts.weights.values()])
+    blocked = whole_model_reason(parts)
     if blocked is not None:
-        return parts, _report_only(parts, blocked[1], original_ops, modules)
+        return parts, _report_only(parts, blocked, original_ops, modules)
     big = sum(weight_nbytes(w) for w in parts.weights.values()) >= COLLECT_FROM_BYTES
     # Python's cyclic collector would walk the graph's many small objects again and again (a
     # third of a 128-block fold): replaced weights are freed explicitly (replace_weight), and

@@ -393,7 +393,7 @@ def declared_size_problem(parts: ModelParts) -> str | None:
                 found = too_big(f"{kind} '{value.name}'", dims, tensor.elem_type)
                 if found:
                     return found
-    constants = {name: w for name, w in parts.weights.items()}
+    constants = dict(parts.weights)
     for node in graph.node:
         if node.op_type == "Constant":
             for attr in node.attribute:
