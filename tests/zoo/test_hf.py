@@ -30,15 +30,6 @@ try:
 except Exception:  # transformers missing or broken: test_hf_cases_load says why
     HF_CASES = []
 
-# (case, exporter, check): reason
-FALCON_GAP = ("the decision pass credits carrying a shift into the residual Add as saving the "
-              "other pending's materialization, and leaves the bias-less query_key_value's "
-              "shift at every rotary half (+8 Adds where 4 do); without that credit it is at 4, "
-              "but a DyT regression case needs it")
-XFAILS: dict[tuple[str, str, str], str] = {
-    ("hf_falcon", exporter, "ops"): FALCON_GAP for exporter in ("dynamo", "torchscript")}
-
-
 def test_hf_cases_load() -> None:
     """Skips where transformers does not import; fails where it does and hf_cases does not."""
     import_or_skip("transformers")
@@ -46,7 +37,7 @@ def test_hf_cases_load() -> None:
 
 
 @pytest.mark.parametrize(("case", "exporter", "check"),
-                         params(HF_CASES, XFAILS if HF_CASES else None, slow=("dynamo",)))
+                         params(HF_CASES, slow=("dynamo",)))
 def test_fold_like_the_twin(case, exporter, check) -> None:
     assert_check(check, checked(case, exporter))
 

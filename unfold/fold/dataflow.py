@@ -234,11 +234,14 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
             plans[id(node)] = plan
         if isinstance(plan, Move):
             for name, pending in plan.outputs.items():
-                if pending.invariant or not pending.affine.is_identity():  # type: ignore[union-attr]
+                gone = not pending.invariant and pending.affine.is_identity()  # type: ignore[union-attr]
+                if not gone:
                     pend[name] = pending
-                elif plan.deletes and site is not None and plan.carrier_slot is None:
-                    # gone back into its producer: its input is its output now (a composed
-                    # norm is not: what reads it will read the pending's carrier)
+                if site is not None and plan.carrier_slot is None and \
+                        ((gone and plan.deletes) or plan.absorbed_by):
+                    # gone back into its producer (its shift too, or carried on): its input
+                    # is its output's carrier now (a composed norm is not: what reads it will
+                    # read the pending's carrier)
                     ctx.forward_to(name, plan.carrier_tensor)  # type: ignore[arg-type]
                     ctx.dead.update(id(n) for n in plan.deletes)
     ctx.dry = False
@@ -311,12 +314,14 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 if slot == min(plan.consumes):
                     c = plan.cost + (0.0 if plan.own_outputs else
                                      sum(cost.get(name, 0.0) for name in plan.outputs))
-                    # where affines meet (a residual Add of two pendings), the others' would
-                    # otherwise be materialized each: what merging saves is credited here
+                    # where affines meet (a residual Add of two pendings) and another could
+                    # not pass alone, it would otherwise be materialized: what merging saves
+                    # is credited here (a shift that passes alone saves nothing by meeting)
                     for other in plan.consumes:
                         joined = reader.inputs[other]
                         if other != slot and joined.name in pend and joined is not tensor \
-                                and len(_edges(joined)) == 1:
+                                and len(_edges(joined)) == 1 \
+                                and not _passes_alone(reader, other, pend[joined.name], ctx):
                             c -= _materialize_cost(joined, pend[joined.name], ctx)
                     later = next((why[name] for name in plan.outputs if why.get(name)), "")
                     if plan.leaves and not later:
@@ -338,6 +343,13 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 cost[tensor.name] = total
                 why[tensor.name] = next((later for _, c, later in edges if later), "")
     return chosen, because
+
+
+def _passes_alone(reader: gs.Node, slot: int, pending: Pending, ctx: Context) -> bool:
+    """Whether `reader` carries the pending on input `slot` on when no other input has one
+    (a shift past a residual Add does; a scale does not)."""
+    plan = plan_node(reader, {slot: pending}, ctx)
+    return isinstance(plan, Move) and slot in plan.consumes
 
 
 def _declined(plan: Move | None, slot: int) -> str:
