@@ -98,3 +98,28 @@ def test_norms_inside_a_model_local_function_are_reported() -> None:
                                 "which the fold does not enter (export without functions, "
                                 "or inline them first)"]
     assert [n.op_type for n in folded.graph.node] == ["UnNorm"]
+
+
+def test_a_scale_after_an_op_without_shapes_is_reported_unreached() -> None:
+    """A norm after an op of another domain that has no function: ONNX infers no shapes past
+    it, the site finder (which needs them) sees no norm, and the report must not say that no
+    norm is left (before: no_norm_left true, 'unreached' empty)."""
+    from onnx import helper
+
+    from tests.fold.helpers import RNG, const, norm_constants
+
+    nodes = [helper.make_node("Relu", ["x"], ["r"], name="custom_relu", domain="com.example"),
+             helper.make_node("Mul", ["r", "norm.scale"], ["s"], name="norm_mul"),
+             helper.make_node("Add", ["s", "norm.shift"], ["n"], name="norm_add"),
+             helper.make_node("MatMul", ["n", "W"], ["y"], name="mm")]
+    f = onnx.TensorProto.FLOAT
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [2, 4])],
+                              [helper.make_tensor_value_info("y", f, [2, 3])],
+                              [*norm_constants(4), const("W", RNG.normal(size=(4, 3)))])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    _, report = fold_model(model)
+    assert not report.to_dict()["no_norm_left"]
+    (sentence,) = report.unreached
+    assert "'norm_mul'" in sentence and "com.example:Relu 'custom_relu'" in sentence

@@ -173,6 +173,12 @@ REGRESSIONS = {
     "dyt_stem_two_alphas": Spec(kind="dyt", fused_qkv=False, layer_scale=True,
                                 stem="cf_producer", patch_norm=True,
                                 segments=(("levit_mlp", 1),), seed=313),
+    # res_post DyT: each block's w stays a Mul before its residual Add and its shift passes on;
+    # the decision must still credit meeting there (a scale that passes alone only as a Mul):
+    # +4 Add, +4 Mul where 1 Add, 4 Mul is the minimum when it did not
+    "dyt_res_post_meeting_scales": Spec(style="res_post", kind="dyt", depth=2,
+                                        layer_scale=True, cf_kind="un", dim=12, grid=4,
+                                        cast_back=True, seed=338),
 }
 
 

@@ -46,7 +46,7 @@ POOLINGS = ("cls", "mean", "none", "distill", "cls_avg", "cf_head")
 STEMS = ("tokens", "patch", "cf_producer", "cf_reader", "cf_reader_padded")
 SEGMENTS = ("zero_pad", "roll", "windows", "shifted_windows", "mha_post", "token_mixing",
             "conv1x1", "conv_padded", "biasless_gelu", "biasless_qkv", "levit_mlp",
-            "patch_merging", "preact", "res_scale")
+            "patch_merging", "preact", "res_scale", "rotary_qkv", "foreign_mul")
 HEADS = 2
 CLASSES = 3
 STEM_CHANNELS = 6
@@ -754,6 +754,104 @@ class ResScale(Segment):
         return self.res_scale(x) + self.layer_scale(self.mixer(self.norm(x)))
 
 
+def _rotate_half(x: Tensor) -> Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class RotaryQkv(Segment):
+    """Falcon's block (bias=False, parallel_attn): x + attention(n) + mlp(n), n = norm(x),
+    every linear bias-less, rotary position embeddings on q and k (GPT-NeoX / Falcon / LLaMA:
+    q⊙cos + rotate_half(q)⊙sin, the tables over the tokens): Reshape, Transpose, Slices, Neg,
+    Concat and Muls by (tokens, head dim) constants between the bias-less qkv and q·kᵀ."""
+
+    def __init__(self, spec: Spec, dim: int, grid: int) -> None:
+        super().__init__(spec, dim, grid)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.proj = nn.Linear(dim, dim, bias=False)
+        self.fc1 = nn.Linear(dim, 2 * dim, bias=False)
+        self.fc2 = nn.Linear(2 * dim, dim, bias=False)
+        head = dim // HEADS
+        inverse = 1.0 / (10000 ** (torch.arange(0, head, 2, dtype=torch.float32) / head))
+        angles = torch.outer(torch.arange(grid * grid, dtype=torch.float32), inverse)
+        angles = torch.cat((angles, angles), dim=-1)  # (tokens, head)
+        self.register_buffer("cos", angles.cos())
+        self.register_buffer("sin", angles.sin())
+
+    def _rope(self, x: Tensor) -> Tensor:
+        return x * self.cos + _rotate_half(x) * self.sin
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, n, c = x.shape
+        normed = self.norm(x)
+        qkv = self.qkv(normed).reshape(b, n, 3, HEADS, c // HEADS).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self._rope(q), self._rope(k)
+        attention = (q @ k.transpose(-2, -1) * (c // HEADS) ** -0.5).softmax(dim=-1)
+        mixed = self.proj((attention @ v).transpose(1, 2).reshape(b, n, c))
+        return x + (self.fc2(F.gelu(self.fc1(normed))) + mixed)
+
+    @staticmethod
+    def cost(spec: Spec, walk: Walk, where: str) -> None:
+        walk.stream_read_by_norm(where)
+        walk.charge("Add", 1, f"{where} (rotary_qkv): the norm's shift, through the bias-less "
+                              "qkv, is rotated in q and k before q·kᵀ (position-dependent: no "
+                              "softmax ignores it): one Add on qkv")
+        walk.charge("Add", 1, f"{where} (rotary_qkv): the norm's shift, through the bias-less "
+                              "fc1, has only GELU to go to")
+        walk.pending = f"{where} (rotary_qkv: v's shift, through the bias-less proj)"
+
+
+FOREIGN_DOMAIN = "com.example"
+FOREIGN_MARK = 0.8125  # the constant that finds the Mul to re-domain after export (exact in fp32)
+
+
+class ForeignMul(Segment):
+    """x + fc(norm(x)⊙k) where the Mul by the constant k is, after export, an op of another
+    domain (`com.example:Mul`, a model-local function whose body is ONNX's Mul: ONNX Runtime
+    runs it): an op nothing may take for ONNX's Mul. See `to_foreign_domain`."""
+
+    def __init__(self, spec: Spec, dim: int, grid: int) -> None:
+        super().__init__(spec, dim, grid)
+        self.register_buffer("k", torch.full((dim,), FOREIGN_MARK))
+        self.fc = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.fc(self.norm(x) * self.k)
+
+    @staticmethod
+    def cost(spec: Spec, walk: Walk, where: str) -> None:
+        walk.stream_read_by_norm(where)
+        walk.charge("Mul", 1, f"{where} (foreign_mul): the norm's only reader is an op of "
+                              f"another domain ({FOREIGN_DOMAIN}:Mul): its affine stays before it")
+        walk.charge("Add", 1, f"{where} (foreign_mul): (the same affine's shift)")
+        walk.branch_with_bias()
+
+
+def to_foreign_domain(model: onnx.ModelProto) -> int:
+    """Every ONNX Mul by the constant FOREIGN_MARK becomes `com.example:Mul` (with that
+    domain's opset and a model-local function Mul(A, B) = ONNX Mul); returns how many."""
+    graph = model.graph
+    marked = {i.name for i in graph.initializer
+              if np.all(onnx.numpy_helper.to_array(i) == FOREIGN_MARK)}
+    marked |= {n.output[0] for n in graph.node if n.op_type == "Constant" and
+               np.all(onnx.numpy_helper.to_array(n.attribute[0].t) == FOREIGN_MARK)}
+    count = 0
+    for node in graph.node:
+        if node.op_type == "Mul" and node.domain in ("", "ai.onnx") and \
+                any(name in marked for name in node.input):
+            node.domain = FOREIGN_DOMAIN
+            count += 1
+    if count:
+        opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+        model.opset_import.append(onnx.helper.make_opsetid(FOREIGN_DOMAIN, 1))
+        model.functions.append(onnx.helper.make_function(
+            FOREIGN_DOMAIN, "Mul", ["A", "B"], ["C"],
+            [onnx.helper.make_node("Mul", ["A", "B"], ["C"])],
+            [onnx.helper.make_opsetid("", opset)]))
+    return count
+
+
 SEGMENT_CLASSES: dict[str, Callable[[Spec, int, int], Segment]] = {
     "zero_pad": lambda s, d, g: SwinSegment(s, d, g, pad=True, roll=False, windows=False),
     "roll": lambda s, d, g: SwinSegment(s, d, g, pad=False, roll=True, windows=False),
@@ -769,6 +867,8 @@ SEGMENT_CLASSES: dict[str, Callable[[Spec, int, int], Segment]] = {
     "patch_merging": PatchMerging,
     "preact": Preact,
     "res_scale": ResScale,
+    "rotary_qkv": RotaryQkv,
+    "foreign_mul": ForeignMul,
 }
 SEGMENT_COSTS: dict[str, Callable[[Spec, Walk, str], None]] = {
     "zero_pad": Segment.cost, "roll": Segment.cost, "windows": Segment.cost,
@@ -776,7 +876,7 @@ SEGMENT_COSTS: dict[str, Callable[[Spec, Walk, str], None]] = {
     "token_mixing": TokenMixing.cost, "conv1x1": Segment.cost, "conv_padded": ConvPadded.cost,
     "biasless_gelu": BiaslessGelu.cost, "biasless_qkv": BiaslessQkv.cost,
     "levit_mlp": LevitMlp.cost, "patch_merging": PatchMerging.cost, "preact": Preact.cost,
-    "res_scale": Segment.cost,
+    "res_scale": Segment.cost, "rotary_qkv": RotaryQkv.cost, "foreign_mul": ForeignMul.cost,
 }
 
 
@@ -916,7 +1016,11 @@ def export(module: nn.Module, spec: Spec, exporter: str) -> onnx.ModelProto:
             torch.onnx.export(module, (x,), buffer, dynamo=False, input_names=[name],
                               output_names=outputs(spec),
                               dynamic_axes={name: {0: "batch"}} if spec.dynamic else None)
-    return onnx.load_from_string(buffer.getvalue())
+    model = onnx.load_from_string(buffer.getvalue())
+    wanted = sum(name == "foreign_mul" for name, _ in spec.segments)
+    found = to_foreign_domain(model) if wanted else 0
+    assert found == wanted, f"{found} Muls by {FOREIGN_MARK} found for {wanted} foreign_mul"
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -994,6 +1098,12 @@ OPTIONS: dict[str, Spec] = {
     "res_scale_after_patch": replace(BASE, stem="patch", segments=(("res_scale", 0),)),
     "res_scale_post": replace(BASE, style="post", stem="patch", depth=2,
                               segments=(("res_scale", 0), ("res_scale", 2))),
+    # Falcon's block: bias-less qkv into rotary embeddings, parallel bias-less MLP; twice in a
+    # row, the second's v shift meeting the first's on the stream
+    "rotary_qkv": replace(BASE, segments=(("rotary_qkv", 1),)),
+    "rotary_qkv_twice": replace(BASE, segments=(("rotary_qkv", 0), ("rotary_qkv", 1))),
+    "rotary_qkv_post": replace(BASE, style="post", depth=2, segments=(("rotary_qkv", 1),)),
+    "foreign_mul": replace(BASE, segments=(("foreign_mul", 1),)),
     # norm(x).to(x): a same-type Cast after every norm
     "cast_back_pre": replace(BASE, cast_back=True, depth=2),
     "cast_back_post": replace(BASE, cast_back=True, style="post", depth=2),

@@ -70,21 +70,45 @@ def whole_model_reason(parts: ModelParts) -> str | None:
     return None
 
 
+def _per_channel_scale(node: gs.Node) -> gs.Tensor | None:
+    """The variable a Mul/Div scales by a constant of more than one value that varies along
+    one axis (a norm's scale, read off the constant alone), or None."""
+    if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
+        return None
+    values = [constant_value(t) for t in node.inputs]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    value = values[0] if values[0] is not None else values[1]
+    assert value is not None
+    if value.size > 1 and sum(d > 1 for d in value.shape) == 1:
+        return node.inputs[1] if values[0] is not None else node.inputs[0]
+    return None
+
+
+def shapeless_scales(graph: gs.Graph) -> list[str]:
+    """A sentence for each per-channel scale (a norm's Mul) whose input has no shape, which
+    the site finder needs: after an op ONNX's shape inference knows nothing of (another
+    domain's, without a function), every norm is out of the fold's sight. Read before the
+    fold (the fold's own new tensors have no shapes either)."""
+    foreign = sorted({f"{n.op} '{n.name}'" for n in graph.nodes if ":" in n.op})
+    found = []
+    for node in graph.nodes:
+        data = _per_channel_scale(node)
+        if data is not None and getattr(data, "shape", None) is None:
+            after = f" (after {', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''})" \
+                if foreign else ""
+            found.append(f"{node.op} '{node.name}' scales '{data.name}' per channel, but that "
+                         f"tensor's shape is unknown{after}: a norm there is not folded (define "
+                         f"the ops before it as model-local functions, so that ONNX infers "
+                         f"their shapes)")
+    return found
+
+
 def _norms_in(graph: gs.Graph) -> int:
     """Online norms, and per-channel scales: a Mul/Div of a variable by a constant of more than
     one value that varies along one axis (inside functions and subgraphs tensors seldom have
     shapes, which the site finder needs: this looks at the constants alone)."""
-    scales = 0
-    for node in graph.nodes:
-        if node.op not in ("Mul", "Div") or len(node.inputs) != 2:
-            continue
-        values = [constant_value(t) for t in node.inputs]
-        if (values[0] is None) == (values[1] is None):
-            continue
-        value = values[0] if values[0] is not None else values[1]
-        assert value is not None
-        if value.size > 1 and sum(d > 1 for d in value.shape) == 1:
-            scales += 1
+    scales = sum(_per_channel_scale(node) is not None for node in graph.nodes)
     return max(scales, len(find_affine_sites(graph))) + len(find_online_norms(graph))
 
 

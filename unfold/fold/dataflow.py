@@ -314,15 +314,13 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 if slot == min(plan.consumes):
                     c = plan.cost + (0.0 if plan.own_outputs else
                                      sum(cost.get(name, 0.0) for name in plan.outputs))
-                    # where affines meet (a residual Add of two pendings) and another could
-                    # not pass alone, it would otherwise be materialized: what merging saves
-                    # is credited here (a shift that passes alone saves nothing by meeting)
+                    # where affines meet (a residual Add of two pendings), what the others
+                    # would cost there alone is saved by meeting: credited here
                     for other in plan.consumes:
                         joined = reader.inputs[other]
                         if other != slot and joined.name in pend and joined is not tensor \
-                                and len(_edges(joined)) == 1 \
-                                and not _passes_alone(reader, other, pend[joined.name], ctx):
-                            c -= _materialize_cost(joined, pend[joined.name], ctx)
+                                and len(_edges(joined)) == 1:
+                            c -= _alone_cost(reader, other, joined, pend[joined.name], ctx)
                     later = next((why[name] for name in plan.outputs if why.get(name)), "")
                     if plan.leaves and not later:
                         later = plan.leaves
@@ -345,11 +343,16 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
     return chosen, because
 
 
-def _passes_alone(reader: gs.Node, slot: int, pending: Pending, ctx: Context) -> bool:
-    """Whether `reader` carries the pending on input `slot` on when no other input has one
-    (a shift past a residual Add does; a scale does not)."""
+def _alone_cost(reader: gs.Node, slot: int, tensor: gs.Tensor, pending: Pending,
+                ctx: Context) -> float:
+    """What meeting another pending at `reader` saves the pending on input `slot`: nothing
+    where it passes alone at no cost (a shift past a residual Add); else its materialization
+    (an estimate: where it passes alone at a cost, a Mul left before the Add, carrying a
+    scale on has costs of its own further down)."""
     plan = plan_node(reader, {slot: pending}, ctx)
-    return isinstance(plan, Move) and slot in plan.consumes
+    if isinstance(plan, Move) and slot in plan.consumes and plan.cost == 0:
+        return 0.0
+    return _materialize_cost(tensor, pending, ctx)
 
 
 def _declined(plan: Move | None, slot: int) -> str:

@@ -16,7 +16,7 @@ import onnx_graphsurgeon as gs
 
 from unfold.errors import UnfoldError, option
 from unfold.fold.cleanup import drop_same_type_casts, tidy_layout
-from unfold.fold.coverage import unreached_norms, whole_model_reason
+from unfold.fold.coverage import shapeless_scales, unreached_norms, whole_model_reason
 from unfold.fold.dataflow import fold_graph
 from unfold.fold.graph import Names, bypass
 from unfold.fold.online import find_online_norms
@@ -190,6 +190,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         # weight: until they go, no weight the fold replaces could be freed.
         if big:
             gc.collect()
+        shapeless = shapeless_scales(graph)
         result = fold_graph(graph, Names(graph), skip=skip, max_scale=max_scale)
         sites = result.reports
         graph.cleanup().toposort()
@@ -197,7 +198,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         tidy_layout(graph)
         graph.fold_constants().cleanup().toposort()  # what the moves made constant
         _note_layout_left(sites, result.envelopes, graph)
-        unreached = unreached_norms(graph)
+        unreached = shapeless + unreached_norms(graph)
         _restore_foreign_ops(hidden)
         folded = parts_of(graph, parts)
         for node in graph.nodes:  # let go of every weight the result does not hold, now

@@ -255,6 +255,11 @@ def export_weightless(graph: gs.Graph, like: onnx.ModelProto) -> tuple[onnx.Mode
     proto.ir_version = like.ir_version
     del proto.opset_import[:]
     proto.opset_import.extend(like.opset_import)
+    for node in proto.graph.node:  # ops of other domains under their own names again (the
+        # fold hides them, model._hide_foreign_ops), so shape inference finds their functions
+        prefix = f"{node.domain}:"
+        if node.domain not in ("", "ai.onnx") and node.op_type.startswith(prefix):
+            node.op_type = node.op_type[len(prefix):]
     return proto, weight_names
 
 
