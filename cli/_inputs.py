@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
+from cli._common import one_of
 from unfold.errors import UnfoldError
+from unfold.norm_kinds import OFFLINE_KINDS
 
 if TYPE_CHECKING:
     from unfold.inputs import Inputs
@@ -29,6 +31,11 @@ ARCH = typer.Option(None, "--arch", help="package.module:factory that builds the
                                          "of a state dict or training checkpoint.")
 ARCH_KWARGS = typer.Option(None, "--arch-kwargs",
                            help="""JSON keyword arguments for --arch, e.g. '{"dim": 384}'.""")
+SWAP = typer.Option(None, "--swap", parser=one_of("--swap", OFFLINE_KINDS, "an offline norm"),
+                    metavar="KIND",
+                    help="With --arch: the offline norm the weights were trained with where the "
+                         "architecture builds LayerNorm (un, pn, pn*): unfold.nn.swap_norms is "
+                         "applied to it before the weights go in.")
 TRUST = typer.Option(False, "--trust", help="Allow loading a fully pickled module, or building "
                                             "the architecture a NAME.arch.json beside the "
                                             "weights names: this RUNS CODE THE FILE CHOOSES. "

@@ -55,6 +55,7 @@ def convert(
     out: Path = typer.Option(..., "--out", "-o", help="Where to write the folded ONNX."),
     arch: str | None = opt.ARCH,
     arch_kwargs: str | None = opt.ARCH_KWARGS,
+    swap: str | None = opt.SWAP,
     trust: bool = opt.TRUST,
     input_shape: list[str] = opt.INPUT_SHAPE,
     input_dtype: list[str] = opt.INPUT_DTYPE,
@@ -97,7 +98,7 @@ def convert(
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)
         report = convert_model(
-            model, out, arch=arch, arch_kwargs=kwargs, trust=trust, inputs=given,
+            model, out, arch=arch, arch_kwargs=kwargs, trust=trust, swap=swap, inputs=given,
             exporter=exporter, opset=opset, verify=not no_verify, atol=tolerances[0],
             rtol=tolerances[1],
             skip=skip, max_scale=bound, force=force, seed=seed, strict=strict,

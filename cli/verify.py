@@ -47,6 +47,7 @@ def verify(
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
     arch: str | None = opt.ARCH,
     arch_kwargs: str | None = opt.ARCH_KWARGS,
+    swap: str | None = opt.SWAP,
     trust: bool = opt.TRUST,
     input_shape: list[str] = opt.INPUT_SHAPE,
     input_dtype: list[str] = opt.INPUT_DTYPE,
@@ -71,7 +72,7 @@ def verify(
 
         report = verify_models(
             reference, candidate, engine=engine, device=device, arch=arch, arch_kwargs=kwargs,
-            trust=trust, inputs=given, atol=tolerances[0], rtol=tolerances[1], seed=seed,
+            trust=trust, swap=swap, inputs=given, atol=tolerances[0], rtol=tolerances[1], seed=seed,
             progress=opt.progress)
         show(report, as_json, render_verification)
         if not report:

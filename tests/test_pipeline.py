@@ -289,9 +289,44 @@ def test_options_are_checked_before_any_work(tmp_path: Path, monkeypatch: pytest
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_module_in_memory_converts_and_keeps_its_modes_and_weights(tmp_path: Path) -> None:
+    """A training script's module, in training mode part way (its dropout off, say): converted
+    in eval mode, and afterwards every submodule's mode and every weight as it was."""
+    model = tiny_vit().train()
+    model.head.eval()
+    modes = {name: m.training for name, m in model.named_modules()}
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    report = unfold.convert(model, tmp_path / "vit.onnx",
+                            inputs=Inputs(shapes=[(2, 1, 8, 8)], dynamic=["batch"]))
+    assert report, report.to_dict()
+    assert report.format == "module in memory" and report.source == "<VisionTransformer in memory>"
+    assert len(report.fold.folded) == len(report.fold.sites) == 5
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in weights.items())
+    images = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        expected = model.eval()(images).numpy()
+    got = OrtRunner(tmp_path / "vit.onnx").run({"images": images.numpy()})
+    np.testing.assert_allclose(next(iter(got.values())), expected, rtol=0,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_a_torch_export_program_in_memory_converts(tmp_path: Path) -> None:
+    program = torch.export.export(tiny_vit(), (torch.rand(2, 1, 8, 8),))
+    report = unfold.convert(program, tmp_path / "vit.onnx")
+    assert report and report.format == "torch.export program in memory"
+    assert report.inputs[0].describe().startswith("images: 2x1x8x8 float32")
+
+
 def test_a_module_or_a_device_that_is_no_such_thing_is_named(tmp_path: Path) -> None:
-    with pytest.raises(UnfoldError, match="^model: expected a file path .*, not a Linear"):
-        unfold.convert(torch.nn.Linear(2, 2), tmp_path / "m.onnx")
+    with pytest.raises(UnfoldError, match="^model: expected a model file path .*, a "
+                                          "torch.nn.Module or a torch.export.ExportedProgram, "
+                                          "not a list"):
+        unfold.convert([torch.nn.Linear(2, 2)], tmp_path / "m.onnx")
+    with pytest.raises(UnfoldError, match="^arch, arch_kwargs, swap and trust are for model "
+                                          "files: a Linear is the model itself"):
+        unfold.convert(torch.nn.Linear(2, 2), tmp_path / "m.onnx", arch="x:y")
     with pytest.raises(UnfoldError, match="^device='gpu': valid: cpu, cuda, cuda:N"):
         unfold.verify(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx", device="gpu")
     assert list(tmp_path.iterdir()) == []
@@ -310,3 +345,15 @@ def test_a_range_that_applies_to_no_input_is_an_error(tmp_path: Path, options: I
         unfold.convert(CHECKPOINT_DIR / "digits-vit-un.pt2", tmp_path / "m.onnx",
                        inputs=options)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_against_a_module_in_memory(tmp_path: Path) -> None:
+    """The written model checked against the module the script holds, its modes kept; and a
+    module it does not match is a failing verdict, not an error."""
+    model = tiny_vit().train()
+    unfold.convert(model, tmp_path / "vit.onnx", inputs=Inputs(shapes=[(2, 1, 8, 8)]))
+    report = unfold.verify(model, tmp_path / "vit.onnx", inputs=Inputs(shapes=[(2, 1, 8, 8)]))
+    assert report, report.to_dict()
+    assert all(m.training for m in model.modules())
+    assert not unfold.verify(tiny_vit(seed=1), tmp_path / "vit.onnx",
+                             inputs=Inputs(shapes=[(2, 1, 8, 8)]))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import numpy as np
 import onnx
@@ -39,9 +39,13 @@ from unfold.inputs import (
 )
 from unfold.load import LoadedModel, load_model
 from unfold.load.arch import check_arch_kwargs
+from unfold.load.model_file import check_swap, load_object, modes_kept
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
 from unfold.verification.tolerances import Tolerances, check_tolerances
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[str], None]
 
@@ -151,8 +155,16 @@ def _real_inputs(inputs: Inputs, specs: Sequence[InputSpec]
     return f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs)
 
 
-def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
+def _is_model_object(model: Any) -> TypeGuard[torch.nn.Module | torch.export.ExportedProgram]:
+    """A module or torch.export program the caller holds."""
+    import torch
+
+    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+
+
+def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None,
             arch_kwargs: Mapping[str, Any] | None = None, trust: bool = False,
+            swap: str | None = None,
             inputs: Inputs | None = None, exporter: str = "auto",
             opset: int | None = None, verify: bool = True, atol: Tolerances = None,
             rtol: Tolerances = None, skip: Sequence[str] = (), force: bool = False,
@@ -161,30 +173,62 @@ def convert(model: str | Path, out: str | Path, *, arch: str | None = None,
     """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
     only if no normalization is left). `report.outcome` says which.
 
+    model: a model file (any format `unfold convert` reads), or the model itself: a
+        `torch.nn.Module` (a training script's; its train/eval modes are put back after, its
+        parameters are not touched) or a `torch.export.ExportedProgram`
+
+    swap: for weights given with `arch`: the offline norm ("un", "pn", "pn*") the model was
+        trained with where the factory builds LayerNorms (unfold.nn.swap_norms after building)
     inputs: what the model takes, where it does not say itself (`unfold.Inputs`)
     atol, rtol: for every output (a float), or by output name (a mapping); see
         unfold.verification.tolerances
     skip: fold rules not to use (`unfold rules` lists them)
     max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)"""
-    from unfold.export import EXPORTERS, export_onnx
+    from unfold.export import EXPORTERS
 
-    inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed, {"model": model, "out": out})
+    in_memory = _is_model_object(model)
+    if not in_memory and not isinstance(model, (str, os.PathLike)):
+        raise UnfoldError(f"model: expected a model file path (str or pathlib.Path), a "
+                          f"torch.nn.Module or a torch.export.ExportedProgram, not a "
+                          f"{type(model).__name__}")
+    inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed, {"out": out})
+    check_swap(swap)
+    if in_memory and (arch is not None or arch_kwargs is not None or trust or swap):
+        raise UnfoldError(f"{option('arch')}, {option('arch_kwargs')}, {option('swap')} and "
+                          f"{option('trust')} are for model files: a {type(model).__name__} is "
+                          f"the model itself")
     _check_choice("exporter", exporter, list(EXPORTERS))
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < 1):
         raise UnfoldError(f"{option('opset', opset)}: must be a positive ONNX opset version")
     check_fold_options(skip, max_scale)
-    target = check_output_path(out, force=force, inputs=(Path(model),))
+    target = check_output_path(out, force=force, inputs=() if in_memory else (Path(model),))
     stages = _Stages(progress)
+    if _is_model_object(model):  # (in_memory, narrowed for the type checker)
+        loaded = load_object(model)
+        # a program's module has no modes (and refuses eval()): the caller's module has
+        with modes_kept(loaded.module) if loaded.program is None else nullcontext():
+            return _convert_loaded(loaded, target, stages, inputs, exporter, opset, verify,
+                                   atol, rtol, skip, force, strict, seed, max_scale)
     with stages.stage("load", f"loading {model}"):
-        loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
-        specs = resolve_specs(loaded, inputs)
-        user = _real_inputs(inputs, specs)
+        loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust, swap=swap)
+    return _convert_loaded(loaded, target, stages, inputs, exporter, opset, verify, atol, rtol,
+                           skip, force, strict, seed, max_scale)
+
+
+def _convert_loaded(loaded: LoadedModel, target: Path, stages: _Stages, inputs: Inputs,
+                    exporter: str, opset: int | None, verify: bool, atol: Tolerances,
+                    rtol: Tolerances, skip: Sequence[str], force: bool, strict: bool, seed: int,
+                    max_scale: float | None) -> ConvertReport:
+    from unfold.export import export_onnx
+
+    specs = resolve_specs(loaded, inputs)
+    user = _real_inputs(inputs, specs)
     with stages.stage("export", "exporting to ONNX"):
         exported = export_onnx(loaded, specs, exporter=exporter, opset=opset)
     with stages.stage("fold", "folding offline normalizations"):
         folded, fold_report = fold_model(exported.model, skip=skip, max_scale=max_scale)
-    report = ConvertReport(str(model), loaded.format, specs, exported.exporter,
+    report = ConvertReport(str(loaded.source), loaded.format, specs, exported.exporter,
                            exported.fallback_reason, exported.opset, fold_report, None,
                            stages.seconds, list(loaded.notes))
     if not fold_report.sites:
@@ -239,21 +283,47 @@ def _is_onnx(path: Path) -> bool:
     return path.suffix.lower() == ".onnx"
 
 
-def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
+def verify(reference: str | Path | Any, candidate: str | Path, *, engine: str = "ort",
            device: str = "cpu", arch: str | None = None,
            arch_kwargs: Mapping[str, Any] | None = None, trust: bool = False,
+           swap: str | None = None,
            inputs: Inputs | None = None, atol: Tolerances = None, rtol: Tolerances = None,
            seed: int = 0, progress: Progress | None = None) -> VerifyReport:
     """Run REFERENCE (model.pt on torch, or an .onnx on ONNX Runtime) and CANDIDATE (an
     .onnx on `engine`, a TensorRT engine built by `unfold build` (.plan, .engine) with
     `engine="trt"`, or a model.pt on torch) on the same inputs and compare every output.
-    `inputs`, `atol`, `rtol`, `arch`, `arch_kwargs` as for `convert`; `bool(report)` is the
-    verdict."""
+    `inputs`, `atol`, `rtol`, `arch`, `arch_kwargs`, `swap` as for `convert`; `bool(report)` is the
+    verdict. The reference may also be the model itself, as for `convert` (a module's modes
+    are put back after; on a GPU `device` a copy of it runs)."""
     check_engine(engine)
     check_device(device)
+    check_swap(swap)
+    in_memory = _is_model_object(reference)
+    if in_memory and (arch is not None or arch_kwargs is not None or trust or swap):
+        raise UnfoldError(f"{option('arch')}, {option('arch_kwargs')}, {option('swap')} and "
+                          f"{option('trust')} are for model files: a "
+                          f"{type(reference).__name__} is the model itself")
     inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed,
+                            {"candidate": candidate} if in_memory else
                             {"reference": reference, "candidate": candidate})
-    reference, candidate = Path(reference), Path(candidate)
+    if not in_memory:
+        return _verify(Path(reference), None, Path(candidate), engine, device, arch,
+                       arch_kwargs, trust, swap, inputs, atol, rtol, seed, progress)
+    assert _is_model_object(reference)  # (in_memory, narrowed for the type checker)
+    held = load_object(reference)
+    with modes_kept(held.module) if held.program is None else nullcontext():
+        if device != "cpu" and held.program is None:
+            import copy
+
+            held.module = copy.deepcopy(held.module)  # TorchRunner moves it to the device
+        return _verify(held.source, held, Path(candidate), engine, device, arch, arch_kwargs,
+                       trust, swap, inputs, atol, rtol, seed, progress)
+
+
+def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: str,
+            device: str, arch: str | None, arch_kwargs: Mapping[str, Any] | None, trust: bool,
+            swap: str | None, inputs: Inputs, atol: Tolerances, rtol: Tolerances, seed: int,
+            progress: Progress | None) -> VerifyReport:
     stages = _Stages(progress)
     example: dict[str, np.ndarray] = {}
     with stages.stage("load", f"loading {reference} and {candidate}"):
@@ -284,12 +354,13 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
             plan_runner = TrtRunner(candidate.read_bytes(), [])
             output_names = plan_runner.output_names
         reference_onnx = None
-        if _is_onnx(reference):
+        if held is None and _is_onnx(reference):
             reference_onnx = load_onnx(reference)
             ref_runner: Runner = OrtRunner(reference_onnx, device=device)
             specs = onnx_input_specs(reference_onnx, inputs)
         else:
-            loaded = load_model(reference, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+            loaded = held or load_model(reference, arch=arch, arch_kwargs=arch_kwargs,
+                                        trust=trust, swap=swap)
             specs = resolve_specs(loaded, inputs)
             ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
                                      device=device, by_keyword=loaded.by_keyword)
@@ -298,7 +369,8 @@ def verify(reference: str | Path, candidate: str | Path, *, engine: str = "ort",
         if plan_runner is not None:
             cand_runner = plan_runner
         elif candidate_onnx is None:
-            other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
+            other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
+                               swap=swap)
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)
         else:

@@ -271,3 +271,34 @@ def test_flags_are_parsed_before_the_model_is_even_looked_for(tmp_path: Path, co
     result = _invoke(command, *paths, *args)
     _assert_user_error(result, 2, message)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_weights_trained_with_swap_norms_convert_with_swap(tmp_path: Path) -> None:
+    """A factory that builds LayerNorm, weights trained after swap_norms: without --swap the
+    error names it (exit 2, nothing written); with it the model converts, every norm folded."""
+    from tests.models import randomize_norms, tiny_vit
+    from unfold.nn import swap_norms
+
+    model, _ = swap_norms(tiny_vit(norm="ln"), kind="un")
+    torch.save(randomize_norms(model).state_dict(), tmp_path / "w.pt")
+    flags = ["--arch", "tests.models:tiny_vit", "--arch-kwargs", '{"norm": "ln"}',
+             "--input-shape", "2x1x8x8"]
+    result = _invoke("convert", tmp_path / "w.pt", "--out", tmp_path / "m.onnx", *flags)
+    _assert_user_error(result, 2, f"{tmp_path / 'w.pt'} does not fit --arch "
+                                  f"tests.models:tiny_vit: the file holds UnifiedNorm statistics "
+                                  f"on 5 module(s) the architecture builds as LayerNorm "
+                                  f"(blocks.0.norm1, blocks.0.norm2, blocks.1.norm1, "
+                                  f"blocks.1.norm2, norm): the model was trained with "
+                                  f"unfold.nn.swap_norms; pass --swap un")
+    assert not (tmp_path / "m.onnx").exists()
+    result = _invoke("convert", tmp_path / "w.pt", "--out", tmp_path / "m.onnx", *flags,
+                     "--swap", "un", "--json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["fold"]["folded"] == 5 and report["fold"]["no_norm_left"]
+    result = _invoke("verify", tmp_path / "w.pt", tmp_path / "m.onnx", *flags, "--swap", "un")
+    assert result.exit_code == 0, result.output
+    result = _invoke("convert", tmp_path / "w.pt", "--out", tmp_path / "m2.onnx", *flags,
+                     "--swap", "ln")
+    assert result.exit_code == 2 and "'ln' is not an offline norm; valid: un, pn, pn*" in \
+        result.output

@@ -252,3 +252,66 @@ def test_a_fifo_is_not_a_model_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(UnfoldError, match="is not a regular file \\(a FIFO\\)"):
         load_model(fifo)
+
+
+# --- weights of a model trained with swap_norms: --swap ------------------------------------------
+
+LN_VIT = "tests.models:tiny_vit"
+
+
+def _swapped_weights(tmp_path: Path, kind: str = "un") -> Path:
+    """What a training script saves: a LayerNorm ViT from its factory, swap_norms, trained
+    (here: statistics made up), its state dict."""
+    from tests.models import randomize_norms
+    from unfold.nn import swap_norms
+
+    model, names = swap_norms(tiny_vit(norm="ln"), kind=kind)
+    assert len(names) == 5
+    torch.save(randomize_norms(model).state_dict(), tmp_path / "w.pt")
+    return tmp_path / "w.pt"
+
+
+@pytest.mark.parametrize("kind", ["un", "pn"])
+def test_swapped_weights_without_swap_name_the_flag(tmp_path: Path, kind: str) -> None:
+    path = _swapped_weights(tmp_path, kind)
+    with pytest.raises(UnfoldError) as info:
+        load_model(path, arch=LN_VIT, arch_kwargs={"norm": "ln"})
+    what = "UnifiedNorm" if kind == "un" else "PowerNorm"
+    assert f"the file holds {what} statistics on 5 module(s) the architecture builds as " \
+           f"LayerNorm (blocks.0.norm1, blocks.0.norm2" in str(info.value)
+    assert f"pass swap='{kind}'" in str(info.value)
+
+
+def test_swap_builds_what_the_weights_were_trained_as(tmp_path: Path) -> None:
+    path = _swapped_weights(tmp_path)
+    loaded = load_model(path, arch=LN_VIT, arch_kwargs={"norm": "ln"}, swap="un")
+    assert "5 LayerNorm(s) of tests.models:tiny_vit swapped to un (swap='un')" in loaded.notes
+    from tests.models import randomize_norms
+    from unfold.nn import swap_norms
+
+    trained = randomize_norms(swap_norms(tiny_vit(norm="ln"), kind="un")[0]).eval()
+    x = torch.rand(2, *VIT_INPUT[1:])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.module(x), trained(x), rtol=0, atol=0)
+
+
+def test_swap_problems_are_named(tmp_path: Path) -> None:
+    path = _swapped_weights(tmp_path)
+    with pytest.raises(UnfoldError, match=r"^swap='bn': valid: un, pn, pn\*"):
+        load_model(path, arch=LN_VIT, swap="bn")
+    with pytest.raises(UnfoldError, match=r"^swap='un': arch tests.models:tiny_vit builds no "
+                                          r"LayerNorm to swap"):
+        load_model(path, arch=LN_VIT, arch_kwargs={"norm": "un"}, swap="un")
+    (tmp_path / "w.arch.json").write_text(json.dumps({"arch": LN_VIT, "swap": "ln"}))
+    with pytest.raises(UnfoldError, match=r'w.arch.json: "swap" must be one of un, pn, pn\*, '
+                                          r'not "ln"'):
+        load_model(path, trust=True)
+
+
+def test_an_arch_json_may_say_swap(tmp_path: Path) -> None:
+    path = _swapped_weights(tmp_path)
+    (tmp_path / "w.arch.json").write_text(json.dumps({"arch": LN_VIT,
+                                                      "arch_kwargs": {"norm": "ln"},
+                                                      "swap": "un"}))
+    loaded = load_model(path, trust=True)
+    assert any("swapped to un" in note for note in loaded.notes)

@@ -90,7 +90,7 @@ def test_swapping_a_bare_layernorm_returns_the_new_layer() -> None:
 
 
 def test_swap_refuses_unknown_kind() -> None:
-    with pytest.raises(ValueError, match=r"kind must be one of \['pn', 'pn\*', 'un'\], got 'ln'"):
+    with pytest.raises(ValueError, match=r"kind must be one of \['un', 'pn', 'pn\*'\], got 'ln'"):
         swap_norms(_hand_built(), kind="ln")
 
 

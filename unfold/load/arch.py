@@ -100,9 +100,46 @@ def _named(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_NAMED]) + more
 
 
+# buffers of the offline norms (unfold.nn's, and the UN authors' UN1d) by the kind they say
+OFFLINE_BUFFERS = {"running_var": "un", "forward_window": "un", "backward_window": "un",
+                   "running_grad": "un", "num_outliers": "un", "buffer_x2": "un",
+                   "buffer_gz": "un", "skip_counter": "un", "iters": "un",
+                   "running_phi": "pn", "ema_gz": "un or pn"}
+
+
+def _swap_hint(module: torch.nn.Module, unexpected: list[str]) -> str | None:
+    """Where the file's extra keys are offline-norm buffers on modules the architecture
+    builds as LayerNorm: what to pass."""
+    from unfold.nn.swap import layer_norm_channel_axis
+
+    kinds, layer_norms = set(), []
+    for key in unexpected:
+        prefix, _, leaf = key.rpartition(".")
+        if leaf not in OFFLINE_BUFFERS:
+            continue
+        try:
+            owner = module.get_submodule(prefix)
+        except AttributeError:
+            continue
+        if layer_norm_channel_axis(owner) is not None:
+            kinds.add(OFFLINE_BUFFERS[leaf])
+            layer_norms.append(prefix)
+    if not layer_norms:
+        return None
+    kind = "pn" if "pn" in kinds else "un"
+    what = "PowerNorm" if kind == "pn" else "UnifiedNorm"
+    return (f"the file holds {what} statistics on {len(set(layer_norms))} module(s) the "
+            f"architecture builds as LayerNorm ({_named(sorted(set(layer_norms)))}): the "
+            f"model was trained with unfold.nn.swap_norms; pass {option('swap', kind)}"
+            + (f" (or {option('swap', 'pn*')} if it was PowerNorm without group scaling)"
+               if kind == "pn" else ""))
+
+
 def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
-                 source: Path, arch: str, origin: str | None = None) -> None:
-    """Every weight of the architecture from the state dict, and nothing left over."""
+                 source: Path, arch: str, origin: str | None = None,
+                 swapped: bool = False) -> None:
+    """Every weight of the architecture from the state dict, and nothing left over. Where
+    the extra keys say the norms were swapped (and `swapped` is False), the error says so."""
     origin = origin or option("arch")
     state = _strip_wrapper_prefix(state)
     try:
@@ -117,6 +154,9 @@ def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
         problems.append(f"in the file but not in the architecture: "
                         f"{_named(list(result.unexpected_keys))}")
     if problems:
+        hint = None if swapped else _swap_hint(module, list(result.unexpected_keys))
+        if hint is not None:  # (the buffers it lists would only hide what to do)
+            raise UnfoldError(f"{source} does not fit {origin} {arch}: {hint}")
         raise UnfoldError(f"{source} does not fit {origin} {arch} ({'; '.join(problems)}); "
                           f"check the architecture and its arguments")
 

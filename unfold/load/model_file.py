@@ -38,9 +38,12 @@ from unfold.load.arch import (
     sidecar_arch,
     split_arch,
 )
+from unfold.norm_kinds import OFFLINE_KINDS
 
+# a model the caller passes as an object (the Python API), not a file
+IN_MEMORY = ("module in memory", "torch.export program in memory")
 FORMATS = ("torch.export program", "TorchScript archive", "state dict", "training checkpoint",
-           "pickled module")
+           "pickled module", *IN_MEMORY)
 # where training checkpoints keep the model's weights
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "network",
                    "weights")
@@ -76,7 +79,11 @@ class LoadedModel:
 
 def load_model(path: str | Path, *, arch: str | None = None,
                arch_kwargs: Mapping[str, Any] | None = None,
-               trust: bool = False) -> LoadedModel:
+               trust: bool = False, swap: str | None = None) -> LoadedModel:
+    """`swap`: for weights loaded into `arch`, the offline norm ("un", "pn", "pn*") the model
+    was trained with in place of the LayerNorms the factory builds (unfold.nn.swap_norms is
+    applied to the factory's module before the weights go in)."""
+    check_swap(swap)
     path = Path(path)
     if not path.exists():
         raise UnfoldError(f"{path}: no such file")
@@ -99,11 +106,58 @@ def load_model(path: str | Path, *, arch: str | None = None,
     elif kind == "torchscript":
         loaded = _load_torchscript(path)
     else:
-        loaded = _load_pickle(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust)
-    if arch and loaded.format not in ("state dict", "training checkpoint"):
-        loaded.notes.append(f"{option('arch')} ignored: a {loaded.format} carries its "
-                            f"architecture")
+        loaded = _load_pickle(path, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
+                              swap=swap)
+    for flag, value in (("arch", arch), ("swap", swap)):
+        if value and loaded.format not in ("state dict", "training checkpoint"):
+            loaded.notes.append(f"{option(flag)} ignored: a {loaded.format} carries its "
+                                f"architecture")
     return loaded
+
+
+def check_swap(swap: Any) -> None:
+    if swap is not None and swap not in OFFLINE_KINDS:
+        raise UnfoldError(f"{option('swap', swap)}: valid: {', '.join(OFFLINE_KINDS)} (the "
+                          f"offline norm the model was trained with in place of LayerNorm)")
+
+
+def _swapped(module: torch.nn.Module, swap: str, origin: str, arch: str) -> str:
+    """swap_norms on a freshly built architecture; the note saying what it did."""
+    from unfold.nn import swap_norms
+
+    _, names = swap_norms(module, kind=swap)
+    if not names:
+        raise UnfoldError(f"{option('swap', swap)}: {origin} {arch} builds no LayerNorm to "
+                          f"swap; leave {option('swap')} out if the weights are for it as it is")
+    return f"{len(names)} LayerNorm(s) of {arch} swapped to {swap} ({option('swap', swap)})"
+
+
+def load_object(model: torch.nn.Module | torch.export.ExportedProgram) -> LoadedModel:
+    """A model the caller holds (a training script's module, or a torch.export program), as a
+    LoadedModel. The caller's module is used as it is, not copied: `modes_kept` puts its
+    train/eval modes back after the work; nothing changes its parameters."""
+    if isinstance(model, torch.export.ExportedProgram):
+        loaded = _from_program(model, Path(f"<{IN_MEMORY[1]}>"), IN_MEMORY[1])
+        return loaded
+    if isinstance(model, torch.jit.ScriptModule):
+        names = [a.name for a in model.forward.schema.arguments[1:]]  # type: ignore[attr-defined]
+        return LoadedModel(model, Path(f"<{type(model).__name__} in memory>"), IN_MEMORY[0],
+                           names)
+    required, optional = _forward_names(model)
+    return LoadedModel(model, Path(f"<{type(model).__name__} in memory>"), IN_MEMORY[0],
+                       required, optional_inputs=optional)
+
+
+@contextlib.contextmanager
+def modes_kept(module: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the work inside; every submodule's own mode back afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    try:
+        module.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def _is_onnx(path: Path) -> bool:
@@ -163,9 +217,13 @@ def _load_program(path: Path) -> LoadedModel:
     except Exception as exc:
         raise UnfoldError(f"{path} looks like a torch.export program but does not load: "
                           f"{type(exc).__name__}: {_first_line(exc)}") from None
+    return _from_program(program, path, "torch.export program")
+
+
+def _from_program(program: torch.export.ExportedProgram, path: Path, fmt: str) -> LoadedModel:
     names = [spec.arg.name for spec in program.graph_signature.input_specs
              if spec.kind == torch.export.graph_signature.InputKind.USER_INPUT]
-    loaded = LoadedModel(program.module(), path, "torch.export program", names, program=program)
+    loaded = LoadedModel(program.module(), path, fmt, names, program=program)
     args, kwargs = program.example_inputs or ((), {})
     flat = list(args) + [kwargs[k] for k in names[len(args):] if k in kwargs]
     if len(flat) == len(names) and all(isinstance(t, torch.Tensor) for t in flat):
@@ -205,7 +263,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
 
 
 def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: Mapping[str, Any] | None,
-                 trust: bool) -> LoadedModel:
+                 trust: bool, swap: str | None) -> LoadedModel:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -230,10 +288,13 @@ def _load_pickle(path: Path, *, arch: str | None, arch_kwargs: Mapping[str, Any]
     state, fmt = _find_state_dict(obj, path)
     choice = _choose_arch(path, fmt, arch, arch_kwargs, trust)
     module = build_module(choice.arch, choice.kwargs, choice.origin, choice.kwargs_origin)
-    load_weights(module, state, source=path, arch=choice.arch, origin=choice.origin)
+    swap = swap or choice.swap
+    notes = [_swapped(module, swap, choice.origin, choice.arch)] if swap else []
+    load_weights(module, state, source=path, arch=choice.arch, origin=choice.origin,
+                 swapped=swap is not None)
     required, optional = _forward_names(module)
     loaded = LoadedModel(module, path, fmt, required, optional_inputs=optional)
-    loaded.notes += choice.notes
+    loaded.notes += choice.notes + notes
     if choice.arch_file is not None and "inputs" in choice.described:
         loaded.input_specs = _specs_from_arch_file(
             choice.described["inputs"], choice.arch_file, loaded.input_names
@@ -252,6 +313,7 @@ class _ArchChoice:
     arch_file: Path | None = None  # the architecture file whose inputs are used, if any
     described: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    swap: str | None = None  # the architecture file's "swap", if any
 
 
 def _choose_arch(path: Path, fmt: str, arch: str | None,
@@ -293,9 +355,13 @@ def _choose_arch(path: Path, fmt: str, arch: str | None,
     else:
         kwargs, kwargs_origin = dict(named_kwargs), f'{arch_file}\'s "arch_kwargs"'
     how = option("trust", True) if arch is None else f"confirmed by {option('arch')}"
+    swap = described.get("swap")
+    if swap is not None and swap not in OFFLINE_KINDS:
+        raise UnfoldError(f'{arch_file}: "swap" must be one of {", ".join(OFFLINE_KINDS)}, not '
+                          f"{json.dumps(swap)}")
     return _ArchChoice(named, kwargs, origin if arch is None else option("arch"), kwargs_origin,
                        arch_file, described,
-                       notes=[f"architecture {named} from {arch_file.name} ({how})"])
+                       notes=[f"architecture {named} from {arch_file.name} ({how})"], swap=swap)
 
 
 def _load_trusted(path: Path) -> LoadedModel:

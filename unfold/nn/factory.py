@@ -12,9 +12,7 @@ from torch import nn
 
 from unfold.nn.power_norm import PowerNorm
 from unfold.nn.unified_norm import UnifiedNorm
-
-NORM_KINDS = ("ln", "un", "pn", "pn*", "none")
-OFFLINE_KINDS = frozenset({"un", "pn", "pn*"})
+from unfold.norm_kinds import NORM_KINDS
 
 
 def create_norm(kind: str, num_channels: int, **options: Any) -> nn.Module:

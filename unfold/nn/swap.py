@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from unfold.nn._base import OfflineNorm
-from unfold.nn.factory import NORM_KINDS, OFFLINE_KINDS, create_norm
+from unfold.nn.factory import create_norm
+from unfold.norm_kinds import NORM_KINDS, OFFLINE_KINDS
 
 # Class names of the nn.LayerNorm subclasses that normalize axis 1 of (N, C, H, W) inputs:
 # timm.layers.norm's LayerNorm2d, LayerNorm2dFp32 and LayerNormExp2d, the copies other
@@ -64,7 +65,7 @@ def swap_norms(model: nn.Module, kind: str = "un", **options: Any) -> tuple[nn.M
     and the qualified names of the swapped modules, in the order `named_modules` visits them.
     """
     if kind not in OFFLINE_KINDS:
-        raise ValueError(f"kind must be one of {sorted(OFFLINE_KINDS)}, got {kind!r}")
+        raise ValueError(f"kind must be one of {list(OFFLINE_KINDS)}, got {kind!r}")
     if "channel_axis" in options:
         raise ValueError(
             "swap_norms chooses channel_axis per layer (1 for channels-first LayerNorms such "
