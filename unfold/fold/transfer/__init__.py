@@ -26,6 +26,7 @@ from unfold.fold.transfer import (
     gate,
     layout,
     linear,
+    negate,
     norm,
     pad,
     pool,
@@ -71,6 +72,7 @@ RULES: dict[str, Rule] = {rule.name: rule for rule in (
     Rule(residual.NAME, "transfer", residual.OPS, residual.ALGEBRA, residual.plan),
     Rule(gate.NAME, "transfer", gate.OPS, gate.ALGEBRA, gate.plan),
     Rule(activation.NAME, "transfer", activation.OPS, activation.ALGEBRA, activation.plan),
+    Rule(negate.NAME, "transfer", negate.OPS, negate.ALGEBRA, negate.plan),
 )}
 
 _BY_OP: dict[str, list[Rule]] = {}

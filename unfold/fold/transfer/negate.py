@@ -1,0 +1,25 @@
+"""A negation is linear: −(s⊙x + b) = s⊙(−x) + (−b). Rotary embeddings' rotate_half
+(cat(−x2, x1)) negates half of q and k; the pending passes with its shift negated."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from unfold.fold.algebra import Affine
+from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.transfer._common import moved
+
+if TYPE_CHECKING:
+    import onnx_graphsurgeon as gs
+
+NAME = "negate"
+OPS = frozenset({"Neg"})
+ALGEBRA = "−(s⊙x + b) = s⊙(−x) − b"
+
+
+def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if set(pendings) != {0} or pendings[0].invariant:
+        return None
+    affine = pendings[0].affine
+    assert affine is not None
+    return moved(NAME, node, pendings[0], Affine(affine.scale, -affine.shift))
