@@ -43,7 +43,7 @@ from unfold.norm_kinds import OFFLINE_KINDS
 # a model the caller passes as an object (the Python API), not a file
 IN_MEMORY = ("module in memory", "torch.export program in memory")
 FORMATS = ("torch.export program", "TorchScript archive", "state dict", "training checkpoint",
-           "pickled module", *IN_MEMORY)
+           "pickled module", "Hugging Face directory", *IN_MEMORY)
 # where training checkpoints keep the model's weights
 CHECKPOINT_KEYS = ("model", "state_dict", "model_state_dict", "module", "net", "network",
                    "weights")
@@ -88,7 +88,17 @@ def load_model(path: str | Path, *, arch: str | None = None,
     if not path.exists():
         raise UnfoldError(f"{path}: no such file")
     if path.is_dir():
-        raise UnfoldError(f"{path} is a directory; give a model file (.pt, .pt2, .pth)")
+        from unfold.load.pretrained_dir import CONFIG, is_pretrained_dir
+
+        if is_pretrained_dir(path):
+            loaded = _load_pretrained(path, swap)
+            for flag, value in (("arch", arch), ("arch_kwargs", arch_kwargs)):
+                if value:
+                    loaded.notes.append(f"{option(flag)} ignored: {path / CONFIG} describes "
+                                        f"the model")
+            return loaded
+        raise UnfoldError(f"{path} is a directory without a {CONFIG}; give a model file (.pt, "
+                          f".pt2, .pth) or a Hugging Face save_pretrained directory")
     if not path.is_file():
         from unfold.onnx_files import file_kind
 
@@ -208,6 +218,30 @@ def _quiet_torch() -> Iterator[None]:
             yield
     finally:
         logger.setLevel(level)
+
+
+def _load_pretrained(path: Path, swap: str | None) -> LoadedModel:
+    from unfold.load.pretrained_dir import (
+        FORMAT,
+        default_shape,
+        load_pretrained_dir,
+        main_input_name,
+    )
+
+    module, notes = load_pretrained_dir(path, swap=swap)
+    required, optional = _forward_names(module)
+    main = main_input_name(module)
+    if main is not None and not required and main in optional:
+        # (every forward parameter of a transformers model has a default: the main input
+        # is the one it needs)
+        required, optional = [main], [n for n in optional if n != main]
+    loaded = LoadedModel(module, path, FORMAT, required, optional_inputs=optional, notes=notes)
+    described = default_shape(module, main) if main is not None and main in required else None
+    if main is not None and described is not None:
+        shape, dtype, value_range, dynamic = described
+        loaded.input_specs = [InputSpec(main, shape, dtype, value_range, dynamic)]
+        loaded.notes.append(f"input {loaded.input_specs[0].describe()} (from the config)")
+    return loaded
 
 
 def _load_program(path: Path) -> LoadedModel:

@@ -86,7 +86,32 @@ def swap_norms(model: nn.Module, kind: str = "un", **options: Any) -> tuple[nn.M
 
     result = convert(model, "")
     _keep_off_fused_paths(result)
+    if swapped:
+        _record_in_config(result, kind, options)
     return result, swapped
+
+
+# (unfold.load.pretrained_dir.SWAP_KEY: that module imports transformers' world lazily; this
+# one must not import unfold.load)
+SWAP_KEY = "unfold_swap"
+
+
+def _record_in_config(model: nn.Module, kind: str, options: dict[str, Any]) -> None:
+    """A Hugging Face model's config (what save_pretrained writes as config.json) records the
+    swap, so that the directory says what it holds: unfold.nn.from_pretrained and `unfold
+    convert DIR` apply it again. Options that JSON cannot hold are not recorded (nor the
+    swap: a half record would rebuild another model)."""
+    import json
+
+    config = getattr(model, "config", None)
+    if config is None or not callable(getattr(config, "to_json_string", None)):
+        return
+    record = {"kind": kind, "options": dict(options)}
+    try:
+        json.dumps(record)
+    except (TypeError, ValueError):
+        return
+    setattr(config, SWAP_KEY, record)
 
 
 def _keep_module_path(module: nn.Module, args: tuple) -> None:
