@@ -32,12 +32,19 @@ from .harness import ZooCase
 class AuthorsUN1d(nn.Module):
     """Exports as the authors' UN1d does in eval (their buffers, their op order)."""
 
-    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+    def __init__(self, channels: int, eps: float = 1e-5, window_size: int = 4) -> None:
         super().__init__()
         self.num_features, self.eps = channels, eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
+        # their buffers, names, shapes and dtypes (a state dict saved from their layer has
+        # these keys): the step count and outlier count are (1,) int64
         self.register_buffer("running_var", torch.ones(channels))
+        self.register_buffer("ema_gz", torch.zeros(channels))
+        self.register_buffer("iters", torch.zeros(1, dtype=torch.long))
+        self.register_buffer("buffer_x2", torch.zeros(window_size, channels))
+        self.register_buffer("buffer_gz", torch.zeros(window_size, channels))
+        self.register_buffer("skip_counter", torch.zeros(1, dtype=torch.long))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shaped_input = x.dim() == 2
@@ -274,6 +281,11 @@ class FairseqLayers(nn.Module):
             source = layer(source)
         encoder_out = self.encoder_norm(source)
         return self.output_projection(self.decoder_norm(self.decoder(target, encoder_out)))
+
+
+def t2t_vit(twin: bool = False) -> nn.Module:
+    """The T2T-ViT above as an --arch factory (an authors' architecture on the user's path)."""
+    return T2TViT(twin)
 
 
 def _build(factory, twin: bool) -> nn.Module:

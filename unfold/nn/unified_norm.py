@@ -120,6 +120,12 @@ class _UnifiedNormFunction(torch.autograd.Function):
         return dx, dweight, dbias, None, None, None, None, None
 
 
+# the authors' UN1d buffers (hikvision-research/Unified-Normalization) -> this layer's
+AUTHORS_BUFFERS = {"buffer_x2": "forward_window", "buffer_gz": "backward_window",
+                   "ema_gz": "running_grad", "iters": "num_steps",
+                   "skip_counter": "num_outliers"}
+
+
 class UnifiedNorm(OfflineNorm):
     """Unified Normalization over the channel axis of inputs shaped (..., C), or (N, C, *spatial)
     with `channel_axis=1`.
@@ -199,6 +205,18 @@ class UnifiedNorm(OfflineNorm):
     def eval_affine(self) -> tuple[Tensor, Tensor]:
         """(a, b) of the eval-mode affine y = a⊙x + b: a = γ/sqrt(ρ+eps), b = β, shape (C,)."""
         return self.weight * torch.rsqrt(self.running_var + self.eps), self.bias
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[no-untyped-def]
+        """A state dict saved from the authors' UN1d loads as it is: their buffers under
+        this layer's names (AUTHORS_BUFFERS), their (1,) counters as scalars. The maths is
+        theirs step for step, so training goes on where theirs stopped."""
+        if prefix + "buffer_x2" in state_dict and prefix + "forward_window" not in state_dict:
+            for theirs, ours in AUTHORS_BUFFERS.items():
+                if prefix + theirs in state_dict:
+                    value = state_dict.pop(prefix + theirs)
+                    state_dict[prefix + ours] = value.reshape(()) \
+                        if ours in ("num_steps", "num_outliers") else value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor, pad_mask: Tensor | None = None) -> Tensor:
         self._check_channels(x)
