@@ -100,7 +100,8 @@ def test_bad_options_fail_before_any_model_loads(trio: list[Path], kwargs: dict,
 
 def test_one_model_given_as_a_string_is_refused(trio: list[Path]) -> None:
     with pytest.raises(UnfoldError, match=r"^models='.*un.onnx': expected a list of model "
-                                          r"files, e.g. models=\['un.onnx', 'none.onnx'\]"):
+                                          r"files \(or, for the torch engine, modules\), e.g. "
+                                          r"models=\['un.onnx', 'none.onnx'\]"):
         bench(str(trio[0]), rounds=2, memory=False)
 
 
@@ -128,3 +129,25 @@ def test_torch_models_run_on_torch() -> None:
     assert report.results[0].shapes == {"images": [3, 1, 8, 8]}
     assert report.runtime.startswith("torch")
     assert np.isfinite(report.results[1].ratio.median)
+
+
+def test_modules_in_memory_run_on_torch_beside_files() -> None:
+    """A training script benches what it holds against a shipped file: the modules are named
+    by their class, their modes are put back, no memory child is asked to load them (one
+    can only load files); another engine refuses them."""
+    from sample_models.registry import CHECKPOINT_DIR
+    from tests.models import tiny_vit
+
+    live, other = tiny_vit().train(), tiny_vit(seed=1)
+    report = bench([live, other, CHECKPOINT_DIR / "digits-vit-un.pt2"], engine="torch",
+                   batches=(2,), threads=1, rounds=3, warmup=1, memory=True,
+                   inputs=bench_module.Inputs(shapes={"images": (2, 1, 8, 8)},
+                                              dynamic=["batch"]))
+    names = [r.model for r in report.results]
+    assert names == ["VisionTransformer-1", "VisionTransformer-2", "digits-vit-un"]
+    assert [r.memory is None for r in report.results] == [True, True, False]
+    assert report.results[0].path == "<VisionTransformer in memory>"
+    assert all(m.training for m in live.modules())
+    with pytest.raises(UnfoldError, match=r"^a VisionTransformer in models: a model in memory "
+                                          r"runs on engine='torch' only"):
+        bench([live], engine="ort", rounds=2, memory=False)

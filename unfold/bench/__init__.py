@@ -13,6 +13,7 @@ timing; `tests/bench` checks the mechanics.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import platform
@@ -25,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from unfold.bench.memory import MemoryUse, measure_in_child
-from unfold.bench.models import Target, load_target
+from unfold.bench.models import Target, load_target, object_target
 from unfold.bench.stats import Latency, Ratio, ratio_interval
 from unfold.bench.timing import interleaved
 from unfold.engines import check_device, check_engine
 from unfold.errors import UnfoldError, option
 from unfold.inputs import Inputs, check_inputs, check_seed
+from unfold.load.model_file import modes_kept
 
 # (batch, rounds done, rounds in all or None for a time budget): a progress bar
 Progress = Callable[[int, int, int | None], None]
@@ -150,7 +152,16 @@ def _is_count(value: object, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequence[int] = (1,),
+def _in_memory(model: Any) -> bool:
+    import sys
+
+    torch = sys.modules.get("torch")  # (a caller holding a module has torch loaded)
+    return torch is not None and isinstance(model, (torch.nn.Module,
+                                                    torch.export.ExportedProgram))
+
+
+def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
+          batches: Sequence[int] = (1,),
           threads: int | None = None, rounds: int | None = None, seconds: float | None = None,
           warmup: int = 3, baseline: str | None = None, inputs: Inputs | None = None,
           device: str = "cpu", compile: bool = False, memory: bool = True, seed: int = 0,
@@ -167,14 +178,24 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
     if isinstance(models, (str, os.PathLike)) or not all(
-            isinstance(m, (str, os.PathLike)) for m in models):
-        raise UnfoldError(f"{option('models', models)}: expected a list of model files, e.g. "
+            isinstance(m, (str, os.PathLike)) or _in_memory(m) for m in models):
+        raise UnfoldError(f"{option('models', models)}: expected a list of model files (or, "
+                          f"for the torch engine, modules), e.g. "
                           f"{option('models', ['un.onnx', 'none.onnx'])}")
-    paths = [Path(m) for m in models]
+    held = {i: m for i, m in enumerate(models) if _in_memory(m)}
+    if held and engine != "torch":
+        raise UnfoldError(f"a {type(next(iter(held.values()))).__name__} in "
+                          f"{option('models')}: a model in memory runs on "
+                          f"{option('engine', 'torch')} only (export it for {engine}: "
+                          f"unfold.convert)")
+    classes = [type(m).__name__ for m in held.values()]
+    paths = [Path(f"{type(m).__name__}" + (f"-{i + 1}" if classes.count(type(m).__name__) > 1
+                                           else "") + ".in-memory")
+             if i in held else Path(m) for i, m in enumerate(models)]
     if not paths:
         raise UnfoldError("no model to bench: give one or more model files")
-    for path in paths:
-        if not path.is_file():
+    for i, path in enumerate(paths):
+        if i not in held and not path.is_file():
             raise UnfoldError(f"{path}: no such file")
     names = model_names(paths)
     baseline = baseline or names[0]
@@ -184,9 +205,33 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
     if threads is None and device == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             (os.cpu_count() or 1)
-    targets: dict[str, Target] = {n: load_target(p, engine, trust=trust, arch=arch,
-                                                 arch_kwargs=arch_kwargs)
-                                  for n, p in zip(names, paths, strict=True)}
+    targets: dict[str, Target] = {
+        n: object_target(held[i], engine, device) if i in held else
+        load_target(p, engine, trust=trust, arch=arch, arch_kwargs=arch_kwargs)
+        for i, (n, p) in enumerate(zip(names, paths, strict=True))}
+    with contextlib.ExitStack() as kept:  # the callers' modules as they were, afterwards
+        for i in held:
+            if targets[names[i]].model.program is None:
+                kept.enter_context(modes_kept(held[i]))
+        report = _timed(targets, engine, device, threads, batches, warmup, rounds, seconds,
+                        baseline, compile, seed, inputs, progress)
+    if memory:
+        for result in report.results:
+            if targets[result.model].held:
+                continue  # (a child process cannot load what only this one holds)
+            result.memory = measure_in_child({
+                "model": result.path, "engine": engine, "batch": result.batch,
+                "threads": threads, "device": device, "compile": compile, "seed": seed,
+                "trust": trust, "arch": arch,
+                "arch_kwargs": dict(arch_kwargs) if arch_kwargs is not None else None,
+                "inputs": inputs.to_json()})
+    return report
+
+
+def _timed(targets: dict[str, Target], engine: str, device: str, threads: int | None,
+           batches: Sequence[int], warmup: int, rounds: int | None, seconds: float | None,
+           baseline: str, compile: bool, seed: int, inputs: Inputs,
+           progress: Progress | None) -> BenchReport:
     report = BenchReport(engine, "", device, threads, list(batches), warmup, rounds, seconds,
                          baseline, environment=_environment(engine, device))
     for batch in batches:
@@ -208,12 +253,4 @@ def bench(models: Sequence[str | Path], *, engine: str = "ort", batches: Sequenc
                 {k: list(v.shape) for k, v in feeds.items()}, times[name],
                 Latency.of(times[name]), ratio))
         del prepared, runs
-    if memory:
-        for result in report.results:
-            result.memory = measure_in_child({
-                "model": result.path, "engine": engine, "batch": result.batch,
-                "threads": threads, "device": device, "compile": compile, "seed": seed,
-                "trust": trust, "arch": arch,
-                "arch_kwargs": dict(arch_kwargs) if arch_kwargs is not None else None,
-                "inputs": inputs.to_json()})
     return report
