@@ -836,6 +836,9 @@ def to_foreign_domain(model: onnx.ModelProto) -> int:
               if np.all(onnx.numpy_helper.to_array(i) == FOREIGN_MARK)}
     marked |= {n.output[0] for n in graph.node if n.op_type == "Constant" and
                np.all(onnx.numpy_helper.to_array(n.attribute[0].t) == FOREIGN_MARK)}
+    # (the TorchScript exporter keeps one of identical initializers, the others as Identity)
+    marked |= {n.output[0] for n in graph.node if n.op_type == "Identity" and
+               n.input[0] in marked}
     count = 0
     for node in graph.node:
         if node.op_type == "Mul" and node.domain in ("", "ai.onnx") and \
@@ -1104,6 +1107,7 @@ OPTIONS: dict[str, Spec] = {
     "rotary_qkv_twice": replace(BASE, segments=(("rotary_qkv", 0), ("rotary_qkv", 1))),
     "rotary_qkv_post": replace(BASE, style="post", depth=2, segments=(("rotary_qkv", 1),)),
     "foreign_mul": replace(BASE, segments=(("foreign_mul", 1),)),
+    "foreign_mul_twice": replace(BASE, segments=(("foreign_mul", 0), ("foreign_mul", 0))),
     # norm(x).to(x): a same-type Cast after every norm
     "cast_back_pre": replace(BASE, cast_back=True, depth=2),
     "cast_back_post": replace(BASE, cast_back=True, style="post", depth=2),

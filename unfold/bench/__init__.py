@@ -212,7 +212,7 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
     with contextlib.ExitStack() as kept:  # the callers' modules as they were, afterwards
         for i in held:
             if targets[names[i]].model.program is None:
-                kept.enter_context(modes_kept(held[i]))
+                kept.enter_context(modes_kept(targets[names[i]].model.module))
         report = _timed(targets, engine, device, threads, batches, warmup, rounds, seconds,
                         baseline, compile, seed, inputs, progress)
     if memory:
