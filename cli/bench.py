@@ -81,6 +81,7 @@ def bench(
     dynamic: str | None = opt.DYNAMIC,
     arch: str | None = opt.ARCH,
     arch_kwargs: str | None = opt.ARCH_KWARGS,
+    swap: str | None = opt.SWAP,
     trust: bool = opt.TRUST,
     seed: int = typer.Option(0, "--seed", help="Seed of the random inputs."),
     force: bool = typer.Option(False, "--force", help="Overwrite --json / --plot files."),
@@ -113,7 +114,7 @@ def bench(
                 seconds=seconds, warmup=warmup, baseline=baseline,
                 inputs=given,
                 device=device, compile=compile_, memory=memory, seed=seed, trust=trust,
-                arch=arch, arch_kwargs=kwargs, progress=progress)
+                arch=arch, arch_kwargs=kwargs, swap=swap, progress=progress)
         finally:
             progress.close()
         render_bench(report)

@@ -151,3 +151,22 @@ def test_modules_in_memory_run_on_torch_beside_files() -> None:
     with pytest.raises(UnfoldError, match=r"^a VisionTransformer in models: a model in memory "
                                           r"runs on engine='torch' only"):
         bench([live], engine="ort", rounds=2, memory=False)
+
+
+def test_weights_trained_with_swap_norms_bench_with_swap(tmp_path: Path) -> None:
+    """A state dict of a model trained after swap_norms, its LayerNorm factory and swap: timed,
+    and its memory measured in a child process that loads it the same way."""
+    import torch
+
+    from tests.models import randomize_norms, tiny_vit
+    from unfold.nn import swap_norms
+
+    model, _ = swap_norms(tiny_vit(norm="ln"), kind="un")
+    torch.save(randomize_norms(model).state_dict(), tmp_path / "w.pt")
+    report = bench([tmp_path / "w.pt"], engine="torch", arch="tests.models:tiny_vit",
+                   arch_kwargs={"norm": "ln"}, swap="un", batches=(2,), threads=1, rounds=2,
+                   warmup=1, inputs=bench_module.Inputs(shapes=[(2, 1, 8, 8)]))
+    (result,) = report.results
+    assert result.memory is not None and result.memory.peak_mib > 0
+    with pytest.raises(UnfoldError, match=r"^swap='ln': valid: un, pn, pn\*"):
+        bench([tmp_path / "w.pt"], engine="torch", swap="ln")

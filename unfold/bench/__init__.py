@@ -32,7 +32,7 @@ from unfold.bench.timing import interleaved
 from unfold.engines import check_device, check_engine
 from unfold.errors import UnfoldError, option
 from unfold.inputs import Inputs, check_inputs, check_seed
-from unfold.load.model_file import modes_kept
+from unfold.load.model_file import check_swap, modes_kept
 
 # (batch, rounds done, rounds in all or None for a time budget): a progress bar
 Progress = Callable[[int, int, int | None], None]
@@ -166,7 +166,7 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
           warmup: int = 3, baseline: str | None = None, inputs: Inputs | None = None,
           device: str = "cpu", compile: bool = False, memory: bool = True, seed: int = 0,
           trust: bool = False, arch: str | None = None,
-          arch_kwargs: Mapping[str, Any] | None = None,
+          arch_kwargs: Mapping[str, Any] | None = None, swap: str | None = None,
           progress: Progress | None = None) -> BenchReport:
     """Time `models` on `engine` at each batch size (see the module's docstring). Without
     `rounds` or `seconds`: 100 rounds. `baseline` names the model the ratios are to (default:
@@ -177,6 +177,7 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
                         seconds=seconds, warmup=warmup, seed=seed, device=device)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
+    check_swap(swap)
     if isinstance(models, (str, os.PathLike)) or not all(
             isinstance(m, (str, os.PathLike)) or _in_memory(m) for m in models):
         raise UnfoldError(f"{option('models', models)}: expected a list of model files (or, "
@@ -207,7 +208,7 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
             (os.cpu_count() or 1)
     targets: dict[str, Target] = {
         n: object_target(held[i], engine, device) if i in held else
-        load_target(p, engine, trust=trust, arch=arch, arch_kwargs=arch_kwargs)
+        load_target(p, engine, trust=trust, arch=arch, arch_kwargs=arch_kwargs, swap=swap)
         for i, (n, p) in enumerate(zip(names, paths, strict=True))}
     with contextlib.ExitStack() as kept:  # the callers' modules as they were, afterwards
         for i in held:
@@ -224,6 +225,7 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
                 "threads": threads, "device": device, "compile": compile, "seed": seed,
                 "trust": trust, "arch": arch,
                 "arch_kwargs": dict(arch_kwargs) if arch_kwargs is not None else None,
+                "swap": swap,
                 "inputs": inputs.to_json()})
     return report
 

@@ -53,8 +53,7 @@ def _peak_kib() -> int:
 
 def measure_in_child(job: dict[str, Any], timeout: float = 600) -> MemoryUse:
     """Run `job` (model, engine, batch, threads, device, inputs, seed, compile, trust, arch,
-    arch_kwargs)
-    in a fresh interpreter and read its report."""
+    arch_kwargs, swap) in a fresh interpreter and read its report."""
     done = subprocess.run([sys.executable, "-m", "unfold.bench.memory", json.dumps(job)],
                           capture_output=True, text=True, timeout=timeout)
     line = next((x for x in reversed(done.stdout.splitlines()) if x.startswith("{")), None)
@@ -82,7 +81,8 @@ def _child(job: dict[str, Any]) -> MemoryUse:
 
     base = _status_kib("VmRSS") or _peak_kib()
     target = load_target(Path(job["model"]), job["engine"], trust=job.get("trust", False),
-                         arch=job.get("arch"), arch_kwargs=job.get("arch_kwargs"))
+                         arch=job.get("arch"), arch_kwargs=job.get("arch_kwargs"),
+                         swap=job.get("swap"))
     runner, feeds = target.prepare(job["batch"], threads=job.get("threads"),
                                    device=job.get("device", "cpu"),
                                    compile=job.get("compile", False), seed=job.get("seed", 0),

@@ -60,7 +60,8 @@ class Target:
 
 
 def load_target(path: Path, engine: str, *, trust: bool = False, arch: str | None = None,
-                arch_kwargs: Mapping[str, Any] | None = None) -> Target:
+                arch_kwargs: Mapping[str, Any] | None = None,
+                swap: str | None = None) -> Target:
     check_runs(engine, path, is_onnx=path.suffix.lower() == ".onnx")
     if engine in ONNX_ENGINES:
         from unfold.onnx_files import load_onnx
@@ -69,7 +70,7 @@ def load_target(path: Path, engine: str, *, trust: bool = False, arch: str | Non
     from unfold.load import load_model
 
     return Target(path, engine, load_model(path, trust=trust, arch=arch,
-                                           arch_kwargs=arch_kwargs))
+                                           arch_kwargs=arch_kwargs, swap=swap))
 
 
 def object_target(model: Any, engine: str, device: str) -> Target:
