@@ -85,13 +85,7 @@ ARCHITECTURES: dict[str, tuple[dict[str, Any], int, str]] = {
 def _build(name: str, kwargs: dict[str, Any], norms: str):
     from torch import nn
 
-    from tests.zoo.harness import norms_to_identity
-    from tests.zoo.timm_cases import (
-        SEED,
-        _informative_weights,
-        _swapped_or_twin,
-        randomize_batch_norms,
-    )
+    from tests.zoo.timm_cases import SEED, _swapped_or_twin, batch_norms_or_twin
 
     factory = name.split(".")[0]
 
@@ -103,12 +97,7 @@ def _build(name: str, kwargs: dict[str, Any], norms: str):
         model = timm.create_model(factory, pretrained=False, num_classes=10, **kwargs)
         if norms == "ln":
             return _swapped_or_twin(model, ("gamma", "gamma_1", "gamma_2", "scale"), twin)
-        _informative_weights(model, SEED + 2, gain=1.0)
-        if twin:
-            norms_to_identity(model, kinds=(nn.BatchNorm1d, nn.BatchNorm2d))
-        else:
-            randomize_batch_norms(model, SEED)
-        return model.eval()
+        return batch_norms_or_twin(model, twin)
 
     return build
 

@@ -155,6 +155,12 @@ def _build_levit(twin: bool) -> nn.Module:
                               key_dim=8, num_heads=(2, 3), depth=(1, 1), num_classes=10)
     # gain 1: with GAIN's smaller weights the tokens are so alike that dropping the shift of
     # the subsampling attention's query BatchNorm moves the output by only 5e-6 of its scale
+    return batch_norms_or_twin(model, twin)
+
+
+def batch_norms_or_twin(model: nn.Module, twin: bool) -> nn.Module:
+    """A freshly built BatchNorm model with its BatchNorms given statistics of their own, or
+    its twin (BatchNorms Identity); Linear/Conv weights at gain 1 either way."""
     _informative_weights(model, SEED + 2, gain=1.0)
     if twin:
         norms_to_identity(model, kinds=(nn.BatchNorm1d, nn.BatchNorm2d))
