@@ -13,7 +13,7 @@ identity; both are exported by the same torch.onnx exporter and folded by the sa
 3. folding the folded model again changes nothing (same ops, same weights, same outputs).
 
 `test_option` runs one description per option (`twin_graphs.OPTIONS`), so a failure names the
-shape; the property tests draw any mix of them (25 fixed examples in the normal suite, 500
+shape; the property tests draw any mix of them (25 fixed examples in the normal suite, 400
 random ones under the `slow` marker).
 """
 
@@ -196,7 +196,7 @@ SLOW_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
 # `check(Spec(...))` reproduces; the `test_option` case of the option it names is its
 # smallest model.
 NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
-SLOW_EXAMPLES = 500
+SLOW_EXAMPLES = 400
 WORKERS = 2  # the CI machine's cores: the slow test checks the models in two processes
 
 
