@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeGuard
+from typing import Any
 
 import numpy as np
 import onnx
@@ -39,13 +39,11 @@ from unfold.inputs import (
 )
 from unfold.load import LoadedModel, load_model
 from unfold.load.arch import check_arch_kwargs
-from unfold.load.model_file import check_swap, load_object, modes_kept
+from unfold.load.model_file import held_model, is_model_object
+from unfold.norm_kinds import check_swap
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
 from unfold.verification.tolerances import Tolerances, check_tolerances
-
-if TYPE_CHECKING:
-    import torch
 
 Progress = Callable[[str], None]
 
@@ -155,11 +153,17 @@ def _real_inputs(inputs: Inputs, specs: Sequence[InputSpec]
     return f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs)
 
 
-def _is_model_object(model: Any) -> TypeGuard[torch.nn.Module | torch.export.ExportedProgram]:
-    """A module or torch.export program the caller holds."""
-    import torch
-
-    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+def _held(model: Any, arch: str | None, arch_kwargs: Mapping[str, Any] | None, trust: bool,
+          swap: str | None) -> bool:
+    """Whether `model` is the model itself (a module or program) rather than a file; the
+    options that only a file takes are refused for it."""
+    check_swap(swap)
+    held = is_model_object(model)
+    if held and (arch is not None or arch_kwargs is not None or trust or swap):
+        raise UnfoldError(f"{option('arch')}, {option('arch_kwargs')}, {option('swap')} and "
+                          f"{option('trust')} are for model files: a {type(model).__name__} is "
+                          f"the model itself")
+    return held
 
 
 def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None,
@@ -186,17 +190,12 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)"""
     from unfold.export import EXPORTERS
 
-    in_memory = _is_model_object(model)
-    if not in_memory and not isinstance(model, (str, os.PathLike)):
+    if not isinstance(model, (str, os.PathLike)) and not is_model_object(model):
         raise UnfoldError(f"model: expected a model file path (str or pathlib.Path), a "
                           f"torch.nn.Module or a torch.export.ExportedProgram, not a "
                           f"{type(model).__name__}")
     inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed, {"out": out})
-    check_swap(swap)
-    if in_memory and (arch is not None or arch_kwargs is not None or trust or swap):
-        raise UnfoldError(f"{option('arch')}, {option('arch_kwargs')}, {option('swap')} and "
-                          f"{option('trust')} are for model files: a {type(model).__name__} is "
-                          f"the model itself")
+    in_memory = _held(model, arch, arch_kwargs, trust, swap)
     _check_choice("exporter", exporter, list(EXPORTERS))
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)
                               or opset < 1):
@@ -204,10 +203,8 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     check_fold_options(skip, max_scale)
     target = check_output_path(out, force=force, inputs=() if in_memory else (Path(model),))
     stages = _Stages(progress)
-    if _is_model_object(model):  # (in_memory, narrowed for the type checker)
-        loaded = load_object(model)
-        # a program's module has no modes (and refuses eval()): the caller's module has
-        with modes_kept(loaded.module) if loaded.program is None else nullcontext():
+    if in_memory:
+        with held_model(model) as loaded:
             return _convert_loaded(loaded, target, stages, inputs, exporter, opset, verify,
                                    atol, rtol, skip, force, strict, seed, max_scale)
     with stages.stage("load", f"loading {model}"):
@@ -297,25 +294,14 @@ def verify(reference: str | Path | Any, candidate: str | Path, *, engine: str = 
     are put back after; on a GPU `device` a copy of it runs)."""
     check_engine(engine)
     check_device(device)
-    check_swap(swap)
-    in_memory = _is_model_object(reference)
-    if in_memory and (arch is not None or arch_kwargs is not None or trust or swap):
-        raise UnfoldError(f"{option('arch')}, {option('arch_kwargs')}, {option('swap')} and "
-                          f"{option('trust')} are for model files: a "
-                          f"{type(reference).__name__} is the model itself")
+    in_memory = _held(reference, arch, arch_kwargs, trust, swap)
     inputs = _check_options(inputs, atol, rtol, arch_kwargs, seed,
                             {"candidate": candidate} if in_memory else
                             {"reference": reference, "candidate": candidate})
     if not in_memory:
         return _verify(Path(reference), None, Path(candidate), engine, device, arch,
                        arch_kwargs, trust, swap, inputs, atol, rtol, seed, progress)
-    assert _is_model_object(reference)  # (in_memory, narrowed for the type checker)
-    held = load_object(reference)
-    with modes_kept(held.module) if held.program is None else nullcontext():
-        if device != "cpu" and held.program is None:
-            import copy
-
-            held.module = copy.deepcopy(held.module)  # TorchRunner moves it to the device
+    with held_model(reference, device=device) as held:
         return _verify(held.source, held, Path(candidate), engine, device, arch, arch_kwargs,
                        trust, swap, inputs, atol, rtol, seed, progress)
 

@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 
 from unfold.bench.memory import MemoryUse, measure_in_child
-from unfold.bench.models import Target, load_target, object_target
+from unfold.bench.models import Target, load_target
 from unfold.bench.stats import Latency, Ratio, ratio_interval
 from unfold.bench.timing import interleaved
 from unfold.engines import check_device, check_engine
 from unfold.errors import UnfoldError, option
 from unfold.inputs import Inputs, check_inputs, check_seed
-from unfold.load.model_file import check_swap, modes_kept
+from unfold.norm_kinds import check_swap
 
 # (batch, rounds done, rounds in all or None for a time budget): a progress bar
 Progress = Callable[[int, int, int | None], None]
@@ -152,14 +152,6 @@ def _is_count(value: object, least: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
-def _in_memory(model: Any) -> bool:
-    import sys
-
-    torch = sys.modules.get("torch")  # (a caller holding a module has torch loaded)
-    return torch is not None and isinstance(model, (torch.nn.Module,
-                                                    torch.export.ExportedProgram))
-
-
 def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
           batches: Sequence[int] = (1,),
           threads: int | None = None, rounds: int | None = None, seconds: float | None = None,
@@ -178,12 +170,16 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
     check_swap(swap)
-    if isinstance(models, (str, os.PathLike)) or not all(
-            isinstance(m, (str, os.PathLike)) or _in_memory(m) for m in models):
+    # (a model in memory: torch only then, as the caller has it loaded anyway)
+    held = {} if isinstance(models, (str, os.PathLike)) else \
+        {i: m for i, m in enumerate(models) if not isinstance(m, (str, os.PathLike))}
+    if held:
+        from unfold.load.model_file import is_model_object
+    if isinstance(models, (str, os.PathLike)) or \
+            not all(is_model_object(m) for m in held.values()):
         raise UnfoldError(f"{option('models', models)}: expected a list of model files (or, "
                           f"for the torch engine, modules), e.g. "
                           f"{option('models', ['un.onnx', 'none.onnx'])}")
-    held = {i: m for i, m in enumerate(models) if _in_memory(m)}
     if held and engine != "torch":
         raise UnfoldError(f"a {type(next(iter(held.values()))).__name__} in "
                           f"{option('models')}: a model in memory runs on "
@@ -206,14 +202,17 @@ def bench(models: Sequence[str | Path | Any], *, engine: str = "ort",
     if threads is None and device == "cpu":
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else \
             (os.cpu_count() or 1)
-    targets: dict[str, Target] = {
-        n: object_target(held[i], engine, device) if i in held else
-        load_target(p, engine, trust=trust, arch=arch, arch_kwargs=arch_kwargs, swap=swap)
-        for i, (n, p) in enumerate(zip(names, paths, strict=True))}
     with contextlib.ExitStack() as kept:  # the callers' modules as they were, afterwards
-        for i in held:
-            if targets[names[i]].model.program is None:
-                kept.enter_context(modes_kept(targets[names[i]].model.module))
+        targets: dict[str, Target] = {}
+        for i, (name, path) in enumerate(zip(names, paths, strict=True)):
+            if i in held:
+                from unfold.load.model_file import held_model
+
+                loaded = kept.enter_context(held_model(held[i], device=device))
+                targets[name] = Target(loaded.source, engine, loaded, held=True)
+            else:
+                targets[name] = load_target(path, engine, trust=trust, arch=arch,
+                                            arch_kwargs=arch_kwargs, swap=swap)
         report = _timed(targets, engine, device, threads, batches, warmup, rounds, seconds,
                         baseline, compile, seed, inputs, progress)
     if memory:

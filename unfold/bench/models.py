@@ -72,15 +72,3 @@ def load_target(path: Path, engine: str, *, trust: bool = False, arch: str | Non
     return Target(path, engine, load_model(path, trust=trust, arch=arch,
                                            arch_kwargs=arch_kwargs, swap=swap))
 
-
-def object_target(model: Any, engine: str, device: str) -> Target:
-    """A module (or torch.export program) the caller holds, for the torch engine; on a GPU a
-    copy of it runs (the runner moves what it runs to the device)."""
-    from unfold.load.model_file import load_object
-
-    loaded = load_object(model)
-    if device != "cpu" and loaded.program is None:
-        import copy
-
-        loaded.module = copy.deepcopy(loaded.module)
-    return Target(loaded.source, engine, loaded, held=True)

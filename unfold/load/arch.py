@@ -95,7 +95,7 @@ def _strip_wrapper_prefix(state: Mapping[str, torch.Tensor]) -> dict[str, torch.
     return dict(state)
 
 
-def _named(keys: list[str]) -> str:
+def named_keys(keys: list[str]) -> str:
     more = f" and {len(keys) - _MAX_NAMED} more" if len(keys) > _MAX_NAMED else ""
     return ", ".join(keys[:_MAX_NAMED]) + more
 
@@ -107,7 +107,7 @@ OFFLINE_BUFFERS = {"running_var": "un", "forward_window": "un", "backward_window
                    "running_phi": "pn", "ema_gz": "un or pn"}
 
 
-def _swap_hint(module: torch.nn.Module, unexpected: list[str]) -> str | None:
+def swap_hint(module: torch.nn.Module, unexpected: list[str]) -> str | None:
     """Where the file's extra keys are offline-norm buffers on modules the architecture
     builds as LayerNorm: what to pass."""
     from unfold.nn.swap import layer_norm_channel_axis
@@ -129,7 +129,7 @@ def _swap_hint(module: torch.nn.Module, unexpected: list[str]) -> str | None:
     kind = "pn" if "pn" in kinds else "un"
     what = "PowerNorm" if kind == "pn" else "UnifiedNorm"
     return (f"the file holds {what} statistics on {len(set(layer_norms))} module(s) the "
-            f"architecture builds as LayerNorm ({_named(sorted(set(layer_norms)))}): the "
+            f"architecture builds as LayerNorm ({named_keys(sorted(set(layer_norms)))}): the "
             f"model was trained with unfold.nn.swap_norms; pass {option('swap', kind)}"
             + (f" (or {option('swap', 'pn*')} if it was PowerNorm without group scaling)"
                if kind == "pn" else ""))
@@ -149,12 +149,12 @@ def load_weights(module: torch.nn.Module, state: Mapping[str, torch.Tensor], *,
         raise UnfoldError(f"{source} does not fit {origin} {arch}: {detail}") from None
     problems = []
     if result.missing_keys:
-        problems.append(f"missing from the file: {_named(list(result.missing_keys))}")
+        problems.append(f"missing from the file: {named_keys(list(result.missing_keys))}")
     if result.unexpected_keys:
         problems.append(f"in the file but not in the architecture: "
-                        f"{_named(list(result.unexpected_keys))}")
+                        f"{named_keys(list(result.unexpected_keys))}")
     if problems:
-        hint = None if swapped else _swap_hint(module, list(result.unexpected_keys))
+        hint = None if swapped else swap_hint(module, list(result.unexpected_keys))
         if hint is not None:  # (the buffers it lists would only hide what to do)
             raise UnfoldError(f"{source} does not fit {origin} {arch}: {hint}")
         raise UnfoldError(f"{source} does not fit {origin} {arch} ({'; '.join(problems)}); "

@@ -14,6 +14,7 @@ its inputs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -38,7 +39,7 @@ from unfold.load.arch import (
     sidecar_arch,
     split_arch,
 )
-from unfold.norm_kinds import OFFLINE_KINDS
+from unfold.norm_kinds import OFFLINE_KINDS, check_swap
 
 # a model the caller passes as an object (the Python API), not a file
 IN_MEMORY = ("module in memory", "torch.export program in memory")
@@ -125,12 +126,6 @@ def load_model(path: str | Path, *, arch: str | None = None,
     return loaded
 
 
-def check_swap(swap: Any) -> None:
-    if swap is not None and swap not in OFFLINE_KINDS:
-        raise UnfoldError(f"{option('swap', swap)}: valid: {', '.join(OFFLINE_KINDS)} (the "
-                          f"offline norm the model was trained with in place of LayerNorm)")
-
-
 def _swapped(module: torch.nn.Module, swap: str, origin: str, arch: str) -> str:
     """swap_norms on a freshly built architecture; the note saying what it did."""
     from unfold.nn import swap_norms
@@ -142,10 +137,30 @@ def _swapped(module: torch.nn.Module, swap: str, origin: str, arch: str) -> str:
     return f"{len(names)} LayerNorm(s) of {arch} swapped to {swap} ({option('swap', swap)})"
 
 
+def is_model_object(model: Any) -> bool:
+    """A model the caller holds (a module or a torch.export program), not a file."""
+    return isinstance(model, (torch.nn.Module, torch.export.ExportedProgram))
+
+
+@contextlib.contextmanager
+def held_model(model: Any, *, device: str = "cpu") -> Iterator[LoadedModel]:
+    """A model the caller holds, as a LoadedModel for the work inside: the caller's module
+    itself in eval mode, every submodule's own mode put back afterwards (nothing changes its
+    parameters); on a GPU `device` a copy, since a runner moves what it runs there. A
+    program's module has no modes (and refuses eval())."""
+    loaded = load_object(model)
+    if loaded.program is not None:
+        yield loaded
+        return
+    with modes_kept(loaded.module):
+        if device != "cpu":
+            loaded.module = copy.deepcopy(loaded.module)
+        yield loaded
+
+
 def load_object(model: torch.nn.Module | torch.export.ExportedProgram) -> LoadedModel:
     """A model the caller holds (a training script's module, or a torch.export program), as a
-    LoadedModel. The caller's module is used as it is, not copied: `modes_kept` puts its
-    train/eval modes back after the work; nothing changes its parameters."""
+    LoadedModel, the module used as it is (`held_model` is the way to use it)."""
     if isinstance(model, torch.export.ExportedProgram):
         loaded = _from_program(model, Path(f"<{IN_MEMORY[1]}>"), IN_MEMORY[1])
         return loaded

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from unfold.errors import ExitCode, UnfoldError, option
-from unfold.load.arch import _named, _swap_hint
+from unfold.load.arch import named_keys, swap_hint
 from unfold.nn import OfflineNorm, swap_norms
 from unfold.nn.swap import SWAP_KEY  # what swap_norms records: {"kind": ..., "options": {}}
 from unfold.norm_kinds import OFFLINE_KINDS
@@ -81,10 +81,11 @@ def _model_class(directory: Path, described: dict[str, Any], transformers: Any) 
     return cls
 
 
-def _weight_files(directory: Path) -> list[Path]:
-    single = directory / WEIGHTS
-    if single.is_file():
-        return [single]
+def _check_weights(directory: Path) -> None:
+    """model.safetensors, or an index whose shards are files in `directory` (transformers
+    reads them; this names what is missing before anything is built); a pickle is refused."""
+    if (directory / WEIGHTS).is_file():
+        return
     index = directory / SHARD_INDEX
     if index.is_file():
         try:
@@ -93,15 +94,13 @@ def _weight_files(directory: Path) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise UnfoldError(f"{index} is not a safetensors index (a \"weight_map\" of "
                               f"shard file names): {type(exc).__name__}: {exc}") from None
-        paths = []
         for name in files:
             shard = (directory / name).resolve()
             if not isinstance(name, str) or shard.parent != directory.resolve() or \
                     not shard.is_file():
                 raise UnfoldError(f"{index} lists the shard {name!r}, which is not a file in "
                                   f"{directory}")
-            paths.append(shard)
-        return paths
+        return
     pickled = [name for name in PICKLED if (directory / name).exists()]
     if pickled:
         raise UnfoldError(f"{directory} holds its weights as a pickle ({pickled[0]}), which "
@@ -162,7 +161,7 @@ def _load_problems(info: dict[str, Any]) -> list[str]:
                       ("mismatched_keys", "of another shape in the weights")):
         keys = sorted(str(k) for k in info.get(key) or ())
         if keys:
-            problems.append(f"{what}: {_named(keys)}")
+            problems.append(f"{what}: {named_keys(keys)}")
     return problems
 
 
@@ -175,7 +174,7 @@ def load_pretrained_dir(directory: str | Path, *, swap: str | None = None
     transformers = _transformers()
     described = _config_dict(directory)
     cls = _model_class(directory, described, transformers)
-    _weight_files(directory)  # (before building: a directory without them costs nothing)
+    _check_weights(directory)  # (before building: a directory without them costs nothing)
     recorded = _recorded_swap(directory, described)
     if recorded is not None and swap is not None and swap != recorded[0]:
         raise UnfoldError(f"{option('swap', swap)}: {directory / CONFIG} records the swap to "
@@ -197,7 +196,7 @@ def load_pretrained_dir(directory: str | Path, *, swap: str | None = None
         hint = ""
         if chosen is None:
             unexpected = [str(k) for k in info.get("unexpected_keys") or ()]
-            found = _swap_hint(model, unexpected)
+            found = swap_hint(model, unexpected)
             hint = f"; {found}" if found else ""
         raise UnfoldError(f"{directory}'s weights do not fit the model its {CONFIG} "
                           f"describes ({'; '.join(problems)}){hint}")
