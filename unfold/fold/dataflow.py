@@ -198,9 +198,9 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
                  if (envelope := layout_envelope(s.input, s.output, ctx.graph_outputs))}
     site_at = {id(s.nodes[0]): s for s in sites}
     inside = {id(n) for s in sites for n in s.nodes[1:]}
-    plans, pend = _analyse(order, site_at, inside, ctx)
+    plans, pend, passes_alone = _analyse(order, site_at, inside, ctx)
     unit_of = {id(n): id(s.nodes[0]) for s in sites for n in s.nodes}
-    chosen, because = _decide(order, unit_of, plans, pend, ctx)
+    chosen, because = _decide(order, unit_of, plans, pend, passes_alone, ctx)
     log = _Log(site_ops={s.name: len(s.nodes) for s in sites})
     _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
     return FoldResult(_reports(sites, log), envelopes)
@@ -209,12 +209,14 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
 # --- 1. analysis ------------------------------------------------------------------------------
 
 def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], ctx: Context
-             ) -> tuple[dict[int, Move | Stop], dict[str, Pending]]:
-    """Plans for every node a pending reaches (a site's under its first node), and the pending
-    on every tensor, as if every edge carried it."""
+             ) -> tuple[dict[int, Move | Stop], dict[str, Pending], set[Edge]]:
+    """Plans for every node a pending reaches (a site's under its first node), the pending on
+    every tensor, as if every edge carried it, and where pendings meet (a residual Add of
+    two), the inputs whose pending would pass that node alone at no cost (a pure shift)."""
     ctx.dry = True
     plans: dict[int, Move | Stop] = {}
     pend: dict[str, Pending] = {}
+    passes_alone: set[Edge] = set()
     for node in order:
         if id(node) in inside:
             continue
@@ -232,6 +234,11 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                 continue
             plan = plan_node(node, pendings, ctx)
             plans[id(node)] = plan
+            if isinstance(plan, Move) and len(plan.consumes) > 1:
+                for slot in plan.consumes:
+                    alone = plan_node(node, {slot: pendings[slot]}, ctx)
+                    if isinstance(alone, Move) and slot in alone.consumes and alone.cost == 0:
+                        passes_alone.add((node.inputs[slot].name, id(node), slot))
         if isinstance(plan, Move):
             for name, pending in plan.outputs.items():
                 gone = not pending.invariant and pending.affine.is_identity()  # type: ignore[union-attr]
@@ -246,7 +253,7 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                     ctx.dead.update(id(n) for n in plan.deletes)
     ctx.dry = False
     ctx.forget_forwards()  # the rewrite changes the graph itself
-    return plans, pend
+    return plans, pend, passes_alone
 
 
 # --- 2. decision ------------------------------------------------------------------------------
@@ -279,7 +286,8 @@ def _constant_mul_takes_scale(tensor: gs.Tensor, ctx: Context) -> bool:
 
 
 def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move | Stop],
-            pend: dict[str, Pending], ctx: Context) -> tuple[dict[Edge, bool], dict[Edge, str]]:
+            pend: dict[str, Pending], passes_alone: set[Edge], ctx: Context
+            ) -> tuple[dict[Edge, bool], dict[Edge, str]]:
     """For every consumer edge of a pending: carry it on or not; for those not carried on,
     why (the reader's own reason, or what stops the affine further down that way)."""
     cost: dict[str, float] = {}
@@ -314,13 +322,15 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 if slot == min(plan.consumes):
                     c = plan.cost + (0.0 if plan.own_outputs else
                                      sum(cost.get(name, 0.0) for name in plan.outputs))
-                    # where affines meet (a residual Add of two pendings), what the others
-                    # would cost there alone is saved by meeting: credited here
+                    # where affines meet (a residual Add of two pendings), the others' would
+                    # otherwise be materialized each: what merging saves is credited here
+                    # (nothing for one that passes the Add alone at no cost: a pure shift)
                     for other in plan.consumes:
                         joined = reader.inputs[other]
                         if other != slot and joined.name in pend and joined is not tensor \
-                                and len(_edges(joined)) == 1:
-                            c -= _alone_cost(reader, other, joined, pend[joined.name], ctx)
+                                and len(_edges(joined)) == 1 \
+                                and (joined.name, id(reader), other) not in passes_alone:
+                            c -= _materialize_cost(joined, pend[joined.name], ctx)
                     later = next((why[name] for name in plan.outputs if why.get(name)), "")
                     if plan.leaves and not later:
                         later = plan.leaves
@@ -341,18 +351,6 @@ def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move
                 cost[tensor.name] = total
                 why[tensor.name] = next((later for _, c, later in edges if later), "")
     return chosen, because
-
-
-def _alone_cost(reader: gs.Node, slot: int, tensor: gs.Tensor, pending: Pending,
-                ctx: Context) -> float:
-    """What meeting another pending at `reader` saves the pending on input `slot`: nothing
-    where it passes alone at no cost (a shift past a residual Add); else its materialization
-    (an estimate: where it passes alone at a cost, a Mul left before the Add, carrying a
-    scale on has costs of its own further down)."""
-    plan = plan_node(reader, {slot: pending}, ctx)
-    if isinstance(plan, Move) and slot in plan.consumes and plan.cost == 0:
-        return 0.0
-    return _materialize_cost(tensor, pending, ctx)
 
 
 def _declined(plan: Move | None, slot: int) -> str:
