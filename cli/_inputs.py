@@ -198,4 +198,8 @@ def parse_arch_kwargs(text: str | None) -> dict[str, Any] | None:
 def progress(message: str) -> None:
     import sys
 
+    from unfold.interrupts import raise_deferred
+
+    raise_deferred()
+
     print(f"[unfold] {message}", file=sys.stderr, flush=True)

@@ -3,13 +3,17 @@ does is take over SIGINT and SIGTERM: an interrupt at any moment, even while tor
 onnxruntime are still importing, ends with one line `interrupted` and exit 130 (143 for
 SIGTERM), and, because it arrives as an exception, every temporary file is removed on the way
 out (`unfold.onnx_files.save_onnx_atomic`). Nothing is written by then: outputs are renamed
-into place only once complete."""
+into place only once complete. An interrupt that lands where Python cannot raise (a weakref
+callback during an import) is kept by `unfold.interrupts` and raised at the next progress line
+or before any file is put into place."""
 
 from __future__ import annotations
 
 import signal
 import sys
 from types import FrameType
+
+from unfold import interrupts
 
 
 class Interrupted(BaseException):
@@ -29,6 +33,13 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     raise Interrupted(signum)
 
 
+def _unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    if isinstance(unraisable.exc_value, Interrupted):
+        interrupts.defer(unraisable.exc_value)
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def _interrupted(signum: int) -> None:
     # (a second Ctrl-C while this prints must not print a traceback either)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -40,6 +51,7 @@ def _interrupted(signum: int) -> None:
 def run() -> None:
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    sys.unraisablehook = _unraisable
     try:
         from cli.app import app
 

@@ -33,6 +33,7 @@ from unfold.fold.weights import (
     weightless_model,
     without_field,
 )
+from unfold.interrupts import raise_deferred
 
 PROTOBUF_LIMIT = 2**31 - 1
 
@@ -246,6 +247,7 @@ def publish_file(staged: Path, final: Path, *, force: bool) -> None:
     """Move the finished file `staged` to `final`, with the mode `open()` would give a new file
     (or the replaced file's). With `force` a regular file there is replaced; a device, FIFO or
     socket never is. Without it, an existing `final` is an error, however late it appeared."""
+    raise_deferred()  # an interrupt kept since it arrived (unfold.interrupts): nothing written
     try:
         if final.exists() and not final.is_file():
             raise UnfoldError(f"{final} is not a regular file ({file_kind(final)}): unfold "
