@@ -134,7 +134,6 @@ def build(
     """Build MODEL into a TensorRT 10 engine (one optimization profile), written to --out."""
 
     def body() -> ExitCode:
-        from unfold.engines.precision import fp16_range_report
         from unfold.engines.trt import (
             build_engine,
             check_timing_cache_path,
@@ -142,6 +141,7 @@ def build(
             resolve_profile,
         )
         from unfold.onnx_files import check_not_read, check_output_path, load_onnx_parts
+        from unfold.precision.ranges import fp16_range_report
 
         given = parse_shape_ranges(shapes)
         workspace_bytes = workspace_bytes_for(workspace)

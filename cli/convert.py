@@ -11,7 +11,16 @@ import typer
 
 from cli import _inputs as opt
 from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
-from cli.fold import FP16, MAX_SCALE, SKIP, max_scale_for, render, warn_fp16
+from cli.fold import (
+    FP16,
+    MAX_SCALE,
+    PRECISION,
+    SKIP,
+    max_scale_for,
+    render,
+    render_precision,
+    warn_fp16,
+)
 from cli.verify import render_verification
 from unfold.errors import ExitCode
 from unfold.export import EXPORTERS
@@ -23,7 +32,7 @@ if TYPE_CHECKING:  # (torch is imported when a command runs, not for --help)
 # what the command says, and its exit code, for each way a conversion ends
 ENDINGS = {
     "written": ("wrote {written}", ExitCode.OK),
-    "mismatch": ("error: the folded ONNX does not match torch; nothing written",
+    "mismatch": ("error: the {what} ONNX does not match torch; nothing written",
                  ExitCode.CHECK_FAILED),
     "norms left": ("error: --strict: normalization left in the graph; nothing written",
                    ExitCode.CHECK_FAILED),
@@ -41,6 +50,7 @@ def render_convert(report: ConvertReport) -> None:
     render(report.fold)
     if report.verification is not None:
         render_verification(report.verification)
+    render_precision(report.precision, report.precision_verification)
     for note in report.notes:
         stdout.print(f"note: {note}")
     stdout.print("time per stage: " + ", ".join(f"{k} {v:.1f}s"
@@ -77,6 +87,7 @@ def convert(
     skip: list[str] = SKIP,
     max_scale: float | None = MAX_SCALE,
     fp16: bool = FP16,
+    precision: str | None = PRECISION,
     strict: bool = typer.Option(False, "--strict",
                                 help="Exit 1 (writing nothing) if any normalization is left."),
     force: bool = typer.Option(False, "--force", help="Overwrite --out if it exists."),
@@ -93,7 +104,7 @@ def convert(
         kwargs = opt.parse_arch_kwargs(arch_kwargs)
         from unfold.pipeline import convert as convert_model
 
-        bound = max_scale_for(max_scale, fp16)
+        bound = max_scale_for(max_scale, fp16 or precision == "fp16")
         if no_verify:
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)
@@ -102,12 +113,14 @@ def convert(
             exporter=exporter, opset=opset, verify=not no_verify, atol=tolerances[0],
             rtol=tolerances[1],
             skip=skip, max_scale=bound, force=force, seed=seed, strict=strict,
-            progress=opt.progress)
+            precision=precision, progress=opt.progress)
         show(report, as_json, render_convert)
-        if fp16:
+        if fp16 or precision == "fp16":
             warn_fp16(report.fold)
         message, code = ENDINGS[report.outcome]
-        print(message.format(written=report.written), file=sys.stderr)
+        what = precision if report.precision_verification is not None and \
+            not report.precision_verification else "folded"
+        print(message.format(written=report.written, what=what), file=sys.stderr)
         return code
 
     run_command("convert", body, debug)

@@ -15,10 +15,13 @@ from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.errors import ExitCode, UnfoldError
 from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
+from unfold.precision import PRECISIONS
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
     from unfold.fold import FoldReport, SiteReport
     from unfold.fold_files import FoldFileReport
+    from unfold.precision.half import HalfReport
+    from unfold.verification import VerifyReport
 
 SKIP = typer.Option([], "--skip", parser=one_of("--skip", RULES, "a rule"), metavar="RULE",
                     help=f"A rule to leave out, repeatable: {', '.join(RULES)} (`unfold "
@@ -30,6 +33,26 @@ MAX_SCALE = typer.Option(None, "--max-scale",
 FP16 = typer.Option(False, "--fp16",
                     help=f"Fold for an fp16 engine: --max-scale {FP16_MAX_SCALE:g} unless "
                          "given, and the weights fp16 cannot hold are reported.")
+
+PRECISION = typer.Option(None, "--precision", parser=one_of("--precision", PRECISIONS,
+                                                            "a precision"),
+                         metavar="TYPE",
+                         help="Write the folded graph in fp16 or bf16 (weights and compute; "
+                              "inputs and outputs stay as declared, Casts at the edges; nodes "
+                              "that need fp32 for range stay fp32, reported), checked with that "
+                              "type's tolerances on a CPU engine (fp16: ONNX Runtime, bf16: "
+                              "OpenVINO). fp16 implies --fp16's --max-scale.")
+
+
+def render_precision(report: HalfReport | None, verification: VerifyReport | None) -> None:
+    """The half graph's conversion and its check, where a precision was asked for."""
+    from cli.verify import render_verification
+
+    if report is None:
+        return
+    stdout.print(f"precision {report.describe()}")
+    if verification is not None:
+        render_verification(verification)
 
 
 def max_scale_for(max_scale: float | None, fp16: bool) -> float | None:
@@ -77,7 +100,7 @@ def render(report: FoldReport) -> None:
 
 ENDINGS = {
     "written": ("wrote {written}", ExitCode.OK),
-    "mismatch": ("error: the folded model does not compute what {model} does; nothing "
+    "mismatch": ("error: the {what} model does not compute what {model} does; nothing "
                  "written", ExitCode.CHECK_FAILED),
     "norms left": ("error: --strict: normalization left in the graph; nothing written",
                    ExitCode.CHECK_FAILED),
@@ -90,6 +113,7 @@ def render_fold_file(report: FoldFileReport) -> None:
     render(report.fold)
     if report.verification is not None:
         render_verification(report.verification)
+    render_precision(report.precision, report.precision_verification)
     for note in report.notes:
         stdout.print(f"note: {note}")
 
@@ -103,6 +127,7 @@ def fold(
     skip: list[str] = SKIP,
     max_scale: float | None = MAX_SCALE,
     fp16: bool = FP16,
+    precision: str | None = PRECISION,
     input_shape: list[str] = opt.INPUT_SHAPE,
     input_dtype: list[str] = opt.INPUT_DTYPE,
     int_range: list[str] = opt.INT_RANGE,
@@ -127,18 +152,21 @@ def fold(
         tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
         from unfold.fold_files import fold_file
 
-        bound = max_scale_for(max_scale, fp16)
+        bound = max_scale_for(max_scale, fp16 or precision == "fp16")
         if no_verify:
             print("warning: --no-verify: the folded model will NOT be checked against "
                   f"{model}", file=sys.stderr)
         report = fold_file(model, out, skip=skip, max_scale=bound, strict=strict, force=force,
                            verify=not no_verify, inputs=given, atol=tolerances[0],
-                           rtol=tolerances[1], seed=seed, progress=opt.progress)
+                           rtol=tolerances[1], seed=seed, precision=precision,
+                           progress=opt.progress)
         show(report, as_json, render_fold_file)
-        if fp16:
+        if fp16 or precision == "fp16":
             warn_fp16(report.fold)
         message, code = ENDINGS[report.outcome]
-        print(message.format(written=report.written, model=model), file=sys.stderr)
+        what = precision if report.precision_verification is not None and \
+            not report.precision_verification else "folded"
+        print(message.format(written=report.written, model=model, what=what), file=sys.stderr)
         return code
 
     run_command("fold", body, debug)

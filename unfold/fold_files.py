@@ -39,7 +39,9 @@ from unfold.onnx_files import (
     load_onnx_parts,
     staged_onnx,
 )
-from unfold.verification import VerifyReport, make_batches, run_verification
+from unfold.precision.checked import check_half, half_of, precision_batches
+from unfold.precision.half import HalfReport, check_precision
+from unfold.verification import REAL_INPUTS, VerifyReport, make_batches, run_verification
 from unfold.verification.tolerances import Tolerances, check_tolerances, default_tolerance
 
 Progress = Callable[[str], None]
@@ -62,12 +64,16 @@ class FoldFileReport:
     seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     written: Path | None = None
+    # with a precision: the half graph's conversion, and its check against the input model
+    precision: HalfReport | None = None
+    precision_verification: VerifyReport | None = None
 
     @property
     def outcome(self) -> Outcome:
         if self.written is not None:
             return Outcome.WRITTEN
-        if self.verification is not None and not self.verification:
+        if any(v is not None and not v for v in (self.verification,
+                                                   self.precision_verification)):
             return Outcome.MISMATCH
         return Outcome.NORMS_LEFT
 
@@ -82,7 +88,11 @@ class FoldFileReport:
                 "verified": self.verification is not None and bool(self.verification),
                 "seconds": self.seconds, "notes": self.notes,
                 "written": str(self.written) if self.written else None,
-                "outcome": self.outcome.value}
+                "outcome": self.outcome.value,
+                "precision": self.precision.to_dict() if self.precision else None,
+                "precision_verification": (self.precision_verification.to_dict()
+                                           if self.precision_verification is not None
+                                           else None)}
 
 
 class _Recorded:
@@ -93,7 +103,15 @@ class _Recorded:
                  outputs: list[dict[str, np.ndarray]]) -> None:
         self.description, self.input_names, self.output_names = \
             description, input_names, output_names
+        self.outputs = outputs
         self._outputs = iter(outputs)
+
+    def replay(self, labels: Sequence[str], of: Sequence[str]) -> _Recorded:
+        """The outputs of the batches `labels` again, in that order (`of`: the labels of the
+        batches recorded, in order)."""
+        by_label = dict(zip(of, self.outputs, strict=True))
+        return _Recorded(self.description, self.input_names, self.output_names,
+                         [by_label[label] for label in labels])
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return next(self._outputs)
@@ -141,7 +159,7 @@ def _verification_specs(skeleton: onnx.ModelProto,
 def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
               max_scale: float | None = None, strict: bool = False, force: bool = False,
               verify: bool = True, inputs: Inputs | None = None, atol: Tolerances = None,
-              rtol: Tolerances = None, seed: int = 0,
+              rtol: Tolerances = None, seed: int = 0, precision: str | None = None,
               progress: Progress | None = None) -> FoldFileReport:
     """Fold every offline norm of the ONNX file `model`, check the result against it in ONNX
     Runtime (unless `verify=False`), and only then write `out` (with `strict`, only if no
@@ -149,7 +167,10 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
 
     inputs: shapes, dtypes, ranges or real inputs (`npz`) for inputs with dynamic dims
     atol, rtol: tolerances (a float, or by output name); fp32 defaults otherwise
-    skip, max_scale: as for `unfold.fold.fold_model`"""
+    skip, max_scale: as for `unfold.fold.fold_model`
+    precision: "fp16" or "bf16": write the folded graph in that type (`unfold.precision.half`),
+        checked against the input model with that type's tolerances on a CPU engine that runs
+        it (ONNX Runtime for fp16, OpenVINO for bf16), after the fp32 fold's own check"""
     from unfold.engines.ort import OrtRunner
     from unfold.fold import fold_parts
 
@@ -158,6 +179,8 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
             raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
                               f"a {type(path).__name__}")
     check_fold_options(skip, max_scale)
+    if precision is not None:
+        check_precision(precision)
     check_seed(seed)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
@@ -186,7 +209,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     if problem is not None:
         raise UnfoldError(f"{model}: {problem}")
     untouched = whole_model_reason(parts)
-    if untouched is not None and verify:  # the fold leaves such a model exactly as it is
+    if untouched is not None and verify and precision is None:  # the fold leaves it as it is
         verify = False
         notes.append(f"not verified: the fold leaves this model as it is ({untouched})")
     external_data = len(parts.sources) > 1  # (the model file and its data files)
@@ -196,7 +219,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
         notes += [sized] if sized else []
         user = None
         if inputs.npz is not None:
-            user = (f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs))
+            user = (f"{REAL_INPUTS} {Path(inputs.npz).name}", load_npz(inputs.npz, specs))
         batches = make_batches(specs, seed=seed, user=user)
         say(f"running {model} on {len(batches)} batches (the reference) ...")
         reference = OrtRunner(model)  # from the file: its external data as it lies
@@ -224,7 +247,8 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     if strict and not fold_report:
         return report
     with staged_onnx(folded, target) as staged:
-        del folded
+        if precision is None:
+            del folded
         lap("stage")
         if verify:
             assert recorded is not None
@@ -239,7 +263,28 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
             lap("verify")
             if not verification:
                 return report
-        report.written = staged.publish(force=force)
+        if precision is None:
+            report.written = staged.publish(force=force)
+    if precision is not None:
+        say(f"converting the folded model to {precision} ...")
+        feeds = [f for _, f in batches[:2]] if verify else []
+        half, report.precision = half_of(folded, precision, feeds=feeds)
+        del folded
+        lap("precision")
+        with staged_onnx(half, target) as staged:
+            del half
+            if verify:
+                assert recorded is not None
+                say(f"verifying the {precision} model against {model.name} ...")
+                chosen = precision_batches(batches)
+                replayed = recorded.replay([label for label, _ in chosen],
+                                           of=[label for label, _ in batches])
+                report.precision_verification = check_half(
+                    replayed, staged.path, precision, chosen, atol=atol, rtol=rtol)
+                lap("verify precision")
+                if not report.precision_verification:
+                    return report
+            report.written = staged.publish(force=force)
     lap("write")
     return report
 

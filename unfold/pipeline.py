@@ -25,6 +25,7 @@ from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
 from unfold.fold import FoldReport, fold_model
 from unfold.fold.model import check_fold_options
+from unfold.fold.weights import ModelParts
 from unfold.fold_files import Outcome
 from unfold.inputs import (
     Inputs,
@@ -42,7 +43,15 @@ from unfold.load.arch import check_arch_kwargs
 from unfold.load.model_file import held_model, is_model_object
 from unfold.norm_kinds import check_swap
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
-from unfold.verification import VerifyReport, first_divergence, make_batches, run_verification
+from unfold.precision.checked import check_half, half_of, precision_batches
+from unfold.precision.half import HalfReport, check_precision
+from unfold.verification import (
+    REAL_INPUTS,
+    VerifyReport,
+    first_divergence,
+    make_batches,
+    run_verification,
+)
 from unfold.verification.tolerances import Tolerances, check_tolerances
 
 Progress = Callable[[str], None]
@@ -61,12 +70,16 @@ class ConvertReport:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     notes: list[str] = field(default_factory=list)
     written: Path | None = None
+    # with a precision: the half graph's conversion, and its check against torch
+    precision: HalfReport | None = None
+    precision_verification: VerifyReport | None = None
 
     @property
     def outcome(self) -> Outcome:
         if self.written is not None:
             return Outcome.WRITTEN
-        if self.verification is not None and not self.verification:
+        if any(v is not None and not v for v in (self.verification,
+                                                   self.precision_verification)):
             return Outcome.MISMATCH
         return Outcome.NORMS_LEFT
 
@@ -86,6 +99,9 @@ class ConvertReport:
             "seconds": self.seconds, "notes": self.notes,
             "written": str(self.written) if self.written else None,
             "outcome": self.outcome.value,
+            "precision": self.precision.to_dict() if self.precision else None,
+            "precision_verification": (self.precision_verification.to_dict()
+                                       if self.precision_verification is not None else None),
         }
 
 
@@ -150,7 +166,7 @@ def _real_inputs(inputs: Inputs, specs: Sequence[InputSpec]
     """The caller's own inputs as a verification batch, if given."""
     if inputs.npz is None:
         return None
-    return f"real inputs {Path(inputs.npz).name}", load_npz(inputs.npz, specs)
+    return f"{REAL_INPUTS} {Path(inputs.npz).name}", load_npz(inputs.npz, specs)
 
 
 def _held(model: Any, arch: str | None, arch_kwargs: Mapping[str, Any] | None, trust: bool,
@@ -173,7 +189,7 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
             opset: int | None = None, verify: bool = True, atol: Tolerances = None,
             rtol: Tolerances = None, skip: Sequence[str] = (), force: bool = False,
             strict: bool = False, seed: int = 0, max_scale: float | None = None,
-            progress: Progress | None = None) -> ConvertReport:
+            precision: str | None = None, progress: Progress | None = None) -> ConvertReport:
     """Load, export, fold, verify against torch, and only then write `out` (with `strict`,
     only if no normalization is left). `report.outcome` says which.
 
@@ -187,7 +203,9 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     atol, rtol: for every output (a float), or by output name (a mapping); see
         unfold.verification.tolerances
     skip: fold rules not to use (`unfold rules` lists them)
-    max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)"""
+    max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)
+    precision: "fp16" or "bf16": write the folded graph in that type (`unfold.precision`),
+        checked against torch with that type's tolerances (after the fp32 fold's check)"""
     from unfold.export import EXPORTERS
 
     if not isinstance(model, (str, os.PathLike)) and not is_model_object(model):
@@ -201,22 +219,24 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
                               or opset < 1):
         raise UnfoldError(f"{option('opset', opset)}: must be a positive ONNX opset version")
     check_fold_options(skip, max_scale)
+    if precision is not None:
+        check_precision(precision)
     target = check_output_path(out, force=force, inputs=() if in_memory else (Path(model),))
     stages = _Stages(progress)
     if in_memory:
         with held_model(model) as loaded:
             return _convert_loaded(loaded, target, stages, inputs, exporter, opset, verify,
-                                   atol, rtol, skip, force, strict, seed, max_scale)
+                                   atol, rtol, skip, force, strict, seed, max_scale, precision)
     with stages.stage("load", f"loading {model}"):
         loaded = load_model(model, arch=arch, arch_kwargs=arch_kwargs, trust=trust, swap=swap)
     return _convert_loaded(loaded, target, stages, inputs, exporter, opset, verify, atol, rtol,
-                           skip, force, strict, seed, max_scale)
+                           skip, force, strict, seed, max_scale, precision)
 
 
 def _convert_loaded(loaded: LoadedModel, target: Path, stages: _Stages, inputs: Inputs,
                     exporter: str, opset: int | None, verify: bool, atol: Tolerances,
                     rtol: Tolerances, skip: Sequence[str], force: bool, strict: bool, seed: int,
-                    max_scale: float | None) -> ConvertReport:
+                    max_scale: float | None, precision: str | None) -> ConvertReport:
     from unfold.export import export_onnx
 
     specs = resolve_specs(loaded, inputs)
@@ -238,13 +258,28 @@ def _convert_loaded(loaded: LoadedModel, target: Path, stages: _Stages, inputs: 
                                     by_keyword=loaded.by_keyword)
             batches = make_batches(specs, seed=seed, example=loaded.example_inputs, user=user)
             verification = run_verification(reference, OrtRunner(folded), batches,
-                                            atol=atol, rtol=rtol)
+                                            atol=None if precision else atol,
+                                            rtol=None if precision else rtol)
             if not verification:
                 _diagnose(verification, reference, exported.model, folded, batches)
         report.verification = verification
         if not verification:
             return report
-    else:
+    if precision is not None:
+        with stages.stage("precision", f"converting the folded model to {precision}"):
+            feeds = [f for _, f in batches[:2]] if verify else []
+            half, report.precision = half_of(ModelParts.viewing(folded), precision,
+                                             feeds=feeds)
+            folded = half.to_model()
+        if verify:
+            with stages.stage("verify precision", f"verifying the {precision} model against "
+                                                  f"torch"):
+                report.precision_verification = check_half(
+                    reference, folded, precision, precision_batches(batches), atol=atol,
+                    rtol=rtol)
+            if not report.precision_verification:
+                return report
+    if not verify:
         report.notes.append(f"{option('verify', False)}: the result was NOT checked against "
                             f"torch")
     if strict and not fold_report:

@@ -21,11 +21,6 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cli._common import cli_spelling
 from cli.build import parse_shape_ranges
-from unfold.engines.precision import (
-    FP16_SMALLEST_NORMAL,
-    MAX_WARNINGS,
-    fp16_range_report,
-)
 from unfold.engines.trt import (
     ShapeRange,
     build_engine,
@@ -37,6 +32,11 @@ from unfold.engines.trt import (
 from unfold.errors import ExitCode, UnfoldError, spelled_as
 from unfold.fold import ModelParts
 from unfold.inputs import InputSpec
+from unfold.precision.ranges import (
+    FP16_SMALLEST_NORMAL,
+    MAX_WARNINGS,
+    fp16_range_report,
+)
 
 N = helper.make_node
 

@@ -31,8 +31,8 @@ from unfold.onnx_files import check_output_path, write_bytes_atomic
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from unfold.engines.precision import Fp16RangeReport
     from unfold.fold.weights import ModelParts
+    from unfold.precision.ranges import Fp16RangeReport
 
 
 def require_tensorrt() -> None:

@@ -27,10 +27,13 @@ from unfold.verification.tolerances import (
     resolve_tolerances,
 )
 
-__all__ = ["DEFAULT_TOLERANCES", "BatchResult", "Divergence", "OutputComparison", "Tolerance",
+__all__ = ["DEFAULT_TOLERANCES", "REAL_INPUTS", "Batch", "BatchResult", "Divergence",
+           "OutputComparison", "Tolerance",
            "VerifyReport", "first_divergence", "make_batches", "run_verification"]
 
 Batch = tuple[str, dict[str, np.ndarray]]
+# the label of the caller's own inputs among the batches (`unfold fold/convert --inputs real.npz`)
+REAL_INPUTS = "real inputs"
 
 
 @dataclass
