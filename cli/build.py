@@ -1,4 +1,5 @@
-"""`unfold build MODEL.onnx --out MODEL.plan`: a TensorRT 10 engine, written atomically.
+"""`unfold build MODEL.onnx --out MODEL.plan`: a strongly typed TensorRT 10 / 11 engine,
+written atomically; `--fp16` / `--bf16` convert the graph to that type first.
 
 Every option and the model are checked first (exit 2), then TensorRT is looked for (exit 3
 without it or a GPU): bad input is reported the same on a machine without TensorRT."""
@@ -28,12 +29,14 @@ SHAPES = typer.Option([], "--shapes", metavar="NAME:MIN/OPT/MAX",
                            "MIN to MAX, tuned for OPT; inputs not given take the model's "
                            "static dims.")
 FP16 = typer.Option(False, "--fp16",
-                    help=f"Let TensorRT run layers in fp16. The weights fp16 cannot hold (past "
-                         f"{FP16_MAX:g}, or below its smallest normal 6.1e-5) are reported "
-                         f"first.")
+                    help=f"Convert the graph to fp16 (weights and compute; inputs and outputs "
+                         f"as declared, Casts at the edges; ops that need fp32 stay fp32, "
+                         f"reported) and build it strongly typed. A weight past {FP16_MAX:g} "
+                         f"is refused by name; those below fp16's smallest normal 6.1e-5 are "
+                         f"reported.")
 BF16 = typer.Option(False, "--bf16",
-                    help="Let TensorRT run layers in bf16 (fp32's range, 8 significant bits). "
-                         "With --fp16 too, TensorRT picks per layer.")
+                    help="Convert the graph to bf16 (fp32's range, 8 significant bits) and "
+                         "build it strongly typed; needs an Ampere or newer GPU.")
 WORKSPACE = typer.Option(None, "--workspace", metavar="GiB",
                          help="GPU memory TensorRT may use for scratch while it builds "
                               "(default: TensorRT's, the whole GPU's).")
@@ -109,9 +112,12 @@ def render(report: BuildReport) -> None:
         table.add_row(name, *("x".join(map(str, s)) for s in (shapes.min, shapes.opt,
                                                               shapes.max)))
     stdout.print(table)
+    types = ", ".join(f"{count} {label}" for label, count in sorted(report.tensors.items()))
     stdout.print(f"engine {report.engine}: {_mib(report.engine_bytes)}, built in "
-                 f"{report.build_seconds:.1f} s by TensorRT {report.tensorrt} "
-                 f"({', '.join(report.precisions)})")
+                 f"{report.build_seconds:.1f} s by TensorRT {report.tensorrt}, strongly typed "
+                 f"({report.precision}; float tensors: {types or 'none'})")
+    if report.conversion is not None:
+        stdout.print(f"graph converted: {report.conversion.describe()}")
     if report.timing_cache is not None:
         read = (f"read {_mib(report.timing_cache_read_bytes)}"
                 if report.timing_cache_read_bytes else "new")
@@ -131,18 +137,23 @@ def build(
     as_json: bool = JSON,
     debug: bool = DEBUG,
 ) -> None:
-    """Build MODEL into a TensorRT 10 engine (one optimization profile), written to --out."""
+    """Build MODEL into a strongly typed TensorRT 10 / 11 engine (one optimization profile),
+    written to --out."""
 
     def body() -> ExitCode:
         from unfold.engines.trt import (
             build_engine,
             check_timing_cache_path,
-            require_tensorrt,
             resolve_profile,
         )
         from unfold.onnx_files import check_not_read, check_output_path, load_onnx_parts
         from unfold.precision.ranges import fp16_range_report
 
+        if fp16 and bf16:
+            raise UnfoldError("--fp16 and --bf16: give one; a strongly typed engine computes "
+                              "each tensor in the one type its graph gives it (TensorRT 11 has "
+                              "no other mode)")
+        precision = "fp16" if fp16 else "bf16" if bf16 else None
         given = parse_shape_ranges(shapes)
         workspace_bytes = workspace_bytes_for(workspace)
         target = check_output_path(out, force=force, inputs=(model,))
@@ -156,10 +167,9 @@ def build(
         fp16_range = fp16_range_report(parts) if fp16 else None
         del parts  # (TensorRT reads the model from its file)
         if fp16_range is not None:  # (a report is true when every weight fits)
-            for line in fp16_range.warnings(bf16=bf16):
+            for line in fp16_range.warnings():
                 print(f"warning: {line}", file=sys.stderr)
-        require_tensorrt()
-        report = build_engine(model, target, profile, fp16=fp16, bf16=bf16,
+        report = build_engine(model, target, profile, precision=precision,
                               workspace_bytes=workspace_bytes, timing_cache=cache, force=force)
         report.fp16_range = fp16_range
         show(report, as_json, render)

@@ -67,24 +67,37 @@ def _assert_user_error(result, code: int, text: str) -> None:
 def test_without_tensorrt_exit_3_says_what_to_install_and_writes_nothing(tmp_path: Path) -> None:
     src, out = _write(tmp_path), tmp_path / "m.plan"
     result = _invoke(src, "--out", out, *SHAPES, "--timing-cache", tmp_path / "t.cache")
-    _assert_user_error(result, 3, "TensorRT is not installed: `pip install -e \".[trt]\"` (the "
-                                  "`trt` extra)")
+    _assert_user_error(result, 3, "TensorRT is not installed: `pip install -e \".[trt]\"` in "
+                                  "this checkout (the `tensorrt` wheels are on PyPI, 10.x and "
+                                  "11.x; unfold builds with either), on a Linux or Windows "
+                                  "machine with an NVIDIA GPU")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
 
 
 @pytest.mark.skipif(engine_tests._tensorrt_installed(), reason="TensorRT is installed here")
 def test_fp16_warnings_come_before_tensorrt_is_needed(tmp_path: Path) -> None:
-    src = _write(tmp_path, {"W": [1e5, 1.0, 2.0, 3.0], "b": [1e-7, 0.5, 0.5, 0.5]})
+    src = _write(tmp_path, {"W": [1.0, 1.0, 2.0, 3.0], "b": [1e-7, 0.5, 0.5, 0.5]})
     result = _invoke(src, "--out", tmp_path / "m.plan", *SHAPES, "--fp16")
     assert result.exit_code == 3, result.output
     lines = result.stderr.splitlines()
-    assert lines[0] == ("warning: --fp16: initializer 'W' (float32 2x2): max |value| 1e+05 is "
-                        "past fp16's largest 65504 (1 value)")
-    assert lines[1] == ("warning: --fp16: initializer 'b' (float32 2x2): smallest non-zero "
+    assert lines[0] == ("warning: --fp16: initializer 'b' (float32 2x2): smallest non-zero "
                         "|value| 1e-07 is below fp16's smallest normal 6.1e-05 (1 value "
                         "subnormal in fp16)")
-    assert "--bf16 would hold all of them" in lines[2]
-    assert lines[3].startswith("error: TensorRT is not installed")
+    assert "--bf16 would hold all of them" in lines[1]
+    assert lines[2].startswith("error: TensorRT is not installed")
+
+
+def test_a_weight_past_fp16s_range_is_refused_by_name_before_tensorrt(tmp_path: Path) -> None:
+    src, out = _write(tmp_path, {"W": [1e5, 1.0, 2.0, 3.0]}), tmp_path / "m.plan"
+    result = _invoke(src, "--out", out, *SHAPES, "--fp16")
+    _assert_user_error(result, 2, "initializer 'W': its largest |value| 1e+05 is past fp16's "
+                                  "largest 65504: fold with --max-scale")
+    assert not out.exists()
+
+
+def test_fp16_and_bf16_together_are_refused(tmp_path: Path) -> None:
+    result = _invoke(_write(tmp_path), "--out", tmp_path / "m.plan", *SHAPES, "--fp16", "--bf16")
+    _assert_user_error(result, 2, "--fp16 and --bf16: give one")
 
 
 def test_a_build_writes_the_engine_and_says_where(tmp_path: Path,
@@ -99,27 +112,28 @@ def test_a_build_writes_the_engine_and_says_where(tmp_path: Path,
     (row,) = [line for line in result.stdout.splitlines() if "│ x " in line]
     assert [c.strip() for c in row.split("│")[1:-1]] == ["x", "1x2", "4x2", "16x2"]
     assert f"engine {out}: 0.0 MiB, built in" in result.stdout
-    assert "by TensorRT 10.0-stand-in (fp32)" in result.stdout
+    assert f"by TensorRT {fake_tensorrt.version}, strongly typed (fp32; float tensors: 3 fp32)" \
+        in result.stdout
     assert ("memory_pool_limit", "WORKSPACE", 2 << 30) in fake_tensorrt.calls
 
 
 def test_json_reports_the_build_and_fp16s_range(tmp_path: Path,
                                                 fake_tensorrt: SimpleNamespace) -> None:
-    src, out = _write(tmp_path, {"W": [1e5, 1.0, 2.0, 3.0]}), tmp_path / "m.plan"
+    src, out = _write(tmp_path, {"W": [1e-7, 1.0, 2.0, 3.0]}), tmp_path / "m.plan"
     cache = tmp_path / "t.cache"
-    result = _invoke(src, "--out", out, *SHAPES, "--fp16", "--bf16", "--json",
-                     "--timing-cache", cache)
+    result = _invoke(src, "--out", out, *SHAPES, "--fp16", "--json", "--timing-cache", cache)
     assert result.exit_code == 0, result.output + result.stderr
     report = json.loads(result.stdout)
-    assert report["precisions"] == ["fp32", "fp16", "bf16"]
+    assert report["tensorrt"] == fake_tensorrt.version and report["strongly_typed"] is True
+    assert report["precision"] == "fp16" and report["tensors"]["fp16"] > 0
+    assert report["conversion"]["precision"] == "fp16" and report["conversion"]["casts"] >= 2
     assert report["profile"] == {"x": {"min": [1, 2], "opt": [4, 2], "max": [16, 2]}}
     assert report["timing_cache"] == {"path": str(cache), "read_bytes": 0,
                                       "written_bytes": len(b"timing cache, updated")}
     assert [w["name"] for w in report["fp16_range"]["weights"]] == ["W"]
-    assert report["fp16_range"]["weights"][0]["max_abs"] == 1e5
+    assert report["fp16_range"]["weights"][0]["min_abs_nonzero"] == pytest.approx(1e-7)
     assert cache.read_bytes() == b"timing cache, updated"
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 2 and "with both, TensorRT may still run" in warnings[1]
+    assert not any(call[0] == "flag" for call in fake_tensorrt.calls)
 
 
 def test_a_static_model_needs_no_shapes(tmp_path: Path, fake_tensorrt: SimpleNamespace) -> None:

@@ -333,15 +333,29 @@ def test_bad_paths_fail_before_tensorrt_is_needed(tmp_path: Path) -> None:
     assert out.read_bytes() == b"precious"
 
 
-@pytest.fixture
-def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
-    """A stand-in for the `tensorrt` module, answering as TensorRT 10's API does
-    (tensorrt-stubs) and recording the calls unfold makes. It builds nothing: the "engine" is
-    the bytes in `state.engine`. What it checks is unfold's control flow around TensorRT (what
-    is set, read, written, refused), never TensorRT itself; torch is told a GPU is here."""
+# The two APIs the stand-in answers as. 10.x (tensorrt-stubs 10.13): the weak-typing builder
+# flags exist, and a strongly typed network needs NetworkDefinitionCreationFlag.STRONGLY_TYPED
+# (= 1; 0 is the deprecated EXPLICIT_BATCH). 11.x (NVIDIA's 10.x -> 11.x migration guide,
+# "Removed Python APIs and Replacements"): BuilderFlag.FP16, BF16, INT8, FP8, INT4, FP4 and
+# OBEY/PREFER_PRECISION_CONSTRAINTS are gone, strong typing is the only mode and its creation
+# flag is deprecated and ignored; here it is left out altogether, so any use of it fails too.
+TENSORRT_VERSIONS = ["10.13.0.35", "11.4.0.8"]
+_WEAK_TYPING_FLAGS = ("FP16", "BF16", "INT8", "FP8", "INT4", "FP4", "OBEY_PRECISION_CONSTRAINTS",
+                      "PREFER_PRECISION_CONSTRAINTS")
+
+
+@pytest.fixture(params=TENSORRT_VERSIONS, ids=["trt10", "trt11"])
+def fake_tensorrt(monkeypatch: pytest.MonkeyPatch,
+                  request: pytest.FixtureRequest) -> Iterator[SimpleNamespace]:
+    """A stand-in for the `tensorrt` module, answering as TensorRT 10's or 11's API does and
+    recording the calls unfold makes. It builds nothing: the "engine" is the bytes in
+    `state.engine`. What it checks is unfold's control flow around TensorRT (what is set, read,
+    written, refused), never TensorRT itself; torch is told a GPU is here. The parser records
+    the element types of the initializers of the graph it is given (`state.parsed_types`)."""
+    version = request.param
     state = SimpleNamespace(inputs=["x"], errors=[], engine=b"serialized engine",
                             cache_accepted=True, cache_after=b"timing cache, updated",
-                            calls=[])
+                            calls=[], version=version, parsed_types=set())
 
     class Tensor:
         def __init__(self, name: str) -> None:
@@ -367,6 +381,7 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
 
         def set_flag(self, flag: str) -> None:
             state.calls.append(("flag", flag))
+            raise AssertionError(f"a builder flag was set: {flag}")
 
         def add_optimization_profile(self, profile: Profile) -> int:
             return 0
@@ -388,6 +403,7 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
             pass
 
         def create_network(self, flags: int) -> Network:
+            state.calls.append(("create_network", flags))
             return Network()
 
         def create_builder_config(self) -> Config:
@@ -408,10 +424,13 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
 
         def parse(self, data: bytes) -> bool:
             state.calls.append(("parse", len(data)))
+            state.parsed_types = {t.data_type for t in onnx.load_from_string(data)
+                                  .graph.initializer}
             return not state.errors
 
         def parse_from_file(self, path: str) -> bool:
             state.calls.append(("parse_from_file", path))
+            state.parsed_types = {t.data_type for t in onnx.load(path).graph.initializer}
             return not state.errors
 
         def get_error(self, index: int) -> _Error:
@@ -424,10 +443,14 @@ def fake_tensorrt(monkeypatch: pytest.MonkeyPatch) -> Iterator[SimpleNamespace]:
             pass
 
     module = types.ModuleType("tensorrt")
+    ten = version.startswith("10.")
     module.__dict__.update(
-        __version__="10.0-stand-in", Builder=Builder, OnnxParser=OnnxParser, Logger=Logger,
+        __version__=version, Builder=Builder, OnnxParser=OnnxParser, Logger=Logger,
         Dims=tuple, MemoryPoolType=SimpleNamespace(WORKSPACE="WORKSPACE"),
-        BuilderFlag=SimpleNamespace(FP16="FP16", BF16="BF16"))
+        BuilderFlag=SimpleNamespace(**({f: f for f in _WEAK_TYPING_FLAGS} if ten else {}),
+                                    TF32="TF32"),
+        NetworkDefinitionCreationFlag=SimpleNamespace(
+            **({"EXPLICIT_BATCH": 0, "STRONGLY_TYPED": 1} if ten else {})))
     monkeypatch.setitem(sys.modules, "tensorrt", module)
     import torch
 
@@ -445,27 +468,76 @@ def _saved(tmp_path: Path) -> Path:
     return src
 
 
+def _strongly_typed(state: SimpleNamespace) -> int:
+    """The creation flags a strongly typed network takes on the stand-in's version."""
+    return 1 << 1 if state.version.startswith("10.") else 0
+
+
 def test_the_engine_is_built_for_the_profile_and_written(tmp_path: Path,
                                                          fake_tensorrt: SimpleNamespace) -> None:
     src, out = _saved(tmp_path), tmp_path / "m.plan"
     profile = resolve_profile(onnx.load(src), parse_shape_ranges(["x:1x8/4x8/16x8"]))
-    report = build_engine(src, out, profile, fp16=True, bf16=True, workspace_bytes=1 << 30)
+    report = build_engine(src, out, profile, workspace_bytes=1 << 30)
     assert out.read_bytes() == b"serialized engine"
     umask = os.umask(0)
     os.umask(umask)
     assert _mode(out) == 0o666 & ~umask, "the mode open() gives, not mkstemp's 0600"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.plan"], "no temp file"
     assert fake_tensorrt.calls == [
-        ("parse_from_file", str(src)), ("memory_pool_limit", "WORKSPACE", 1 << 30),
-        ("flag", "FP16"), ("flag", "BF16"), ("set_shape", "x", (1, 8), (4, 8), (16, 8)),
+        ("create_network", _strongly_typed(fake_tensorrt)), ("parse_from_file", str(src)),
+        ("memory_pool_limit", "WORKSPACE", 1 << 30), ("set_shape", "x", (1, 8), (4, 8), (16, 8)),
         ("build",)]
     assert report.to_dict() == {
         "engine": str(out), "engine_bytes": len(b"serialized engine"),
-        "build_seconds": report.build_seconds, "tensorrt": "10.0-stand-in",
-        "precisions": ["fp32", "fp16", "bf16"], "workspace_bytes": 1 << 30,
+        "build_seconds": report.build_seconds, "tensorrt": fake_tensorrt.version,
+        "strongly_typed": True, "precision": "fp32", "tensors": {"fp32": 2},
+        "conversion": None, "workspace_bytes": 1 << 30,
         "profile": {"x": {"min": [1, 8], "opt": [4, 8], "max": [16, 8]}},
         "timing_cache": None, "fp16_range": None}
     assert report.build_seconds >= 0
+
+
+def _linear(tmp_path: Path, weight: float = 1.0) -> Path:
+    src = tmp_path / "m.onnx"
+    graph = helper.make_graph(
+        [N("MatMul", ["x", "w"], ["h"]), N("Add", ["h", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [_weight("w", np.full((8, 4), weight)), _weight("b", np.ones(4))])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), src)
+    return src
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_precision_is_the_graphs_own_and_no_builder_flag_is_set(
+        tmp_path: Path, fake_tensorrt: SimpleNamespace, precision: str) -> None:
+    src, out = _linear(tmp_path), tmp_path / "m.plan"
+    report = build_engine(src, out, {"x": ShapeRange.fixed((2, 8))}, precision=precision)
+    half = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.BFLOAT16
+    assert fake_tensorrt.parsed_types == {half}, "TensorRT parsed the converted graph"
+    assert not any(call[0] == "flag" for call in fake_tensorrt.calls)
+    assert fake_tensorrt.calls[0] == ("create_network", _strongly_typed(fake_tensorrt))
+    assert report.precision == precision and report.tensors == {"fp32": 2, precision: 5}
+    assert report.conversion is not None and report.conversion.casts == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.plan"], \
+        "the converted graph's file is gone"
+
+
+def test_a_weight_fp16_cannot_hold_is_refused_before_tensorrt_is_looked_for(
+        tmp_path: Path) -> None:
+    src, out = _linear(tmp_path, weight=1e5), tmp_path / "m.plan"
+    with pytest.raises(UnfoldError, match=r"initializer 'w': its largest \|value\| 1e\+05 is "
+                                          r"past fp16's largest 65504") as info:
+        build_engine(src, out, {"x": ShapeRange.fixed((2, 8))}, precision="fp16")
+    assert info.value.exit_code == ExitCode.BAD_INPUT and not out.exists()
+
+
+def test_tensorrt_before_10_is_refused(tmp_path: Path, fake_tensorrt: SimpleNamespace) -> None:
+    sys.modules["tensorrt"].__version__ = "8.6.1"
+    with pytest.raises(UnfoldError, match="TensorRT 8.6.1 is too old: unfold builds with "
+                                          "TensorRT 10 and 11") as info:
+        build_engine(_saved(tmp_path), tmp_path / "m.plan", {"x": ShapeRange.fixed((2, 8))})
+    assert info.value.exit_code == ExitCode.ENGINE_MISSING
 
 
 def test_a_replaced_engine_keeps_its_mode(tmp_path: Path, fake_tensorrt: SimpleNamespace) -> None:
@@ -474,7 +546,6 @@ def test_a_replaced_engine_keeps_its_mode(tmp_path: Path, fake_tensorrt: SimpleN
     out.chmod(0o640)
     build_engine(src, out, {"x": ShapeRange.fixed((2, 8))}, force=True)
     assert out.read_bytes() == b"serialized engine" and _mode(out) == 0o640
-    assert ("flag", "FP16") not in fake_tensorrt.calls
     assert not any(c[0] == "memory_pool_limit" for c in fake_tensorrt.calls), \
         "no --workspace: TensorRT's default"
 
@@ -542,7 +613,8 @@ def test_verification_engines_keep_their_profile(fake_tensorrt: SimpleNamespace)
     """build_serialized (TrtRunner, verify): batch 1 to the declared + 3, from the proto."""
     spec = InputSpec("x", (4, 8), dynamic={0: "batch"})
     assert build_serialized(_model({"x": ["N", 8]}), [spec], fp16=True) == b"serialized engine"
-    assert fake_tensorrt.calls[0][0] == "parse"
-    assert fake_tensorrt.calls[1:] == [("memory_pool_limit", "WORKSPACE", 4 << 30),
-                                       ("flag", "FP16"), ("set_shape", "x", (1, 8), (4, 8), (7, 8)),
-                                       ("build",)]
+    assert fake_tensorrt.calls[0] == ("create_network", _strongly_typed(fake_tensorrt))
+    assert fake_tensorrt.calls[1][0] == "parse"
+    assert fake_tensorrt.parsed_types == set(), "(the graph has no weights)"
+    assert fake_tensorrt.calls[2:] == [("memory_pool_limit", "WORKSPACE", 4 << 30),
+                                       ("set_shape", "x", (1, 8), (4, 8), (7, 8)), ("build",)]

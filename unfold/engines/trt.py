@@ -1,8 +1,15 @@
-"""TensorRT 10: an ONNX model built into an engine, in memory (`build_serialized`, for
+"""TensorRT 10 and 11: an ONNX model built into an engine, in memory (`build_serialized`, for
 verification: one optimization profile that covers the verification shapes, batch 1 up to the
 declared batch + 3) or into a file (`build_engine`, for `unfold build`: the profile from
-`--shapes`, fp16/bf16, a workspace limit, a timing cache); and a serialized engine run with
+`--shapes`, a precision, a workspace limit, a timing cache); and a serialized engine run with
 device buffers from torch.cuda (`TrtRunner`).
+
+Every network is strongly typed: each tensor has the type the ONNX graph gives it, and no
+builder flag lets TensorRT pick another. TensorRT 11 has no other mode (its weak-typing flags,
+FP16, BF16, INT8 and the precision constraints, are gone; the STRONGLY_TYPED creation flag is
+deprecated and ignored), and on 10.x the flag is set. fp16 / bf16 is therefore the graph's own
+(`unfold.precision.half`: the graph converted before it is parsed, or a file `unfold fold
+--precision` wrote), and INT8 is explicit Q/DQ in the graph (`unfold quantize`).
 
 What needs no TensorRT is here too and runs anywhere, so that bad input fails before TensorRT is
 even looked for: the profile's shape ranges checked against the ONNX model's inputs
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,7 +34,13 @@ import onnx
 
 from unfold.errors import ExitCode, UnfoldError, option
 from unfold.inputs import InputSpec
-from unfold.onnx_files import check_output_path, write_bytes_atomic
+from unfold.onnx_files import (
+    check_output_path,
+    load_onnx_parts,
+    staged_onnx,
+    write_bytes_atomic,
+)
+from unfold.precision.half import HalfReport, check_precision, precision_counts, to_half
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -43,15 +57,38 @@ def require_tensorrt() -> None:
         if not hasattr(tensorrt, "Builder"):  # e.g. only tensorrt-stubs: a bare namespace
             raise ImportError("no TensorRT library")
     except ImportError:
-        raise UnfoldError("TensorRT is not installed: `pip install -e \".[trt]\"` (the `trt` "
-                          "extra) in this checkout, on a machine with an NVIDIA GPU (its wheels "
-                          "come from NVIDIA's index)",
+        raise UnfoldError("TensorRT is not installed: `pip install -e \".[trt]\"` in this "
+                          "checkout (the `tensorrt` wheels are on PyPI, 10.x and 11.x; unfold "
+                          "builds with either), on a Linux or Windows machine with an NVIDIA GPU "
+                          "and its CUDA driver (bf16 needs compute capability 8.0, Ampere, or "
+                          "newer; TensorRT's support matrix lists each release's GPUs)",
                           ExitCode.ENGINE_MISSING) from None
     import torch
 
     if not torch.cuda.is_available():
-        raise UnfoldError("TensorRT needs a CUDA GPU and torch sees none",
-                          ExitCode.ENGINE_MISSING)
+        raise UnfoldError("TensorRT needs an NVIDIA GPU with its CUDA driver, and torch sees "
+                          "none here", ExitCode.ENGINE_MISSING)
+
+
+def tensorrt_major(trt: Any) -> int:
+    """TensorRT's major version (10, 11, ...), from `tensorrt.__version__`."""
+    try:
+        return int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        raise UnfoldError(f"TensorRT reports the version {trt.__version__!r}; unfold builds "
+                          f"with TensorRT 10 and 11", ExitCode.ENGINE_MISSING) from None
+
+
+def network_flags(trt: Any) -> int:
+    """The creation flags of a strongly typed network: STRONGLY_TYPED on 10.x; nothing on
+    11.x and later, where it is the only mode and the flag is deprecated."""
+    major = tensorrt_major(trt)
+    if major < 10:
+        raise UnfoldError(f"TensorRT {trt.__version__} is too old: unfold builds with TensorRT "
+                          f"10 and 11 (`pip install -e \".[trt]\"`)", ExitCode.ENGINE_MISSING)
+    if major == 10:
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
 
 
 def profile_shapes(spec: InputSpec) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
@@ -265,12 +302,12 @@ def describe_parser_errors(errors: Sequence[ParserErrorLike],
 
 def _parse_onnx(logger: trt.ILogger, builder: trt.Builder, model: onnx.ModelProto | Path
                 ) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    """The network TensorRT's ONNX parser makes of `model` (a file: external data read from
-    beside it), and the parser: it holds the weights the network points to and must live
-    until the engine is built."""
+    """The strongly typed network TensorRT's ONNX parser makes of `model` (a file: external
+    data read from beside it), and the parser: it holds the weights the network points to and
+    must live until the engine is built."""
     import tensorrt as trt
 
-    network = builder.create_network(0)  # (TensorRT 10: explicit batch, the only mode)
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if isinstance(model, Path):
         parsed = parser.parse_from_file(str(model))
@@ -284,17 +321,15 @@ def _parse_onnx(logger: trt.ILogger, builder: trt.Builder, model: onnx.ModelProt
     return network, parser
 
 
-def _builder_config(builder: trt.Builder, *, fp16: bool, bf16: bool,
-                    workspace_bytes: int | None) -> trt.IBuilderConfig:
+def _builder_config(builder: trt.Builder, *, workspace_bytes: int | None
+                    ) -> trt.IBuilderConfig:
+    """The build's configuration: a workspace limit at most. No precision flag: the network
+    is strongly typed, its types the graph's."""
     import tensorrt as trt
 
     config = builder.create_builder_config()
     if workspace_bytes is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if fp16:
-        config.set_flag(trt.BuilderFlag.FP16)
-    if bf16:
-        config.set_flag(trt.BuilderFlag.BF16)
     return config
 
 
@@ -335,14 +370,19 @@ def _serialize(builder: trt.Builder, network: trt.INetworkDefinition,
 def build_serialized(model: onnx.ModelProto, specs: Sequence[InputSpec], *,
                      fp16: bool = False, workspace_bytes: int = 4 << 30) -> bytes:
     """An engine for `model`, in memory, its one profile covering the shapes verification runs
-    (`profile_shapes` of each spec)."""
+    (`profile_shapes` of each spec); `fp16`: the graph converted to fp16 first."""
     require_tensorrt()
     import tensorrt as trt
 
+    if fp16:
+        from unfold.fold.weights import ModelParts
+        from unfold.precision.half import to_half
+
+        model = to_half(ModelParts.viewing(model), "fp16")[0].to_model()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network, parser = _parse_onnx(logger, builder, model)  # (the parser lives to the end)
-    config = _builder_config(builder, fp16=fp16, bf16=False, workspace_bytes=workspace_bytes)
+    config = _builder_config(builder, workspace_bytes=workspace_bytes)
     _add_profile(builder, network, config,
                  {spec.name: ShapeRange(*profile_shapes(spec)) for spec in specs})
     return bytes(_serialize(builder, network, config))
@@ -356,19 +396,24 @@ class BuildReport:
     engine_bytes: int
     build_seconds: float  # the build alone (TensorRT's kernel timing), not parsing or writing
     tensorrt: str  # TensorRT's version (an engine runs only on the version that built it)
-    precisions: list[str]  # what TensorRT may pick per layer: fp32, and fp16 / bf16 if allowed
+    precision: str  # what the build was asked for: fp32 (the graph as it is), fp16, bf16
+    tensors: dict[str, int]  # float tensors of the graph TensorRT built, per type (strongly
+    # typed: each is computed in the type the graph gives it)
     workspace_bytes: int | None  # None: TensorRT's default
     profile: dict[str, ShapeRange]
     timing_cache: str | None = None
     timing_cache_read_bytes: int = 0  # 0: a new cache
     timing_cache_written_bytes: int = 0
     fp16_range: Fp16RangeReport | None = None  # the caller's check before an fp16 build
+    conversion: HalfReport | None = None  # the graph's conversion to `precision`
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "engine": self.engine, "engine_bytes": self.engine_bytes,
             "build_seconds": self.build_seconds, "tensorrt": self.tensorrt,
-            "precisions": self.precisions, "workspace_bytes": self.workspace_bytes,
+            "strongly_typed": True, "precision": self.precision, "tensors": self.tensors,
+            "conversion": self.conversion.to_dict() if self.conversion else None,
+            "workspace_bytes": self.workspace_bytes,
             "profile": {name: r.to_dict() for name, r in self.profile.items()},
             "timing_cache": None if self.timing_cache is None else {
                 "path": self.timing_cache, "read_bytes": self.timing_cache_read_bytes,
@@ -378,15 +423,18 @@ class BuildReport:
 
 
 def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, ShapeRange], *,
-                 fp16: bool = False, bf16: bool = False, workspace_bytes: int | None = None,
+                 precision: str | None = None, workspace_bytes: int | None = None,
                  timing_cache: str | Path | None = None, force: bool = False) -> BuildReport:
-    """Build the ONNX file `model` (TensorRT reads its external data from beside it) into an
-    engine with one optimization profile, `profile` (`resolve_profile`), and write it to `out`
-    atomically (never over an existing file without `force`). `fp16` / `bf16` let TensorRT run
-    a layer in that precision where it is faster (both: it picks per layer); `workspace_bytes`
-    bounds its scratch memory. `timing_cache` is read if it exists and written back after the
-    build, atomically too: a rebuild by the same TensorRT on the same GPU skips timing the
-    kernels it timed already. Parser errors (by node) and a failed build exit 1."""
+    """Build the ONNX file `model` (TensorRT reads its external data from beside it) into a
+    strongly typed engine with one optimization profile, `profile` (`resolve_profile`), and
+    write it to `out` atomically (never over an existing file without `force`). `precision`
+    ("fp16" or "bf16") converts the graph to that type first (`unfold.precision.half`: a weight
+    past the type's range is refused by name; the nodes that need fp32 stay so, reported);
+    without it the graph's own types are built (an fp32 graph in fp32, a file `unfold fold
+    --precision` wrote in its type). `workspace_bytes` bounds TensorRT's scratch memory.
+    `timing_cache` is read if it exists and written back after the build, atomically too: a
+    rebuild by the same TensorRT on the same GPU skips timing the kernels it timed already.
+    Parser errors (by node) and a failed build exit 1."""
     model = Path(model)
     if not model.is_file():
         raise UnfoldError(f"{model}: no such file")
@@ -396,27 +444,39 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
                           f"number of bytes (the GPU memory TensorRT may use for scratch while "
                           f"it builds)")
     check_profile(profile)
+    if precision is not None:
+        check_precision(precision)
     target = check_output_path(out, force=force, inputs=(model,))
     cache_path = None if timing_cache is None else \
         check_timing_cache_path(timing_cache, inputs=(model, target))
+    parts = load_onnx_parts(model)
+    conversion = None
+    if precision is not None:  # (before TensorRT is looked for: a refusal is the same here)
+        parts, conversion = to_half(parts, precision)
+    tensors = precision_counts(parts)
     require_tensorrt()
     import tensorrt as trt
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network, parser = _parse_onnx(logger, builder, model)
-    config = _builder_config(builder, fp16=fp16, bf16=bf16, workspace_bytes=workspace_bytes)
-    _add_profile(builder, network, config, profile)
-    cache, read_bytes = _attach_timing_cache(config, cache_path)
-    start = time.perf_counter()
-    serialized = _serialize(builder, network, config)
-    seconds = time.perf_counter() - start
+    with ExitStack() as stack:
+        source = model
+        if conversion is not None:  # TensorRT parses the converted graph from a file of its own
+            source = stack.enter_context(staged_onnx(parts, target)).path
+        del parts
+        logger = trt.Logger(trt.Logger.WARNING)
+        builder = trt.Builder(logger)
+        network, parser = _parse_onnx(logger, builder, source)
+        config = _builder_config(builder, workspace_bytes=workspace_bytes)
+        _add_profile(builder, network, config, profile)
+        cache, read_bytes = _attach_timing_cache(config, cache_path)
+        start = time.perf_counter()
+        serialized = _serialize(builder, network, config)
+        seconds = time.perf_counter() - start
     engine = bytes(serialized)
     del serialized
     write_bytes_atomic(engine, target, force=force)
     report = BuildReport(str(target), len(engine), seconds, trt.__version__,
-                         ["fp32", *(["fp16"] if fp16 else []), *(["bf16"] if bf16 else [])],
-                         workspace_bytes, dict(profile))
+                         precision or "fp32", tensors, workspace_bytes, dict(profile),
+                         conversion=conversion)
     if cache_path is not None:
         updated = bytes(config.get_timing_cache().serialize())
         write_bytes_atomic(updated, cache_path)
@@ -472,7 +532,8 @@ class TrtRunner:
         inputs = trt.TensorIOMode.INPUT
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == inputs]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) != inputs]
-        self.description = f"TensorRT {trt.__version__}{' fp16' if fp16 else ''}"
+        self.description = f"TensorRT {trt.__version__} (strongly typed" \
+                           f"{', the graph in fp16' if fp16 else ''})"
         self._trt = trt
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
