@@ -43,6 +43,7 @@ from cli.build import build  # noqa: E402
 from cli.convert import convert  # noqa: E402
 from cli.fold import fold  # noqa: E402
 from cli.inspect import inspect  # noqa: E402
+from cli.quantize import quantize  # noqa: E402
 from cli.rules import rules  # noqa: E402
 from cli.verify import verify  # noqa: E402
 
@@ -53,3 +54,4 @@ app.command("verify")(verify)
 app.command("rules")(rules)
 app.command("bench")(bench)
 app.command("build")(build)
+app.command("quantize")(quantize)

@@ -1,7 +1,7 @@
-"""The README's "Models in" examples, run as written: every fenced block after an
-`<!-- example: NAME -->` marker, in order, in one fresh folder (Python blocks by this
-interpreter with the checkout on its path, shell blocks by bash with this environment's
-`unfold` first on PATH)."""
+"""The README's "Models in" and "Precision in the graph" examples, run as written: every
+fenced block after an `<!-- example: NAME -->` marker, in order, in one fresh folder (Python
+blocks by this interpreter with the checkout on its path, shell blocks by bash with this
+environment's `unfold` first on PATH)."""
 
 from __future__ import annotations
 
@@ -47,6 +47,12 @@ def test_a_hugging_face_directory(tmp_path: Path) -> None:
     run_example("hf", tmp_path)
     assert (tmp_path / "bert-un" / "config.json").is_file()
     assert (tmp_path / "bert-un.onnx").is_file()
+
+
+def test_precision_in_the_graph(tmp_path: Path) -> None:
+    run_example("precision", tmp_path)
+    for name in ("digits-fp16.onnx", "digits.onnx", "digits-int8.onnx"):
+        assert (tmp_path / name).is_file(), name
 
 
 @pytest.mark.timm

@@ -410,24 +410,26 @@ def random_batch(specs: Sequence[InputSpec], rng: np.random.Generator,
     return out
 
 
-def read_npz(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz (never unpickling), or an error naming the file."""
+def read_npz(path: str | Path, *, parameter: str = "inputs.npz") -> dict[str, np.ndarray]:
+    """The arrays of an .npz (never unpickling), or an error naming the file (as the option
+    `parameter` that gave it)."""
     path = Path(path)
     if not path.is_file():
-        raise UnfoldError(f"{option('inputs.npz', str(path))}: no such file")
+        raise UnfoldError(f"{option(parameter, str(path))}: no such file")
     try:
         with np.load(path, allow_pickle=False) as data:
             return {key: data[key] for key in data.files}
     except Exception as exc:
-        raise UnfoldError(f"{option('inputs.npz', str(path))} is not a readable .npz: "
+        raise UnfoldError(f"{option(parameter, str(path))} is not a readable .npz: "
                           f"{type(exc).__name__}: {exc}") from None
 
 
-def load_npz(path: str | Path, specs: Sequence[InputSpec]) -> dict[str, np.ndarray]:
+def load_npz(path: str | Path, specs: Sequence[InputSpec], *,
+             parameter: str = "inputs.npz") -> dict[str, np.ndarray]:
     """Real inputs from an .npz: arrays named like the model's inputs (or arr_0, arr_1, ...
     in input order), checked against the specs' dtypes and fixed axes."""
-    arrays = read_npz(path)
-    given = option("inputs.npz", str(path))
+    arrays = read_npz(path, parameter=parameter)
+    given = option(parameter, str(path))
     names = [s.name for s in specs]
     if set(arrays) == {f"arr_{i}" for i in range(len(arrays))} and len(arrays) == len(names):
         arrays = {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
