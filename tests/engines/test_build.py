@@ -491,7 +491,8 @@ def test_the_engine_is_built_for_the_profile_and_written(tmp_path: Path,
         "engine": str(out), "engine_bytes": len(b"serialized engine"),
         "build_seconds": report.build_seconds, "tensorrt": fake_tensorrt.version,
         "strongly_typed": True, "precision": "fp32", "tensors": {"fp32": 2},
-        "conversion": None, "workspace_bytes": 1 << 30,
+        "conversion": None, "tensor_types": {"x": "fp32", "x_out": "fp32"},
+        "workspace_bytes": 1 << 30,
         "profile": {"x": {"min": [1, 8], "opt": [4, 8], "max": [16, 8]}},
         "timing_cache": None, "fp16_range": None}
     assert report.build_seconds >= 0
@@ -518,6 +519,8 @@ def test_a_precision_is_the_graphs_own_and_no_builder_flag_is_set(
     assert not any(call[0] == "flag" for call in fake_tensorrt.calls)
     assert fake_tensorrt.calls[0] == ("create_network", _strongly_typed(fake_tensorrt))
     assert report.precision == precision and report.tensors == {"fp32": 2, precision: 5}
+    assert report.tensor_types["w"] == report.tensor_types["h"] == precision
+    assert report.tensor_types["x"] == report.tensor_types["y"] == "fp32"
     assert report.conversion is not None and report.conversion.casts == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.plan"], \
         "the converted graph's file is gone"

@@ -23,9 +23,10 @@ every entry point that builds or runs raises an UnfoldError with exit code 3.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -40,7 +41,7 @@ from unfold.onnx_files import (
     staged_onnx,
     write_bytes_atomic,
 )
-from unfold.precision.half import HalfReport, check_precision, precision_counts, to_half
+from unfold.precision.half import HalfReport, check_precision, tensor_precisions, to_half
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -406,6 +407,7 @@ class BuildReport:
     timing_cache_written_bytes: int = 0
     fp16_range: Fp16RangeReport | None = None  # the caller's check before an fp16 build
     conversion: HalfReport | None = None  # the graph's conversion to `precision`
+    tensor_types: dict[str, str] = field(default_factory=dict)  # each float tensor's type
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -413,6 +415,7 @@ class BuildReport:
             "build_seconds": self.build_seconds, "tensorrt": self.tensorrt,
             "strongly_typed": True, "precision": self.precision, "tensors": self.tensors,
             "conversion": self.conversion.to_dict() if self.conversion else None,
+            "tensor_types": self.tensor_types,
             "workspace_bytes": self.workspace_bytes,
             "profile": {name: r.to_dict() for name, r in self.profile.items()},
             "timing_cache": None if self.timing_cache is None else {
@@ -453,7 +456,8 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
     conversion = None
     if precision is not None:  # (before TensorRT is looked for: a refusal is the same here)
         parts, conversion = to_half(parts, precision)
-    tensors = precision_counts(parts)
+    tensor_types = tensor_precisions(parts)
+    tensors = dict(Counter(tensor_types.values()))
     require_tensorrt()
     import tensorrt as trt
 
@@ -476,7 +480,7 @@ def build_engine(model: str | Path, out: str | Path, profile: Mapping[str, Shape
     write_bytes_atomic(engine, target, force=force)
     report = BuildReport(str(target), len(engine), seconds, trt.__version__,
                          precision or "fp32", tensors, workspace_bytes, dict(profile),
-                         conversion=conversion)
+                         conversion=conversion, tensor_types=tensor_types)
     if cache_path is not None:
         updated = bytes(config.get_timing_cache().serialize())
         write_bytes_atomic(updated, cache_path)

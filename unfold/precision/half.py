@@ -420,14 +420,6 @@ def tensor_precisions(model: onnx.ModelProto | ModelParts) -> dict[str, str]:
             if elem in names}
 
 
-def precision_counts(model: onnx.ModelProto | ModelParts) -> dict[str, int]:
-    """How many float tensors of `model` are of each type."""
-    counts: dict[str, int] = {}
-    for label in tensor_precisions(model).values():
-        counts[label] = counts.get(label, 0) + 1
-    return counts
-
-
 def half_tolerances(precision: str, output_names: Sequence[str]) -> tuple[dict[str, float],
                                                                           dict[str, float]]:
     """(atol, rtol) by output for checking a `precision` graph against its fp32 model: the
