@@ -17,7 +17,7 @@ from rich.table import Table
 
 from cli._common import DEBUG, JSON, run_command, show, stdout
 from unfold.errors import ExitCode, UnfoldError
-from unfold.fold.report import FP16_MAX
+from unfold.numerics import FP16_MAX
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
     from unfold.engines.trt import BuildReport, ShapeRange

@@ -13,8 +13,8 @@ from rich.table import Table
 from cli import _inputs as opt
 from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.errors import ExitCode, UnfoldError
-from unfold.fold.report import FP16_MAX, FP16_MAX_SCALE
 from unfold.fold.transfer import RULES
+from unfold.numerics import FP16_MAX, FP16_MAX_SCALE
 from unfold.precision import PRECISIONS
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)

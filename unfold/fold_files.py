@@ -30,8 +30,8 @@ from unfold.errors import UnfoldError, option
 from unfold.fold.coverage import whole_model_reason
 from unfold.fold.model import check_fold_options
 from unfold.fold.report import FoldReport
-from unfold.fold.weights import graph_problem
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
+from unfold.model_parts import graph_problem
 from unfold.onnx_files import (
     PROTOBUF_LIMIT,
     check_not_read,

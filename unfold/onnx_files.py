@@ -20,7 +20,8 @@ import onnx.external_data_helper
 import onnx.numpy_helper
 
 from unfold.errors import UnfoldError, option
-from unfold.fold.weights import (
+from unfold.interrupts import raise_deferred
+from unfold.model_parts import (
     ModelParts,
     array_bytes,
     declared_size_problem,
@@ -33,7 +34,6 @@ from unfold.fold.weights import (
     weightless_model,
     without_field,
 )
-from unfold.interrupts import raise_deferred
 
 PROTOBUF_LIMIT = 2**31 - 1
 

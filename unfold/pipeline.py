@@ -25,7 +25,6 @@ from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
 from unfold.fold import FoldReport, fold_model
 from unfold.fold.model import check_fold_options
-from unfold.fold.weights import ModelParts
 from unfold.fold_files import Outcome
 from unfold.inputs import (
     Inputs,
@@ -41,6 +40,7 @@ from unfold.inputs import (
 from unfold.load import LoadedModel, load_model
 from unfold.load.arch import check_arch_kwargs
 from unfold.load.model_file import held_model, is_model_object
+from unfold.model_parts import ModelParts
 from unfold.norm_kinds import check_swap
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.precision.checked import check_half, half_of, precision_batches

@@ -12,7 +12,7 @@ from onnx import helper
 
 from unfold.fold import ModelParts, fold_model, fold_parts
 from unfold.fold.graph import Names, replace_weight
-from unfold.fold.weights import weight_proto
+from unfold.model_parts import weight_proto
 
 from .helpers import RNG, assert_same_outputs, const, model, norm_constants
 

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper
 from onnx.reference import ReferenceEvaluator
 
 from unfold.errors import UnfoldError
-from unfold.fold.weights import ModelParts
+from unfold.model_parts import ModelParts
 from unfold.precision.half import (
     ACTIVATION_LIMIT,
     measured_ranges,

@@ -46,7 +46,7 @@ from unfold.precision.half import HalfReport, check_precision, tensor_precisions
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from unfold.fold.weights import ModelParts
+    from unfold.model_parts import ModelParts
     from unfold.precision.ranges import Fp16RangeReport
 
 
@@ -376,7 +376,7 @@ def build_serialized(model: onnx.ModelProto, specs: Sequence[InputSpec], *,
     import tensorrt as trt
 
     if fp16:
-        from unfold.fold.weights import ModelParts
+        from unfold.model_parts import ModelParts
         from unfold.precision.half import to_half
 
         model = to_half(ModelParts.viewing(model), "fp16")[0].to_model()

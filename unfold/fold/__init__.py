@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from unfold.fold.model import fold_model, fold_parts
     from unfold.fold.report import FoldReport, SiteReport
-    from unfold.fold.weights import ModelParts
+    from unfold.model_parts import ModelParts
 
 __all__ = ["FoldReport", "ModelParts", "SiteReport", "fold_model", "fold_parts"]
 _HOMES = {"fold_model": "model", "fold_parts": "model", "FoldReport": "report",

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from unfold.numerics import MIN_ABS_SCALE
+
 
 class FoldRejected(ValueError):
     """A fold that cannot be done exactly or safely; `reason` says why (goes in the report)."""
@@ -181,7 +183,7 @@ def fold_into_producer(affine: ChannelAffine, weight: np.ndarray, bias: np.ndarr
 
 def fold_into_conv_consumer(affine: ChannelAffine, weight: np.ndarray, bias: np.ndarray | None,
                             zero_padding: bool, group: int = 1,
-                            min_abs_scale: float = 1e-12) -> FoldedConvConsumer:
+                            min_abs_scale: float = MIN_ABS_SCALE) -> FoldedConvConsumer:
     """Rule 7: a Conv reading a⊙x + b. W' = W·a per input channel always; the shift goes into
     the bias (c' = c + Σ_{in,kernel} W b) only when every pad is zero, else it stays as an Add
     of b⊘a before the Conv (needs a ≠ 0; refused otherwise)."""
@@ -581,7 +583,7 @@ def fold_matmul_reader(weight: np.ndarray, bias: np.ndarray | None, *,
         term = full @ w
         total = term if total is None else total + term
     if total is not None and bias_divisor is not None:
-        if np.any(np.abs(bias_divisor) < 1e-12):
+        if np.any(np.abs(bias_divisor) < MIN_ABS_SCALE):
             raise FoldRejected("the scale is ~0 on some channel: the bias cannot be divided "
                                "by it")
         total = total / bias_divisor

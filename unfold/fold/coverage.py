@@ -24,7 +24,7 @@ import onnx
 from unfold.fold.graph import constant_value
 from unfold.fold.online import find_online_norms
 from unfold.fold.sites import find_affine_sites
-from unfold.fold.weights import ModelParts, weight_header
+from unfold.model_parts import ModelParts, weight_header
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs

@@ -23,13 +23,11 @@ from unfold.fold.online import find_online_norms
 from unfold.fold.report import FoldReport, SiteReport, torch_module
 from unfold.fold.sites import find_affine_sites
 from unfold.fold.transfer import RULES
-from unfold.fold.weights import (
+from unfold.fold.weights import import_parts, infer_shapes, parts_of
+from unfold.model_parts import (
     ModelParts,
     declared_size_problem,
     graph_problem,
-    import_parts,
-    infer_shapes,
-    parts_of,
     weight_nbytes,
     weight_proto,
     weightless_model,

@@ -8,16 +8,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from unfold.fold.online import OnlineNorm
+from unfold.numerics import FP16_MAX
 
 if TYPE_CHECKING:
     import onnx
 
-FP16_MAX = 65504.0  # the largest finite float16
-# --fp16's bound on the scale a post-norm stream carries (transfer/residual.py, norm.py):
-# folded weights grow by at most this factor, the stream's values by about a third of it
-# (benchmarks/fold_numerics.py: a calibrated 24-layer post-norm encoder keeps 280x of fp16's
-# range at 64, 63x at 256, for one Mul more than at 256)
-FP16_MAX_SCALE = 64.0
 
 
 def torch_module(node: onnx.NodeProto) -> str | None:

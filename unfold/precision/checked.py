@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from unfold.fold.weights import ModelParts, weight_proto
+from unfold.model_parts import ModelParts, weight_proto
 from unfold.onnx_files import PROTOBUF_LIMIT
 from unfold.precision.half import HalfReport, half_tolerances, measured_ranges, to_half
 from unfold.verification import REAL_INPUTS, Batch, VerifyReport, run_verification

@@ -37,10 +37,9 @@ import onnx
 import onnx.numpy_helper
 
 from unfold.errors import UnfoldError, option
-from unfold.fold.report import FP16_MAX
-from unfold.fold.weights import ModelParts, Weight, weightless_model
+from unfold.model_parts import ModelParts, Weight, weightless_model
+from unfold.numerics import BF16_MAX, FP16_MAX
 from unfold.precision import PRECISIONS
-from unfold.precision.ranges import BF16_MAX
 
 HALF_TYPES = {"fp16": onnx.TensorProto.FLOAT16, "bf16": onnx.TensorProto.BFLOAT16}
 HALF_DTYPES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16)}

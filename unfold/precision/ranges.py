@@ -25,17 +25,19 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
-from unfold.fold.report import FP16_MAX
+from unfold.numerics import (
+    BF16_MAX,
+    BF16_SIGNIFICANT_BITS,
+    BF16_SMALLEST_NORMAL,
+    FP16_MAX,
+    FP16_SIGNIFICANT_BITS,
+    FP16_SMALLEST_NORMAL,
+    FP16_SMALLEST_SUBNORMAL,
+)
 
 if TYPE_CHECKING:
-    from unfold.fold.weights import ModelParts
+    from unfold.model_parts import ModelParts
 
-FP16_SMALLEST_NORMAL = 2.0**-14  # 6.1e-5: below it fp16 is subnormal
-FP16_SMALLEST_SUBNORMAL = 2.0**-24  # 6.0e-8: below half of it a value becomes 0
-BF16_MAX = float((2 - 2**-7) * 2.0**127)  # 3.39e38
-BF16_SMALLEST_NORMAL = 2.0**-126  # 1.18e-38, as fp32's
-FP16_SIGNIFICANT_BITS = 11
-BF16_SIGNIFICANT_BITS = 8
 
 # the ONNX types whose values change when an engine computes in fp16 (fp16 weights already are
 # what they are; integers are not converted)

@@ -18,6 +18,7 @@ import numpy as np
 from unfold.fold.algebra import Affine, concat_constants
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, merged, quoted
 from unfold.fold.transfer._common import too_big
+from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -26,7 +27,6 @@ NAME = "concat"
 OPS = frozenset({"Concat"})
 ALGEBRA = "Concat(s1⊙x1 + b1, t) = Concat(s1, 1)⊙Concat(x1, t') + Concat(b1, 0), t' its preimage"
 
-MIN_ABS_SCALE = 1e-12
 
 
 def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.ndarray] | None:

@@ -20,6 +20,7 @@ import numpy as np
 from unfold.fold.algebra import Affine, broadcasts_within
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, named
 from unfold.fold.transfer._common import too_big
+from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -28,7 +29,6 @@ NAME = "constant-op"
 OPS = frozenset({"Mul", "Add", "Sub", "Div"})
 ALGEBRA = "(s⊙x + b)⊙k = x⊙(s⊙k) + b⊙k; (s⊙x + b) + c = s⊙(x + (b + c)⊘s): the constant takes it"
 
-MIN_ABS_SCALE = 1e-12
 
 
 def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:

@@ -15,6 +15,7 @@ import numpy as np
 
 from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, quoted
+from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -61,7 +62,7 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if affine.has_shift and not into_bias and not affine.has_scale:
         return Stop("it pads its input (or the shift varies over positions): a shift cannot "
                     "go into its bias")
-    if affine.has_shift and not into_bias and np.any(np.abs(scale) < 1e-12):
+    if affine.has_shift and not into_bias and np.any(np.abs(scale) < MIN_ABS_SCALE):
         return Stop("the shift stays before it and the scale is ~0 on some channel: the shift "
                     "cannot move past the scale exactly")
     folded = None

@@ -26,6 +26,7 @@ from unfold.fold.algebra import (
     fold_matmul_reader,
 )
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop
+from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -86,7 +87,7 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
                                         bias_divisor=divisor)
         except FoldRejected as rejected:
             return Stop(rejected.reason)
-    elif divisor is not None and np.any(np.abs(divisor) < 1e-12):
+    elif divisor is not None and np.any(np.abs(divisor) < MIN_ABS_SCALE):
         return Stop("the scale is ~0 on some channel: the bias cannot be divided by it")
     outputs: dict[str, Pending] = {}
     if bias is not None:

@@ -26,13 +26,6 @@ OPS: frozenset[str] = frozenset()  # not an op family: the driver hands it the n
 ALGEBRA = "A2(A1(x)) = (s2⊙s1)⊙x + (s2⊙b1 + b2): a norm after a pending affine goes into it"
 
 
-def _leaves_bound(composed: Affine, incoming: Pending, ctx: Context) -> bool:
-    if ctx.max_scale is None or incoming.affine is None or not incoming.affine.has_scale:
-        return False
-    low, high = composed.channel_range()
-    return high > ctx.max_scale or (low > 0 and 1.0 / low > ctx.max_scale)
-
-
 def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop:
     _first, slot, source = site.nodes[0], site.slot, site.current_input()
     if incoming is not None and incoming.carrier is not None:

@@ -21,6 +21,7 @@ from unfold.errors import option
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, merged, named
+from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -29,7 +30,6 @@ NAME = "residual-add"
 OPS = frozenset({"Add", "Sub"})
 ALGEBRA = "a⊙p + b + w = a⊙(p + w⊘a) + b, dividing w's producer by a"
 
-MIN_ABS_SCALE = 1e-12
 
 
 def _same_carrier_term(other: gs.Tensor, pending: Pending, ctx: Context) -> np.ndarray | None:
