@@ -97,3 +97,32 @@ def test_an_unknown_precision_is_refused_before_any_work(tmp_path: Path) -> None
         done.stderr
     with pytest.raises(unfold.UnfoldError, match="precision='fp8': expected one of fp16, bf16"):
         unfold.fold_file(tmp_path / "missing.onnx", tmp_path / "o.onnx", precision="fp8")
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_a_hugging_face_bert_goes_to_half_with_its_mask_in_fp32(tmp_path: Path,
+                                                                 precision: str) -> None:
+    """transformers' own BERT (swapped to UN), its attention mask the float32 extreme: the
+    mask's Where stays fp32, and what the measured inputs show past the type's range (the
+    masked scores, the Add and Softmax that read them) too; the rest converts and checks."""
+    transformers = pytest.importorskip("transformers")
+    if precision == "bf16":
+        pytest.importorskip("openvino")
+    import torch
+
+    from unfold.nn import swap_norms
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(hidden_size=64, num_hidden_layers=2,
+                                     num_attention_heads=2, intermediate_size=128,
+                                     vocab_size=1000)
+    model, _ = swap_norms(transformers.BertModel(config).eval(), kind="un")
+    inputs = unfold.Inputs(shapes={"input_ids": (2, 16), "attention_mask": (2, 16)},
+                           dtype={"input_ids": "int64", "attention_mask": "int64"},
+                           int_range={"input_ids": (0, 999), "attention_mask": (0, 1)})
+    report = unfold.convert(model, tmp_path / "bert.onnx", inputs=inputs, precision=precision)
+    assert report.outcome == "written", report.precision_verification
+    assert report.precision is not None and report.precision.converted_nodes > 60
+    kept = {k.op for k in report.precision.kept}
+    assert kept <= {"Where", "Add", "Softmax"} and "Where" in kept
+    assert any("float32's extreme" in k.reason for k in report.precision.kept)

@@ -118,3 +118,22 @@ def test_the_input_model_is_left_as_it_was() -> None:
     before = m.SerializeToString()
     _half(m, "fp16")
     assert m.SerializeToString() == before
+
+
+def test_a_masks_float32_extreme_keeps_its_readers_fp32_in_both_types() -> None:
+    """transformers adds torch.finfo(float32).min for a masked key: neither half type holds
+    it (bf16's largest is 3.39e38), but it is no learned weight to refuse: the Where that
+    reads it stays fp32."""
+    nodes = [N("Where", ["keep", "x", "minus_inf"], ["masked"], name="mask"),
+             N("Softmax", ["masked"], ["y"], name="softmax", axis=-1)]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("keep", TensorProto.BOOL, [2, 4]),
+                     helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])],
+        [const("minus_inf", np.float32(np.finfo(np.float32).min))])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for precision in ("fp16", "bf16"):
+        half, report = _half(m, precision)
+        assert [(k.name, k.reason.split(" (")[0]) for k in report.kept] == [
+            ("mask", "'minus_inf' holds float32's extreme -3.403e+38")]
+        assert tensor_precisions(half)[f"y_{precision}"] == precision, "the Softmax converts"

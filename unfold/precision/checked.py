@@ -32,10 +32,10 @@ def _whole_copy(parts: ModelParts) -> onnx.ModelProto:
 
 def half_of(folded: ModelParts, precision: str, *,
             feeds: Sequence[Mapping[str, np.ndarray]] = ()) -> tuple[ModelParts, HalfReport]:
-    """`folded` in `precision`; for fp16, the activations are measured on `feeds` first (the
-    nodes whose tensors fp16 would not hold stay fp32). `folded` is left as it was."""
+    """`folded` in `precision`, its activations measured on `feeds` first (the nodes whose
+    tensors the type would not hold stay fp32). `folded` is left as it was."""
     ranges = None
-    if precision == "fp16" and feeds:
+    if feeds:
         model = _whole_copy(folded)
         if model.ByteSize() < PROTOBUF_LIMIT:
             ranges = measured_ranges(model, feeds)

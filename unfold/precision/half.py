@@ -11,8 +11,9 @@ check before it. The conversion is small once the graph's types are known:
 * every node of the default ONNX domain converts, unless it is kept (`keep_reason`): an op
   that computes statistics online (LayerNormalization and its kind: its variance overflows
   fp16 long before its output does), a node holding subgraphs or of another domain (its type
-  rules are not ONNX's), a node whose tensor types shape inference does not know, or (fp16) a
-  node that reads or writes an activation past `ACTIVATION_LIMIT` on the measured inputs;
+  rules are not ONNX's), a node whose tensor types shape inference does not know, a node that
+  reads a mask's float32 extreme (`extreme_constants`), or a node that reads or writes an
+  activation past `ACTIVATION_LIMITS` on the measured inputs;
 * a float tensor is half where it is produced by a converted node, or is an initializer that
   only converted nodes read; a Cast joins it to each reader that wants the other type (one
   Cast per tensor and type, shared);
@@ -37,7 +38,7 @@ import onnx
 import onnx.numpy_helper
 
 from unfold.errors import UnfoldError, option
-from unfold.model_parts import ModelParts, Weight, weightless_model
+from unfold.model_parts import ModelParts, Weight, is_small, weightless_model
 from unfold.numerics import BF16_MAX, FP16_MAX
 from unfold.precision import PRECISIONS
 
@@ -46,9 +47,13 @@ HALF_DTYPES = {"fp16": np.dtype(np.float16), "bf16": np.dtype(ml_dtypes.bfloat16
 LARGEST = {"fp16": FP16_MAX, "bf16": BF16_MAX}
 FLOAT = onnx.TensorProto.FLOAT
 
-# fp16: a node stays fp32 when a tensor it reads or writes reaches 1/16 of fp16's largest value
+# a node stays fp32 when a tensor it reads or writes reaches 1/16 of the type's largest value
 # on the measured inputs: headroom for inputs larger than the ones measured
 ACTIVATION_LIMIT = FP16_MAX / 16
+ACTIVATION_LIMITS = {"fp16": ACTIVATION_LIMIT, "bf16": BF16_MAX / 16}
+# float32's extreme, what attention masks add for "minus infinity" (transformers'
+# torch.finfo(dtype).min): neither half type holds it (bf16's largest is 3.39e38)
+FP32_EXTREME = float(np.finfo(np.float32).max)
 
 # ops that compute statistics of their input online: their sums of squares leave fp16's range
 # long before their outputs do (TensorRT #2564, #3657, #4540: LayerNorm is what fp16 breaks)
@@ -195,7 +200,8 @@ def _schema_refuses(node: onnx.NodeProto, types: Mapping[str, int], opset: int,
 
 
 def keep_reason(node: onnx.NodeProto, types: Mapping[str, int],
-                ranges: Mapping[str, float] | None, precision: str, opset: int) -> str | None:
+                ranges: Mapping[str, float] | None, precision: str, opset: int,
+                sentinels: Mapping[str, float]) -> str | None:
     """Why `node` stays fp32 in the half graph, or None where it converts."""
     if node.domain not in _DEFAULT_DOMAINS:
         return f"an op of the domain {node.domain!r}, whose type rules unfold does not know"
@@ -210,16 +216,47 @@ def keep_reason(node: onnx.NodeProto, types: Mapping[str, int],
     untyped = _schema_refuses(node, types, opset, precision)
     if untyped is not None:
         return untyped
+    for tensor in [*node.input, *(node.output if node.op_type == "Constant" else ())]:
+        if tensor in sentinels:
+            return (f"{tensor!r} holds float32's extreme {sentinels[tensor]:.4g} (an attention "
+                    f"mask's 'minus infinity'), past {precision}'s largest "
+                    f"{LARGEST[precision]:.6g}")
     tensors = [t for t in [*node.input, *node.output] if t]
     unknown = [t for t in tensors if t not in types]
     if unknown:
         return f"the type of {unknown[0]!r} is unknown to shape inference"
-    if precision == "fp16" and ranges is not None:
+    if ranges is not None:
+        limit = ACTIVATION_LIMITS[precision]
         for tensor in tensors:
-            if types[tensor] == FLOAT and ranges.get(tensor, 0.0) > ACTIVATION_LIMIT:
+            if types[tensor] == FLOAT and ranges.get(tensor, 0.0) > limit:
                 return (f"{tensor!r} reaches {ranges[tensor]:.3g} on the measured inputs "
-                        f"(fp16's largest is {FP16_MAX:g}; kept above {ACTIVATION_LIMIT:g})")
+                        f"({precision}'s largest is {LARGEST[precision]:.6g}; kept above "
+                        f"{limit:.4g})")
     return None
+
+
+def extreme_constants(parts: ModelParts, types: Mapping[str, int], precision: str
+                      ) -> dict[str, float]:
+    """The small float constants (initializers and Constant nodes) whose values past the half
+    type's range are all float32's extreme or infinite: attention masks' "minus infinity",
+    not learned weights. Their readers stay fp32; any other weight past the range is refused."""
+    found: dict[str, float] = {}
+
+    def check(name: str, values: np.ndarray) -> None:
+        magnitude = np.abs(values.astype(np.float64))
+        over = magnitude[magnitude > LARGEST[precision]]
+        if over.size and np.all((over >= FP32_EXTREME) | np.isinf(over)):
+            found[name] = float(values.reshape(-1)[np.argmax(magnitude.reshape(-1))])
+
+    for name, weight in parts.weights.items():
+        if types.get(name) == FLOAT and is_small(weight):
+            check(name, _weight_array(weight))
+    for node in parts.skeleton.graph.node:
+        if node.op_type == "Constant" and node.domain in _DEFAULT_DOMAINS:
+            for attr in node.attribute:
+                if attr.name == "value" and attr.t.data_type == FLOAT:
+                    check(node.output[0], onnx.numpy_helper.to_array(attr.t))
+    return found
 
 
 def _weight_array(weight: Weight) -> np.ndarray:
@@ -241,13 +278,14 @@ def _half_array(name: str, values: np.ndarray, precision: str, what: str) -> np.
 def to_half(parts: ModelParts, precision: str, *, ranges: Mapping[str, float] | None = None
             ) -> tuple[ModelParts, HalfReport]:
     """`parts` (an fp32 model) converted to `precision` ("fp16" or "bf16"); `ranges` (from
-    `measured_ranges`) keeps the nodes whose activations fp16 would not hold. The model's
+    `measured_ranges`) keeps the nodes whose activations the type would not hold. The model's
     inputs and outputs keep their declared types. `parts` is left as it was."""
     precision = check_precision(precision)
     half = HALF_TYPES[precision]
     types = _tensor_types(weightless_model(parts))
     graph = parts.skeleton.graph
-    report = HalfReport(precision, measured=ranges is not None and precision == "fp16")
+    report = HalfReport(precision, measured=ranges is not None)
+    sentinels = extreme_constants(parts, types, precision)
     opset = next((o.version for o in parts.skeleton.opset_import
                   if o.domain in _DEFAULT_DOMAINS), 1)
     taken = set(types) | set(parts.weights) | {i.name for i in graph.input} | \
@@ -255,7 +293,7 @@ def to_half(parts: ModelParts, precision: str, *, ranges: Mapping[str, float] | 
 
     converted: set[int] = set()
     for index, node in enumerate(graph.node):
-        reason = keep_reason(node, types, ranges, precision, opset)
+        reason = keep_reason(node, types, ranges, precision, opset, sentinels)
         if reason is None:
             converted.add(index)
         else:
