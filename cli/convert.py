@@ -104,7 +104,7 @@ def convert(
         kwargs = opt.parse_arch_kwargs(arch_kwargs)
         from unfold.pipeline import convert as convert_model
 
-        bound = max_scale_for(max_scale, fp16 or precision == "fp16")
+        bound = max_scale_for(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)

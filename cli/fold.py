@@ -12,7 +12,7 @@ from rich.table import Table
 
 from cli import _inputs as opt
 from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
-from unfold.errors import ExitCode, UnfoldError
+from unfold.errors import ExitCode
 from unfold.fold.transfer import RULES
 from unfold.numerics import FP16_MAX, FP16_MAX_SCALE
 from unfold.precision import PRECISIONS
@@ -56,9 +56,7 @@ def render_precision(report: HalfReport | None, verification: VerifyReport | Non
 
 
 def max_scale_for(max_scale: float | None, fp16: bool) -> float | None:
-    if max_scale is not None and not max_scale > 1.0:
-        raise UnfoldError(f"--max-scale {max_scale:g}: must be above 1 (a factor by which "
-                          f"folded weights may grow)")
+    """`--fp16`'s default bound on the stream where none is given (the library checks it)."""
     return FP16_MAX_SCALE if fp16 and max_scale is None else max_scale
 
 
@@ -152,7 +150,7 @@ def fold(
         tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
         from unfold.fold_files import fold_file
 
-        bound = max_scale_for(max_scale, fp16 or precision == "fp16")
+        bound = max_scale_for(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the folded model will NOT be checked against "
                   f"{model}", file=sys.stderr)

@@ -32,6 +32,7 @@ from unfold.fold.model import check_fold_options
 from unfold.fold.report import FoldReport
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
 from unfold.model_parts import graph_problem
+from unfold.numerics import FP16_MAX_SCALE
 from unfold.onnx_files import (
     PROTOBUF_LIMIT,
     check_not_read,
@@ -170,7 +171,8 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     skip, max_scale: as for `unfold.fold.fold_model`
     precision: "fp16" or "bf16": write the folded graph in that type (`unfold.precision.half`),
         checked against the input model with that type's tolerances on a CPU engine that runs
-        it (ONNX Runtime for fp16, OpenVINO for bf16), after the fp32 fold's own check"""
+        it (ONNX Runtime for fp16, OpenVINO for bf16), after the fp32 fold's own check; fp16
+        bounds the stream as --fp16 does (max_scale 64) unless max_scale is given"""
     from unfold.engines.ort import OrtRunner
     from unfold.fold import fold_parts
 
@@ -181,6 +183,8 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     check_fold_options(skip, max_scale)
     if precision is not None:
         check_precision(precision)
+        if precision == "fp16" and max_scale is None:  # (as --fp16: the stream's bound)
+            max_scale = FP16_MAX_SCALE
     check_seed(seed)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)

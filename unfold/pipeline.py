@@ -42,6 +42,7 @@ from unfold.load.arch import check_arch_kwargs
 from unfold.load.model_file import held_model, is_model_object
 from unfold.model_parts import ModelParts
 from unfold.norm_kinds import check_swap
+from unfold.numerics import FP16_MAX_SCALE
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.precision.checked import check_half, half_of, precision_batches
 from unfold.precision.half import HalfReport, check_precision
@@ -205,7 +206,8 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     skip: fold rules not to use (`unfold rules` lists them)
     max_scale: refuse folds whose weights would grow by more than this (e.g. for fp16)
     precision: "fp16" or "bf16": write the folded graph in that type (`unfold.precision`),
-        checked against torch with that type's tolerances (after the fp32 fold's check)"""
+        checked against torch with that type's tolerances (after the fp32 fold's check); fp16
+        bounds the stream as --fp16 does (max_scale 64) unless max_scale is given"""
     from unfold.export import EXPORTERS
 
     if not isinstance(model, (str, os.PathLike)) and not is_model_object(model):
@@ -221,6 +223,8 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     check_fold_options(skip, max_scale)
     if precision is not None:
         check_precision(precision)
+        if precision == "fp16" and max_scale is None:  # (as --fp16: the stream's bound)
+            max_scale = FP16_MAX_SCALE
     target = check_output_path(out, force=force, inputs=() if in_memory else (Path(model),))
     stages = _Stages(progress)
     if in_memory:

@@ -283,7 +283,8 @@ def test_fp16_names_a_site_whose_folded_weights_fp16_cannot_hold(tmp_path: Path)
 def test_max_scale_must_be_above_1(tmp_path: Path, bound: str) -> None:
     out = tmp_path / "o.onnx"
     _assert_user_error(_invoke("fold", _write(tmp_path), "--out", out, f"--max-scale={bound}"),
-                       2, f"--max-scale {float(bound):g}: must be above 1")
+                       2, f"--max-scale {float(bound):g}: must be a number above 1 (a factor "
+                          f"by which folded weights may grow)")
     assert not out.exists()
 
 

@@ -109,7 +109,8 @@ def check_fold_options(skip: Any, max_scale: Any) -> None:
             raise UnfoldError(f"{option('skip', rule)}: valid: {', '.join(RULES)}")
     if max_scale is not None and (isinstance(max_scale, bool) or not isinstance(
             max_scale, (int, float)) or not max_scale > 1.0):
-        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1 (a "
+                          f"factor by which folded weights may grow)")
 
 
 def fold_model(model: onnx.ModelProto, *, skip: Collection[str] = (),
@@ -166,7 +167,8 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         raise UnfoldError(f"{option('skip', sorted(unknown))}: unknown rule(s); valid: "
                           f"{', '.join(RULES)}")
     if max_scale is not None and not max_scale > 1.0:
-        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1")
+        raise UnfoldError(f"{option('max_scale', max_scale)}: must be a number above 1 (a "
+                          f"factor by which folded weights may grow)")
     problem = graph_problem(parts) or declared_size_problem(parts)
     if problem is not None:
         raise UnfoldError(problem)
