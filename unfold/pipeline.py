@@ -45,7 +45,12 @@ from unfold.norm_kinds import check_swap
 from unfold.numerics import FP16_MAX_SCALE
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.precision.checked import check_half, half_of, precision_batches
-from unfold.precision.half import HalfReport, check_precision
+from unfold.precision.half import (
+    HalfReport,
+    check_precision,
+    graph_half_type,
+    half_tolerances,
+)
 from unfold.verification import (
     REAL_INPUTS,
     VerifyReport,
@@ -399,11 +404,26 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)
         else:
+            if graph_half_type(candidate_onnx) == "bf16" and engine == "ort" and \
+                    device == "cpu":
+                raise UnfoldError(f"{candidate} computes in bf16, for which ONNX Runtime's CPU "
+                                  f"provider has almost no kernels: verify it with "
+                                  f"{option('engine', 'openvino')}")
             cand_runner = runner_for(candidate_onnx, engine, device=device, specs=specs)
         user = _real_inputs(inputs, specs)
+    half = graph_half_type(candidate_onnx) if candidate_onnx is not None else None
     with stages.stage("verify", "comparing outputs"):
         batches = make_batches(specs, seed=seed, example=example, user=user)
+        if half is not None:  # (a graph --precision wrote: its type's tolerances, real inputs)
+            batches = precision_batches(batches)
+            default_atol, default_rtol = half_tolerances(half, cand_runner.output_names)
+            atol = default_atol if atol is None else atol
+            rtol = default_rtol if rtol is None else rtol
         report = run_verification(ref_runner, cand_runner, batches, atol=atol, rtol=rtol)
+        if half is not None:
+            report.notes.append(f"{candidate.name} computes in {half}: checked with {half}'s "
+                                f"tolerances where none were given"
+                                + (", on the real inputs only" if user else ""))
         failed = report.failed_batch()
         if failed is not None and reference_onnx is not None and candidate_onnx is not None:
             feeds = next(f for label, f in batches if label == failed.label)

@@ -126,3 +126,24 @@ def test_a_hugging_face_bert_goes_to_half_with_its_mask_in_fp32(tmp_path: Path,
     kept = {k.op for k in report.precision.kept}
     assert kept <= {"Where", "Add", "Softmax"} and "Where" in kept
     assert any("float32's extreme" in k.reason for k in report.precision.kept)
+
+
+def test_verify_checks_a_half_graph_with_its_types_tolerances(tmp_path: Path, digits) -> None:
+    """`unfold verify model.pt half.onnx`: the half type's tolerances where none are given, the
+    real inputs only where given; a bf16 graph on ONNX Runtime's CPU provider is sent to
+    OpenVINO with a clear error rather than ONNX Runtime's NOT_IMPLEMENTED."""
+    npz = digits[0]
+    fp16 = tmp_path / "fp16.onnx"
+    assert unfold.convert(DIGITS, fp16, precision="fp16", inputs=unfold.Inputs(npz=npz))
+    report = unfold.verify(DIGITS, fp16, inputs=unfold.Inputs(npz=npz))
+    assert report and [b.label for b in report.batches] == ["real inputs images.npz"]
+    assert "fp16.onnx computes in fp16: checked with fp16's tolerances where none were " \
+           "given, on the real inputs only" in report.notes
+    assert not unfold.verify(DIGITS, fp16, rtol=1e-6, atol=0.0, inputs=unfold.Inputs(npz=npz))
+    pytest.importorskip("openvino")
+    bf16 = tmp_path / "bf16.onnx"
+    assert unfold.convert(DIGITS, bf16, precision="bf16", inputs=unfold.Inputs(npz=npz))
+    with pytest.raises(unfold.UnfoldError, match="computes in bf16, for which ONNX Runtime's "
+                                                 "CPU provider has almost no kernels: verify "
+                                                 "it with engine='openvino'"):
+        unfold.verify(DIGITS, bf16)

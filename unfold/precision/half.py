@@ -457,6 +457,16 @@ def tensor_precisions(model: onnx.ModelProto | ModelParts) -> dict[str, str]:
             if elem in names}
 
 
+def graph_half_type(model: onnx.ModelProto) -> str | None:
+    """"fp16" or "bf16" where `model` stores weights in that type (a graph `to_half` wrote, or
+    one like it), else None."""
+    stored = {t.data_type for t in model.graph.initializer}
+    for precision, elem in HALF_TYPES.items():
+        if elem in stored:
+            return precision
+    return None
+
+
 def half_tolerances(precision: str, output_names: Sequence[str]) -> tuple[dict[str, float],
                                                                           dict[str, float]]:
     """(atol, rtol) by output for checking a `precision` graph against its fp32 model: the
