@@ -2,7 +2,8 @@
 
 - `ort`: ONNX Runtime (CUDA when onnxruntime-gpu sees a GPU, else CPU), on an ONNX model;
 - `openvino`: OpenVINO's CPU plugin (fp32), on an ONNX model;
-- `trt`: TensorRT 10, on an ONNX model (built into an engine in memory) or a serialized engine;
+- `trt`: TensorRT 10 or 11 (strongly typed), on an ONNX model (built into an engine in memory)
+  or a serialized engine;
 - `torch`: PyTorch, on a loaded model (eager, or torch.compile'd).
 
 `runner_for(model, engine, ...)` picks one, for `verify` and `bench` alike.

@@ -268,7 +268,7 @@ def check_timing_cache_path(path: str | Path, *, inputs: tuple[Path, ...] = ()) 
 
 
 class ParserErrorLike(Protocol):
-    """What TensorRT 10's `ParserError` says of one error (`OnnxParser.get_error(i)`)."""
+    """What TensorRT's `ParserError` (10.x, 11.x) says of one error (`OnnxParser.get_error`)."""
 
     def code(self) -> object: ...
 
