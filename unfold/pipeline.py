@@ -33,9 +33,6 @@ from unfold.inputs import (
     check_seed,
     load_npz,
     onnx_input_specs,
-    read_npz,
-    specs_from_arrays,
-    specs_from_inputs,
 )
 from unfold.load import LoadedModel, load_model
 from unfold.load.arch import check_arch_kwargs
@@ -141,27 +138,6 @@ def _check_options(inputs: Inputs | None, atol: Tolerances, rtol: Tolerances,
     return inputs
 
 
-def resolve_specs(loaded: LoadedModel, inputs: Inputs) -> list[InputSpec]:
-    """The inputs to export and verify at: what the caller says over what the model says."""
-    defaults = list(loaded.input_specs)
-    if not defaults and not inputs.shapes and inputs.npz:
-        defaults = specs_from_arrays(read_npz(inputs.npz))
-    specs = specs_from_inputs(loaded.input_names, inputs, optional_names=loaded.optional_inputs,
-                              defaults=defaults)
-    loaded.use_inputs([spec.name for spec in specs])
-    own_specs = {spec.name: spec for spec in loaded.input_specs}
-    for spec in specs:
-        own = own_specs.get(spec.name)
-        if own is None:
-            continue
-        fixed = [i for i in range(len(own.shape)) if i not in own.dynamic]
-        if len(spec.shape) != len(own.shape) or any(spec.shape[i] != own.shape[i]
-                                                     for i in fixed):
-            raise UnfoldError(f"{option('inputs.shapes', {spec.name: spec.shape})} does not "
-                              f"fit the model, which takes {own.describe()}")
-    return specs
-
-
 def _check_choice(parameter: str, value: Any, valid: Sequence[str]) -> None:
     if value not in valid:
         raise UnfoldError(f"{option(parameter, value)}: valid: {', '.join(valid)}")
@@ -248,7 +224,7 @@ def _convert_loaded(loaded: LoadedModel, target: Path, stages: _Stages, inputs: 
                     max_scale: float | None, precision: str | None) -> ConvertReport:
     from unfold.export import export_onnx
 
-    specs = resolve_specs(loaded, inputs)
+    specs = loaded.resolve_specs(inputs)
     user = _real_inputs(inputs, specs)
     with stages.stage("export", "exporting to ONNX"):
         exported = export_onnx(loaded, specs, exporter=exporter, opset=opset)
@@ -391,7 +367,7 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
         else:
             loaded = held or load_model(reference, arch=arch, arch_kwargs=arch_kwargs,
                                         trust=trust, swap=swap)
-            specs = resolve_specs(loaded, inputs)
+            specs = loaded.resolve_specs(inputs)
             ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
                                      device=device, by_keyword=loaded.by_keyword)
             example = loaded.example_inputs

@@ -29,9 +29,7 @@ class Target:
         if self.engine in ONNX_ENGINES:
             specs = onnx_input_specs(self.model, inputs, batch=batch, npz_helps=False)
         else:
-            from unfold.pipeline import resolve_specs
-
-            specs = resolve_specs(self.model, inputs)
+            specs = self.model.resolve_specs(inputs)
         fitted = []
         for spec in specs:
             if spec.shape and spec.shape[0] == batch:

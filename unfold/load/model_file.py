@@ -31,7 +31,14 @@ import numpy as np
 import torch
 
 from unfold.errors import UnfoldError, option
-from unfold.inputs import DTYPES, InputSpec, specs_from_arrays
+from unfold.inputs import (
+    DTYPES,
+    Inputs,
+    InputSpec,
+    read_npz,
+    specs_from_arrays,
+    specs_from_inputs,
+)
 from unfold.load.arch import (
     build_module,
     check_arch_kwargs,
@@ -76,6 +83,27 @@ class LoadedModel:
     @property
     def self_describing(self) -> bool:
         return bool(self.input_specs)
+
+    def resolve_specs(self, inputs: Inputs) -> list[InputSpec]:
+        """The inputs to export, verify or bench at: what the caller says (`inputs`) over what
+        the model says of itself; the model is then called with those inputs."""
+        defaults = list(self.input_specs)
+        if not defaults and not inputs.shapes and inputs.npz:
+            defaults = specs_from_arrays(read_npz(inputs.npz))
+        specs = specs_from_inputs(self.input_names, inputs, optional_names=self.optional_inputs,
+                                  defaults=defaults)
+        self.use_inputs([spec.name for spec in specs])
+        own_specs = {spec.name: spec for spec in self.input_specs}
+        for spec in specs:
+            own = own_specs.get(spec.name)
+            if own is None:
+                continue
+            fixed = [i for i in range(len(own.shape)) if i not in own.dynamic]
+            if len(spec.shape) != len(own.shape) or any(spec.shape[i] != own.shape[i]
+                                                         for i in fixed):
+                raise UnfoldError(f"{option('inputs.shapes', {spec.name: spec.shape})} does "
+                                  f"not fit the model, which takes {own.describe()}")
+        return specs
 
 
 def load_model(path: str | Path, *, arch: str | None = None,
