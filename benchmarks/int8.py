@@ -102,17 +102,14 @@ def _feeds(path: Path, inputs, batch: int, count: int, seed: int) -> list[dict]:
 
 def _agreement(fp32: Path, int8: Path, feeds: list[dict], engine: str = "ort"
                ) -> dict[str, float]:
+    """The first output's largest error (of its scale) and cosine, INT8 against fp32."""
     from unfold.engines import runner_for
     from unfold.onnx_files import load_onnx
+    from unfold.precision.int8 import agreement
 
-    a = runner_for(load_onnx(fp32), engine, threads=2)
-    b = runner_for(load_onnx(int8), engine, threads=2)
-    want = np.concatenate([a.run(f)[a.output_names[0]].reshape(len(next(iter(f.values()))), -1)
-                           for f in feeds])
-    got = np.concatenate([b.run(f)[b.output_names[0]].reshape(len(next(iter(f.values()))), -1)
-                          for f in feeds])
-    cosine = float(np.sum(want * got) / (np.linalg.norm(want) * np.linalg.norm(got)))
-    return {"error_rel": float(np.abs(got - want).max() / np.abs(want).max()), "cosine": cosine}
+    first = agreement(runner_for(load_onnx(fp32), engine, threads=2),
+                      runner_for(load_onnx(int8), engine, threads=2), feeds)[0]
+    return {"error_rel": first.relative, "cosine": first.cosine}
 
 
 def digits(folder: Path, engines: tuple[str, ...]) -> list[dict]:

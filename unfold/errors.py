@@ -75,3 +75,14 @@ def spelled_as(spelling: Spelling) -> Iterator[None]:
         yield
     finally:
         _spelling.reset(token)
+
+
+def check_paths(**paths: Any) -> None:
+    """Each keyword argument a file path (str or os.PathLike), or an error naming it: what the
+    library's file-taking functions check before any work."""
+    import os
+
+    for parameter, path in paths.items():
+        if not isinstance(path, (str, os.PathLike)):
+            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
+                              f"a {type(path).__name__}")

@@ -15,7 +15,6 @@ was checked is what is written. Imports neither torch nor anything that does.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.errors import UnfoldError, option
+from unfold.errors import UnfoldError, check_paths, option
 from unfold.fold.coverage import whole_model_reason
 from unfold.fold.model import check_fold_options
 from unfold.fold.report import FoldReport
@@ -176,10 +175,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     from unfold.engines.ort import OrtRunner
     from unfold.fold import fold_parts
 
-    for parameter, path in {"model": model, "out": out}.items():
-        if not isinstance(path, (str, os.PathLike)):
-            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
-                              f"a {type(path).__name__}")
+    check_paths(model=model, out=out)
     check_fold_options(skip, max_scale)
     if precision is not None:
         check_precision(precision)

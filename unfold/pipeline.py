@@ -22,7 +22,7 @@ import onnx
 from unfold.engines import Runner, check_device, check_engine, check_runs, runner_for
 from unfold.engines.ort import OrtRunner
 from unfold.engines.torch_runner import TorchRunner
-from unfold.errors import UnfoldError, option
+from unfold.errors import UnfoldError, check_paths, option
 from unfold.fold import FoldReport, fold_model
 from unfold.fold.model import check_fold_options
 from unfold.fold_files import Outcome
@@ -41,12 +41,11 @@ from unfold.model_parts import ModelParts
 from unfold.norm_kinds import check_swap
 from unfold.numerics import FP16_MAX_SCALE
 from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
-from unfold.precision.checked import check_half, half_of, precision_batches
+from unfold.precision.checked import check_half, half_of, half_tolerances, precision_batches
 from unfold.precision.half import (
     HalfReport,
     check_precision,
     graph_half_type,
-    half_tolerances,
 )
 from unfold.verification import (
     REAL_INPUTS,
@@ -126,10 +125,7 @@ def _check_options(inputs: Inputs | None, atol: Tolerances, rtol: Tolerances,
                    arch_kwargs: Mapping[str, Any] | None, seed: Any,
                    paths: Mapping[str, Any]) -> Inputs:
     """What can be checked before any work is: so a mistake costs nothing."""
-    for parameter, path in paths.items():
-        if not isinstance(path, (str, os.PathLike)):
-            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
-                              f"a {type(path).__name__}")
+    check_paths(**paths)
     check_seed(seed)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)
@@ -344,6 +340,7 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             if not candidate.is_file():
                 raise UnfoldError(f"{candidate}: no such file")
         candidate_onnx = load_onnx(candidate) if _is_onnx(candidate) else None
+        half = graph_half_type(candidate_onnx) if candidate_onnx is not None else None
         # (a model.pt candidate with the default engine runs on torch)
         if not candidate_plan and not (candidate_onnx is None and engine == "ort"):
             check_runs(engine, candidate, is_onnx=candidate_onnx is not None)
@@ -380,14 +377,12 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)
         else:
-            if graph_half_type(candidate_onnx) == "bf16" and engine == "ort" and \
-                    device == "cpu":
+            if half == "bf16" and engine == "ort" and device == "cpu":
                 raise UnfoldError(f"{candidate} computes in bf16, for which ONNX Runtime's CPU "
                                   f"provider has almost no kernels: verify it with "
                                   f"{option('engine', 'openvino')}")
             cand_runner = runner_for(candidate_onnx, engine, device=device, specs=specs)
         user = _real_inputs(inputs, specs)
-    half = graph_half_type(candidate_onnx) if candidate_onnx is not None else None
     with stages.stage("verify", "comparing outputs"):
         batches = make_batches(specs, seed=seed, example=example, user=user)
         if half is not None:  # (a graph --precision wrote: its type's tolerances, real inputs)

@@ -11,9 +11,9 @@ from onnx.reference import ReferenceEvaluator
 
 from unfold.errors import UnfoldError
 from unfold.model_parts import ModelParts
+from unfold.precision.checked import measured_ranges
 from unfold.precision.half import (
     ACTIVATION_LIMIT,
-    measured_ranges,
     tensor_precisions,
     to_half,
 )

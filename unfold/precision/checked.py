@@ -9,17 +9,21 @@ provider has almost no bf16 kernels; OpenVINO reads a bf16 ONNX graph as it is).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from unfold.model_parts import ModelParts, weight_proto
+from unfold.engines import Runner, runner_for
+from unfold.model_parts import ModelParts, weight_proto, weightless_model
 from unfold.onnx_files import PROTOBUF_LIMIT
-from unfold.precision.half import HalfReport, half_tolerances, measured_ranges, to_half
+from unfold.precision.half import FLOAT, HalfReport, tensor_types, to_half
 from unfold.verification import REAL_INPUTS, Batch, VerifyReport, run_verification
-from unfold.verification.tolerances import Tolerances
+from unfold.verification.tolerances import DEFAULT_TOLERANCES, Tolerances
+
+# the CPU engine that runs each half type as it is
+HALF_ENGINES = {"fp16": "ort", "bf16": "openvino"}
 
 
 def _whole_copy(parts: ModelParts) -> onnx.ModelProto:
@@ -43,15 +47,38 @@ def half_of(folded: ModelParts, precision: str, *,
     return to_half(folded, precision, ranges=ranges)
 
 
-def half_runner(model: onnx.ModelProto | Path, precision: str):  # -> Runner
-    """A CPU engine that runs a `precision` graph as it is."""
-    if precision == "bf16":
-        from unfold.engines.openvino import OpenVinoRunner
-
-        return OpenVinoRunner(model)
+def measured_ranges(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]]
+                    ) -> dict[str, float]:
+    """The largest finite |value| of every float tensor `model` computes, over the batches
+    `feeds` (inf where a tensor holds no finite value), every tensor ONNX Runtime's output."""
     from unfold.engines.ort import OrtRunner
 
-    return OrtRunner(model)
+    types = tensor_types(weightless_model(model))
+    produced = [out for node in model.graph.node for out in node.output
+                if out and types.get(out) == FLOAT]
+    runner = OrtRunner(model, extra_outputs=produced)
+    largest: dict[str, float] = {}
+    for feed in feeds:
+        for name, value in runner.run(dict(feed)).items():
+            value = np.asarray(value)
+            if value.dtype.kind == "f" and value.size:
+                finite = np.abs(value[np.isfinite(value)])
+                top = float(finite.max()) if finite.size else float("inf")
+                largest[name] = max(largest.get(name, 0.0), top)
+    return largest
+
+
+def half_runner(model: onnx.ModelProto | Path, precision: str) -> Runner:
+    """A CPU engine that runs a `precision` graph as it is."""
+    return runner_for(model, HALF_ENGINES[precision])
+
+
+def half_tolerances(precision: str, output_names: Sequence[str]
+                    ) -> tuple[dict[str, float], dict[str, float]]:
+    """(atol, rtol) by output for checking a `precision` graph against its fp32 model: the
+    half type's defaults (`verification.tolerances`), though the outputs are declared fp32."""
+    tolerance = DEFAULT_TOLERANCES["float16" if precision == "fp16" else "bfloat16"]
+    return ({n: tolerance.atol for n in output_names}, {n: tolerance.rtol for n in output_names})
 
 
 def precision_batches(batches: Sequence[Batch]) -> list[Batch]:

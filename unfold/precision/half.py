@@ -28,7 +28,7 @@ subnormals or zeros are counted in the report (`ranges.fp16_range_report` names 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ import onnx
 import onnx.numpy_helper
 
 from unfold.errors import UnfoldError, option
-from unfold.model_parts import ModelParts, Weight, is_small, weightless_model
+from unfold.model_parts import ModelParts, Weight, is_small, weight_nbytes, weightless_model
 from unfold.numerics import BF16_MAX, FP16_MAX
 from unfold.precision import PRECISIONS
 
@@ -120,41 +120,7 @@ class HalfReport:
                 f"-> {self.weight_bytes_after / 2**20:.2f} MiB")
 
 
-def measured_ranges(model: onnx.ModelProto, feeds: Iterable[Mapping[str, np.ndarray]]
-                    ) -> dict[str, float]:
-    """The largest |value| of every float tensor `model` computes, over the batches `feeds`
-    (ONNX Runtime, its graph optimizations off so that every tensor exists)."""
-    import onnxruntime as ort
-
-    types = _tensor_types(weightless_model(model))
-    produced = [out for node in model.graph.node for out in node.output
-                if out and types.get(out) == FLOAT]
-    marked = onnx.ModelProto()
-    marked.CopyFrom(model)
-    declared = {o.name for o in marked.graph.output}
-    marked.graph.output.extend(onnx.ValueInfoProto(name=n) for n in produced
-                               if n not in declared)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(marked.SerializeToString(), options,
-                                   providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    inputs = [i.name for i in session.get_inputs()]
-    largest: dict[str, float] = {}
-    for feed in feeds:
-        values = session.run(None, {n: feed[n] for n in inputs})
-        for name, value in zip(names, values, strict=True):
-            value = np.asarray(value)
-            if value.dtype.kind == "f" and value.size:
-                finite = np.abs(value[np.isfinite(value)]) if not np.isfinite(value).all() \
-                    else np.abs(value)
-                top = float(finite.max()) if finite.size else float("inf")
-                largest[name] = max(largest.get(name, 0.0), top)
-    return largest
-
-
-def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     """Every tensor's element type that shape inference finds (inputs, initializers,
     intermediates, outputs)."""
     inferred = onnx.shape_inference.infer_shapes(model)
@@ -278,11 +244,12 @@ def _half_array(name: str, values: np.ndarray, precision: str, what: str) -> np.
 def to_half(parts: ModelParts, precision: str, *, ranges: Mapping[str, float] | None = None
             ) -> tuple[ModelParts, HalfReport]:
     """`parts` (an fp32 model) converted to `precision` ("fp16" or "bf16"); `ranges` (from
-    `measured_ranges`) keeps the nodes whose activations the type would not hold. The model's
-    inputs and outputs keep their declared types. `parts` is left as it was."""
+    `unfold.precision.checked.measured_ranges`) keeps the nodes whose activations the type
+    would not hold. The model's inputs and outputs keep their declared types. `parts` is left
+    as it was."""
     precision = check_precision(precision)
     half = HALF_TYPES[precision]
-    types = _tensor_types(weightless_model(parts))
+    types = tensor_types(weightless_model(parts))
     graph = parts.skeleton.graph
     report = HalfReport(precision, measured=ranges is not None)
     sentinels = extreme_constants(parts, types, precision)
@@ -323,7 +290,7 @@ def to_half(parts: ModelParts, precision: str, *, ranges: Mapping[str, float] | 
             now[name] = half
         elif types.get(name) in (FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
                                  onnx.TensorProto.DOUBLE):
-            size = _weight_array(weight).nbytes
+            size = weight_nbytes(weight)  # (from the header: nothing decoded)
             report.weight_bytes_before += size
             report.weight_bytes_after += size
 
@@ -453,7 +420,7 @@ def tensor_precisions(model: onnx.ModelProto | ModelParts) -> dict[str, str]:
     names: dict[int, str] = {FLOAT: "fp32", onnx.TensorProto.FLOAT16: "fp16",
              onnx.TensorProto.BFLOAT16: "bf16", onnx.TensorProto.DOUBLE: "fp64"}
     parts = model if isinstance(model, ModelParts) else ModelParts.viewing(model)
-    return {name: names[elem] for name, elem in _tensor_types(weightless_model(parts)).items()
+    return {name: names[elem] for name, elem in tensor_types(weightless_model(parts)).items()
             if elem in names}
 
 
@@ -465,13 +432,3 @@ def graph_half_type(model: onnx.ModelProto) -> str | None:
         if elem in stored:
             return precision
     return None
-
-
-def half_tolerances(precision: str, output_names: Sequence[str]) -> tuple[dict[str, float],
-                                                                          dict[str, float]]:
-    """(atol, rtol) by output for checking a `precision` graph against its fp32 model: the
-    half type's defaults (`verification.tolerances`), though the outputs are declared fp32."""
-    from unfold.verification.tolerances import DEFAULT_TOLERANCES
-
-    tolerance = DEFAULT_TOLERANCES["float16" if precision == "fp16" else "bfloat16"]
-    return ({n: tolerance.atol for n in output_names}, {n: tolerance.rtol for n in output_names})

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.errors import ExitCode, UnfoldError, option
+from unfold.errors import ExitCode, UnfoldError, check_paths, option
 from unfold.inputs import InputSpec, load_npz, onnx_input_specs, random_batch, read_npz
 from unfold.onnx_files import check_output_path, publish_file
 
@@ -85,10 +85,7 @@ class QuantizeReport:
 
 def _check(model: Any, out: Any, calibrate: Any, random_calibration: Any,
            min_cosine: Any, batch_size: Any) -> None:
-    for parameter, path in {"model": model, "out": out}.items():
-        if not isinstance(path, (str, os.PathLike)):
-            raise UnfoldError(f"{parameter}: expected a file path (str or pathlib.Path), not "
-                              f"a {type(path).__name__}")
+    check_paths(model=model, out=out)
     if (calibrate is None) == (random_calibration is None):
         raise UnfoldError(f"give {option('calibrate', 'data.npz')} (the model's inputs, as "
                           f"the data it will see) or, knowingly, "
@@ -214,22 +211,25 @@ def quantize_qdq(source: Path, out: Path, batches: Sequence[Mapping[str, np.ndar
 
 def agreement(reference: Any, candidate: Any, batches: Sequence[Mapping[str, np.ndarray]]
               ) -> list[OutputAgreement]:
-    """Each float output's cosine and largest error over all `batches` (Runners)."""
+    """Each output's cosine and largest error over all `batches` together (Runners; the
+    measures are `verification.compare`'s, with a non-finite value on one side only as not
+    finite)."""
+    from unfold.verification.compare import compare_output
+    from unfold.verification.tolerances import EXACT
+
     want: dict[str, list[np.ndarray]] = {}
     got: dict[str, list[np.ndarray]] = {}
     for feeds in batches:
         for name, value in reference.run(dict(feeds)).items():
-            want.setdefault(name, []).append(np.asarray(value, dtype=np.float64).ravel())
+            want.setdefault(name, []).append(np.asarray(value).ravel())
         for name, value in candidate.run(dict(feeds)).items():
-            got.setdefault(name, []).append(np.asarray(value, dtype=np.float64).ravel())
+            got.setdefault(name, []).append(np.asarray(value).ravel())
     rows = []
     for name in want:
-        a, b = np.concatenate(want[name]), np.concatenate(got[name])
-        finite = bool(np.isfinite(b).all())
-        norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-        cosine = float(a @ b / norm) if norm and finite else (1.0 if not norm and finite
-                                                              and not a.any() else 0.0)
-        max_abs = float(np.abs(a - b).max()) if a.size and finite else float("inf")
-        rows.append(OutputAgreement(name, cosine, max_abs, float(np.abs(a).max(initial=0.0)),
-                                    finite))
+        compared = compare_output(name, np.concatenate(want[name]), np.concatenate(got[name]),
+                                  EXACT)
+        finite = compared.problem is None
+        rows.append(OutputAgreement(name, compared.cosine if finite else 0.0,
+                                    compared.max_abs if finite else float("inf"),
+                                    compared.scale, finite))
     return rows
