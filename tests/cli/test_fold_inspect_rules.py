@@ -326,10 +326,21 @@ def test_rules_lists_the_registry() -> None:
 def test_rules_as_json() -> None:
     result = _invoke("rules", "--json")
     assert result.exit_code == 0
-    rows = json.loads(result.stdout)
-    by_name = {row["rule"]: row for row in rows}
+    found = json.loads(result.stdout)
+    by_name = {row["rule"]: row for row in found["rules"]}
     assert by_name["consumer-linear"]["kind"] == "sink"
+    assert by_name["consumer-linear"]["ops"] == ["Gemm", "MatMul"]
     assert "Pad" in by_name["pad"]["ops"] and by_name["pad"]["algebra"]
+    by_op = {row["op"]: row for row in found["ops"]}
+    assert len(by_op) == len(found["ops"]), "one row, one handler per op"
+    assert by_op["Add"]["handler"] == "arithmetic"
+    assert by_op["Add"]["rules"] == ["constant-op", "residual-add"]
+    assert by_op["Mul"]["rules"] == ["constant-op", "gate"]
+    assert by_op["Gemm"]["rules"] == ["consumer-linear", "producer"]
+    assert by_op["MatMul"]["rules"] == ["consumer-linear", "token-linear", "attention",
+                                        "producer"]
+    assert by_op["Gather"]["backward"] and not by_op["Softmax"]["backward"]
+    assert not by_op["Div"]["backward"] and not by_op["Split"]["backward"]
 
 
 def test_strict_fails_on_a_quantized_model_and_inspect_says_what_it_is(tmp_path: Path) -> None:

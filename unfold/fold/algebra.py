@@ -365,6 +365,11 @@ def transpose_constant(value: np.ndarray, perm) -> np.ndarray:
     return np.transpose(value, list(perm))
 
 
+def inverse_permutation(perm) -> list[int]:
+    """The perm of the Transpose that undoes Transpose(perm)."""
+    return [int(axis) for axis in np.argsort(list(perm))]
+
+
 def unsqueeze_constant(value: np.ndarray, axes) -> np.ndarray:
     out_rank = value.ndim + len(axes)
     for axis in sorted(a % out_rank for a in axes):

@@ -33,8 +33,8 @@ from unfold.fold.flow import Context, Move, Pending, Stop, dtype_of, named
 from unfold.fold.graph import SHAPE_READERS, Names, is_floating, redirect_readers, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
-from unfold.fold.transfer import plan_node
-from unfold.fold.transfer.norm import START, plan_site
+from unfold.fold.transfer import HANDLERS, plan_node, plan_site
+from unfold.fold.transfer.norm import START
 
 OUTPUT_DISCOUNT = 0.25  # a materialization at a graph output is what DESIGN allows: prefer it
 MUL_PREMIUM = 0.01  # ties between as many ops: fewer Muls
@@ -191,7 +191,7 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     """Fold every offline norm site of `graph` (in place); the graph needs cleanup after."""
     graph.toposort()
     order = list(graph.nodes)
-    ctx = Context(graph, skip=skip, max_scale=max_scale)
+    ctx = Context(graph, skip=skip, max_scale=max_scale, handlers=HANDLERS)
     sites = find_affine_sites(graph)
     ctx.site_nodes = {id(n) for s in sites for n in s.nodes}
     envelopes = {s.name: envelope for s in sites

@@ -13,7 +13,7 @@ Plans are pure: the graph changes only in the rewrite pass, which calls `apply`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
@@ -24,6 +24,8 @@ from unfold.fold.graph import SHAPE_READERS, Names, constant_value
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
+
+    from unfold.fold.backward import Walk
 
 
 @dataclass
@@ -78,7 +80,7 @@ class Move:
     carrier tensor. `cost`: ops the move adds (a padded Conv's Add of b/a, a stream re-scale).
     """
 
-    rule: str
+    rule: str  # the sub-rule it takes (what --skip names)
     event: str
     consumes: tuple[int, ...]
     outputs: dict[str, Pending] = field(default_factory=dict)
@@ -95,6 +97,7 @@ class Move:
     own_outputs: bool = False
     # why it does not take the pendings on its other inputs (a shifted query beside a key)
     declined: dict[int, str] = field(default_factory=dict)
+    uses: tuple[str, ...] = ()  # further sub-rules it relies on (a composition sent back)
 
 
 @dataclass
@@ -107,13 +110,62 @@ class Stop:
 Plan = Move | Stop
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A sub-rule: one case of the folding algebra, by the name `--skip` takes."""
+
+    name: str
+    kind: str  # "sink": absorbs the affine; "transfer": carries it on; "backward": into producers
+    algebra: str
+    ops: frozenset[str] = frozenset()  # where only some of its handlers' ops use it
+
+
+Prep = Callable[["gs.Node", dict[int, Pending], "Context"], "Move | Stop | None"]
+Back = Callable[["gs.Node", Affine, "Walk", bool], bool]
+
+
+@dataclass(frozen=True)
+class Handler:
+    """All the fold knows of some ops (of ONNX's own domain unless `domain` says otherwise),
+    in one module of transfer/ (`family`):
+
+    `prep(node, pendings, ctx)`: forward, with pendings on some inputs: a `Move` (naming the
+    sub-rule it uses, in `Move.rule`; its `apply` is the rewrite) or a `Stop` (the reason it
+    needs the true values); None for "nothing to say" (the op does not commute).
+    `back(node, affine, walk, want_shift)`: backward, this op's part of making its output hold
+    affine(output) (backward.py's walk calls it): True when the shift found a place too, False
+    for the scale only; raises `backward.Refused` where it cannot.
+    `rules`: the sub-rules these use; `backward`: what `back` does, by op (the ops it takes
+    an affine back through), for `unfold rules`."""
+
+    family: str
+    ops: frozenset[str]
+    rules: tuple[Rule, ...]
+    prep: Prep | None = None
+    back: Back | None = None
+    backward: Mapping[str, str] = field(default_factory=dict)
+    domain: str = ""
+
+    def rules_of(self, op: str) -> list[Rule]:
+        """The sub-rules `op` may use."""
+        return [rule for rule in self.rules if not rule.ops or op in rule.ops]
+
+
+def domain_of(node: gs.Node) -> str:
+    """The node's domain, ONNX's own spelled ""."""
+    domain = getattr(node, "domain", None) or ""
+    return "" if domain == "ai.onnx" else domain
+
+
 class Context:
     """What transfer functions may look at: the graph (unchanged while they plan), its outputs,
-    the rules to skip and the bound on carried scales."""
+    the handlers of its ops, the rules to skip and the bound on carried scales."""
 
     def __init__(self, graph: gs.Graph, *, skip: Collection[str] = (),
-                 max_scale: float | None = None) -> None:
+                 max_scale: float | None = None,
+                 handlers: Mapping[tuple[str, str], Handler] | None = None) -> None:
         self.graph = graph
+        self.handlers = handlers or {}
         # True while the analysis estimates costs: plans then skip the heavy arithmetic (new
         # weights, finiteness), which the rewrite pass does once, right before it applies them
         self.dry = False
@@ -134,6 +186,10 @@ class Context:
         self.graph_outputs = {t.name for t in graph.outputs}
         self.skip = frozenset(skip)
         self.max_scale = max_scale
+
+    def handler(self, node: gs.Node) -> Handler | None:
+        """The handler of the node's (domain, op), if the fold knows it."""
+        return self.handlers.get((domain_of(node), node.op))
 
     def shape(self, tensor: gs.Tensor) -> list | None:
         shape = getattr(tensor, "shape", None)

@@ -27,6 +27,7 @@ from unfold.fold.algebra import (
     ChannelAffine,
     affine_of_step,
     broadcasts_within,
+    inverse_permutation,
     reshape_constant,
     transpose_constant,
 )
@@ -288,7 +289,7 @@ def repbn_sites(graph: gs.Graph, sites: list[Site]) -> list[Site]:
                 if before.op == "Transpose":
                     perm = list(before.attrs.get("perm", reversed(range(affine.rank))))
                     back = affine.map(lambda value, _, p=perm: transpose_constant(
-                        value, list(np.argsort(p))))
+                        value, inverse_permutation(p)))
                 else:
                     back = affine.map(lambda value, _, a=site.input, b=x: reshape_constant(
                         value, getattr(a, "shape", None), getattr(b, "shape", None)))

@@ -225,3 +225,16 @@ def test_a_linear_over_tokens_passes_the_scale_and_takes_the_shift(bias: bool) -
     assert layer_scale.status == "kept", "the LayerScale's Mul carries the norm's scale"
     assert norm.status == ("folded" if bias else "materialized"), norm
     assert_same_outputs(m, folded, _x())
+
+
+def test_skip_names_the_sub_rule_the_fold_would_have_used() -> None:
+    """--skip applies to the sub-rule a plan takes: skipping consumer-linear leaves the token
+    linear's fold alone, and skipping token-linear says so (it used to be blamed on
+    consumer-linear, and skipping that turned the token linear off too)."""
+    m = _token_mixing(bias=True)
+    _, report = fold_model(m, skip=["consumer-linear"])
+    assert report.sites[0].status == "folded", report.sites[0]
+    _, report = fold_model(m, skip=["token-linear"])
+    norm = report.sites[0]
+    assert norm.status == "stayed"
+    assert norm.reasons == ["reader MatMul 'token_mix': rule 'token-linear' is skipped"]

@@ -1,24 +1,25 @@
-"""The fold's knowledge of each op, in one registry: for each op family a transfer function
-(what a pending affine on an input becomes on the output, or why it stops there) or a sink
-(what absorbs it). A new op is one function here and its test.
+"""The fold's knowledge of each op, in one registry: `HANDLERS` maps each (domain, op) the fold
+knows to exactly one `Handler` (flow.py), which lives in the module of its op family here and
+says both what a pending affine on an input becomes on the output (`prep`) and what the op does
+with an affine asked of its output from below (`back`, for backward.py's walk). A new op is one
+handler in one module, and its test.
 
-`plan_node(node, pendings, ctx)` tries the rules registered for the node's op in order; the
-first `Move` wins; otherwise the node stops the affine (the first reason given, or that the op
-is not known to commute). Norm sites go through `norm.plan_site`; backward.py's producer and
-embedding rules are reached from there and from the residual rule.
+The dispatchers are here: `plan_node(node, pendings, ctx)` hands the node to its op's handler
+(the one place `--skip` is applied forward: a Move whose sub-rule is skipped becomes a Stop);
+backward.py's walk reaches `back` through `Context.handler` (and skips there, `Walk.use`). Norm
+sites are not ops: the driver hands them to `plan_site`, which skips the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from unfold.fold import backward
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop
 from unfold.fold.graph import SHAPE_READERS
 from unfold.fold.transfer import (
     activation,
+    arithmetic,
     attention,
     concat,
     constant_op,
@@ -37,87 +38,90 @@ from unfold.fold.transfer import (
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
-PlanFunction = Callable[["gs.Node", dict[int, Pending], Context], Move | Stop | None]
+    from unfold.fold.sites import Site
+
+FAMILIES: tuple[Handler, ...] = (
+    linear.HANDLER, conv.HANDLER, layout.HANDLER, select.HANDLER, pad.HANDLER, pool.HANDLER,
+    concat.HANDLER, arithmetic.HANDLER, attention.HANDLER, activation.HANDLER, negate.HANDLER,
+)
 
 
-@dataclass(frozen=True)
-class Rule:
-    name: str  # what --skip takes
-    kind: str  # "sink": absorbs the affine; "transfer": carries it on; "backward": into producers
-    ops: frozenset[str]
-    algebra: str
-    plan: PlanFunction | None = None
+def _registry(families: tuple[Handler, ...]) -> dict[tuple[str, str], Handler]:
+    handlers: dict[tuple[str, str], Handler] = {}
+    for handler in families:
+        for op in sorted(handler.ops):
+            key = (handler.domain, op)
+            if key in handlers:
+                raise AssertionError(f"{op} has two handlers: {handlers[key].family} and "
+                                     f"{handler.family}")
+            handlers[key] = handler
+    return handlers
 
 
-def _never(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> None:
-    return None
+HANDLERS = _registry(FAMILIES)
 
-
+# the sub-rules, by the name --skip takes, in the order `unfold rules` and errors list them
 RULES: dict[str, Rule] = {rule.name: rule for rule in (
-    Rule(norm.NAME, "transfer", frozenset({"(norm sites)"}), norm.ALGEBRA),
-    Rule(backward.PRODUCER, "backward", frozenset({"MatMul", "Gemm", "Conv"}),
-         "A(x ⊛ W + c) = x ⊛ (W·s) + (s⊙c + b), back through layout ops"),
-    Rule(backward.EMBEDDING, "backward", frozenset({"Gather"}),
-         "a⊙(T[ids] + P) + b = (a⊙T + b)[ids] + a⊙P"),
-    Rule(linear.CONSUMER, "sink", linear.OPS, linear.ALGEBRA[linear.CONSUMER], linear.plan),
-    Rule(conv.NAME, "sink", conv.OPS, conv.ALGEBRA, conv.plan),
-    Rule(linear.TOKEN, "transfer", linear.OPS, linear.ALGEBRA[linear.TOKEN], _never),
-    Rule(attention.NAME, "transfer", attention.OPS, attention.ALGEBRA, attention.plan),
-    Rule(layout.NAME, "transfer", layout.OPS, layout.ALGEBRA, layout.plan),
-    Rule(select.NAME, "transfer", select.OPS, select.ALGEBRA, select.plan),
-    Rule(pad.NAME, "transfer", pad.OPS, pad.ALGEBRA, pad.plan),
-    Rule(pool.NAME, "transfer", pool.OPS, pool.ALGEBRA, pool.plan),
-    Rule(concat.NAME, "transfer", concat.OPS, concat.ALGEBRA, concat.plan),
-    Rule(constant_op.NAME, "transfer", constant_op.OPS, constant_op.ALGEBRA, constant_op.plan),
-    Rule(residual.NAME, "transfer", residual.OPS, residual.ALGEBRA, residual.plan),
-    Rule(gate.NAME, "transfer", gate.OPS, gate.ALGEBRA, gate.plan),
-    Rule(activation.NAME, "transfer", activation.OPS, activation.ALGEBRA, activation.plan),
-    Rule(negate.NAME, "transfer", negate.OPS, negate.ALGEBRA, negate.plan),
+    norm.RULE, backward.PRODUCER_RULE, backward.EMBEDDING_RULE, linear.CONSUMER_RULE,
+    conv.RULE, linear.TOKEN_RULE, attention.RULE, layout.RULE, select.RULE, pad.RULE,
+    pool.RULE, concat.RULE, constant_op.RULE, residual.RULE, gate.RULE, activation.RULE,
+    negate.RULE,
 )}
+assert {r.name for h in FAMILIES for r in h.rules} | {norm.NAME} == set(RULES), \
+    "every sub-rule a handler uses is listed once"
 
-_BY_OP: dict[str, list[Rule]] = {}
-for _rule in RULES.values():
-    if _rule.plan is None or _rule.plan is _never:
-        continue
-    for _op in _rule.ops:
-        _BY_OP.setdefault(_op, []).append(_rule)
+
+def rule_ops(name: str) -> list[str]:
+    """The ops whose handlers use the sub-rule `name` (norm sites for `compose`)."""
+    if name == norm.NAME:
+        return ["(norm sites)"]
+    return sorted({op for (_, op), h in HANDLERS.items()
+                   if any(r.name == name for r in h.rules_of(op))})
+
+
+def _skipped(plan: Move | Stop, ctx: Context) -> Move | Stop:
+    if isinstance(plan, Move):
+        for rule in (plan.rule, *plan.uses):
+            if rule in ctx.skip:
+                return Stop(f"rule '{rule}' is skipped")
+    return plan
+
+
+def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop:
+    """A norm site's plan (transfer/norm.py), its sub-rule skipped here as any op's."""
+    return _skipped(norm.plan_site(site, incoming, ctx), ctx)
 
 
 def plan_node(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
-    """The first rule's Move for all of the node's pendings; failing that, where several
-    meet (Q and Kᵀ both shifted), the first Move for one of them alone (the others are then
-    materialized for it); else the Stop with the first reason given."""
+    """The node's handler's Move for all of the node's pendings; failing that, where several
+    meet (Q and Kᵀ both shifted), its Move for one of them alone (the others are then
+    materialized for it); else the Stop with its reason."""
     if node.op in SHAPE_READERS:  # they see the shape only, which no affine changes
         return Move("shape", "", tuple(pendings), {})
-    found = _plan_all(node, pendings, ctx)
+    found = _plan(node, pendings, ctx)
     if isinstance(found, Move) or len(pendings) < 2:
         return found
     for slot in sorted(pendings):
-        alone = _plan_all(node, {slot: pendings[slot]}, ctx)
+        alone = _plan(node, {slot: pendings[slot]}, ctx)
         if isinstance(alone, Move):
             for other in pendings:
                 if other not in alone.consumes:
-                    refused = _plan_all(node, {other: pendings[other]}, ctx)
+                    refused = _plan(node, {other: pendings[other]}, ctx)
                     if isinstance(refused, Stop):
                         alone.declined[other] = refused.reason
             return alone
     return found
 
 
-def _plan_all(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
-    reasons = []
-    for rule in _BY_OP.get(node.op, []):
-        if rule.name in ctx.skip:
-            reasons.append(f"rule '{rule.name}' is skipped")
-            continue
-        plan = rule.plan(node, pendings, ctx)  # type: ignore[misc]
-        if isinstance(plan, Move):
-            return plan
-        if isinstance(plan, Stop):
-            reasons.append(plan.reason)
-    if reasons:
-        return Stop(reasons[0])
-    return Stop(f"{node.op} does not commute with a per-channel affine")
+def _plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
+    if any(p.invariant for p in pendings.values()):  # attention's own kind, whatever the op
+        return _skipped(attention.carry_invariant(node, pendings, ctx), ctx)
+    handler = ctx.handler(node)
+    plan = handler.prep(node, pendings, ctx) if handler is not None and \
+        handler.prep is not None else None
+    if plan is None:
+        return Stop(f"{node.op} does not commute with a per-channel affine")
+    return _skipped(plan, ctx)
 
 
-__all__ = ["RULES", "Rule", "plan_node"]
+__all__ = ["HANDLERS", "RULES", "Handler", "Rule", "plan_node", "plan_site", "rule_ops"]

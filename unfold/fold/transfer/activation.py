@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop
 from unfold.fold.transfer._common import moved
 
 if TYPE_CHECKING:
@@ -15,10 +15,10 @@ if TYPE_CHECKING:
 
 NAME = "activation"
 OPS = frozenset({"Relu", "LeakyRelu", "PRelu"})
-ALGEBRA = "relu(s⊙x) = s⊙relu(x) for s > 0 and no shift"
+RULE = Rule(NAME, "transfer", "relu(s⊙x) = s⊙relu(x) for s > 0 and no shift")
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
     affine = pendings[0].affine
@@ -32,3 +32,6 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         if slope is None or np.size(slope) != 1:
             return Stop("its slope is not one constant")
     return moved(NAME, node, pendings[0], affine)
+
+
+HANDLER = Handler(NAME, OPS, (RULE,), prep)

@@ -8,6 +8,10 @@
                                         scalar scaling and added masks keep and that a Softmax
                                         over that axis removes; it can never be materialized
     (s⊙q) @ k = s⊙(q @ k)               s constant along q's contraction axis, no shift
+
+The MatMul of two variables is reached through linear's handler (`matmul`). The per-query
+constant is a pending of its own kind (`Pending.invariant`): the dispatcher hands it to
+`carry_invariant` alone, whatever the op, and the Softmax that removes it is this module's op.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Move, Pending, Stop, quoted
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop, quoted
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "attention"
-OPS = frozenset({"MatMul", "Softmax", "Mul", "Div", "Add", "Sub", "Identity", "Dropout",
-                 "Cast"})
-ALGEBRA = "softmax rows pass a shift of v; a shift of k is a per-query constant softmax drops"
+RULE = Rule(NAME, "transfer",
+            "softmax rows pass a shift of v; a shift of k is a per-query constant softmax drops",
+            frozenset({"MatMul", "Softmax"}))
 
 PASS_THROUGH = frozenset({"Identity", "Dropout", "Cast"})
 # the minimum of a bias-less query projection (T2T-ViT's qkv_bias=False): its shift b·W_q adds
@@ -83,17 +87,18 @@ def _invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Mov
     return None
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if not pendings:
-        return None
-    if any(p.invariant for p in pendings.values()):
-        if len(pendings) != 1:
-            return Stop("two unknown per-query constants meet")
-        found = _invariant(node, pendings, ctx)
-        return found if found is not None else Stop(
-            f"{node.op} would need the per-query constant a key's shift adds, which is unknown")
-    if node.op != "MatMul" or len(pendings) != 1 or \
-            any(ctx.constant(t) is not None for t in node.inputs):
+def carry_invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
+    """Where a per-query constant (`Pending.invariant`) reaches `node`, whatever its op."""
+    if len(pendings) != 1:
+        return Stop("two unknown per-query constants meet")
+    found = _invariant(node, pendings, ctx)
+    return found if found is not None else Stop(
+        f"{node.op} would need the per-query constant a key's shift adds, which is unknown")
+
+
+def matmul(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    """A MatMul of two variables with a pending affine on one operand."""
+    if len(pendings) != 1:
         return None
     (slot,) = pendings
     pending = pendings[slot]
@@ -120,3 +125,7 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if affine.has_shift and not affine.has_scale:
         return Stop(QUERY_SHIFT)
     return Stop("it multiplies the affine's tensor by another variable")
+
+
+# only the per-query constant has anything to do with it (carry_invariant)
+HANDLER = Handler(NAME, frozenset({"Softmax"}), (RULE,))

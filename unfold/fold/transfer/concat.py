@@ -7,6 +7,10 @@ Along a token axis with one common affine (torch.roll's Slice/Slice/Concat, a cl
 of normed patches) the result is that same per-channel affine; along the channel axis (four
 strided patches side by side) the per-channel constants are joined; an input without a pending
 contributes the identity (its size along the axis must then be known).
+
+Backward, every part is asked for the same affine (it must not vary along the concat axis): a
+constant part takes it, parts that select from one tensor (torch.roll's two Slices) make one
+request of that tensor, and the shift must find a place in all parts or none.
 """
 
 from __future__ import annotations
@@ -16,17 +20,29 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, concat_constants
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, merged, quoted
+from unfold.fold.backward import Refused, Walk, replace_constant
+from unfold.fold.flow import (
+    Context,
+    Handler,
+    Move,
+    Pending,
+    Rewrite,
+    Rule,
+    Stop,
+    merged,
+    named,
+    quoted,
+)
 from unfold.fold.transfer._common import too_big
+from unfold.fold.transfer.select import slice_axes
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "concat"
-OPS = frozenset({"Concat"})
-ALGEBRA = "Concat(s1⊙x1 + b1, t) = Concat(s1, 1)⊙Concat(x1, t') + Concat(b1, 0), t' its preimage"
-
+RULE = Rule(NAME, "transfer", "Concat(s1⊙x1 + b1, t) = Concat(s1, 1)⊙Concat(x1, t') + "
+                             "Concat(b1, 0), t' its preimage")
 
 
 def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.ndarray] | None:
@@ -43,7 +59,7 @@ def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.
     return None
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if not pendings or any(p.invariant for p in pendings.values()):
         return None
     affines = [p.affine for p in pendings.values() if p.affine is not None]
@@ -103,3 +119,47 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     return Move(NAME, f"moved past Concat {quoted(node)}{what}", tuple(sorted(pendings)),
                 {node.outputs[0].name: merged(list(pendings.values()), joined)},
                 apply=apply if preimages else None)
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    ctx, rank = walk.ctx, affine.rank
+    axis = int(node.attrs.get("axis", 0)) % rank
+    if axis in affine.varying_axes():
+        raise Refused(f"the affine varies along the axis Concat {quoted(node)} joins")
+    groups: dict[int, tuple[gs.Tensor, list[gs.Node]]] = {}
+    took = []
+    for slot, part in enumerate(node.inputs):
+        value = ctx.constant(part)
+        if value is not None:
+            replace_constant(node, slot, affine, value, walk.plan, shift=want_shift)
+            took.append(want_shift)
+            continue
+        producer = ctx.producer(part)
+        if producer is not None and producer.op in ("Slice", "Gather") and \
+                ctx.read_only_by(part, [node]) and ctx.constant(producer.inputs[0]) is None:
+            data = producer.inputs[0]
+            groups.setdefault(id(data), (data, []))[1].append(producer)
+            continue
+        took.append(walk.into(part, affine, [node], want_shift))
+    for data, selections in groups.values():
+        for selection in selections:
+            if selection.op == "Gather":
+                gathered = {int(selection.attrs.get("axis", 0)) % (ctx.rank(data) or rank)}
+            else:
+                axes = slice_axes(selection, ctx)
+                if axes is None:
+                    raise Refused(f"the axes of Slice {quoted(selection)} are not known")
+                gathered = {a % rank for a in axes}
+            if gathered & affine.varying_axes() or (selection.op == "Gather" and
+                                                    ctx.rank(data) != rank):
+                raise Refused(f"{named(selection)} selects along an axis the affine varies "
+                              f"along")
+        took.append(walk.into(data, affine, selections, want_shift))
+    walk.plan.path.append(f"back through Concat {quoted(node)}")
+    if want_shift and affine.has_shift and any(took) and not all(took):
+        raise Refused(f"only some parts of Concat {quoted(node)} can take the shift")
+    return bool(took) and all(took)
+
+
+HANDLER = Handler(NAME, frozenset({"Concat"}), (RULE,), prep, back,
+                  {"Concat": "every part asked for the same affine (a constant part takes it)"})

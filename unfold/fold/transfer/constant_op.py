@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, broadcasts_within
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, named
+from unfold.fold.flow import Context, Move, Pending, Rewrite, Rule, Stop, named
 from unfold.fold.transfer._common import too_big
 from unfold.numerics import MIN_ABS_SCALE
 
@@ -26,12 +26,14 @@ if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "constant-op"
-OPS = frozenset({"Mul", "Add", "Sub", "Div"})
-ALGEBRA = "(s⊙x + b)⊙k = x⊙(s⊙k) + b⊙k; (s⊙x + b) + c = s⊙(x + (b + c)⊘s): the constant takes it"
+RULE = Rule(NAME, "transfer",
+            "(s⊙x + b)⊙k = x⊙(s⊙k) + b⊙k; (s⊙x + b) + c = s⊙(x + (b + "
+            "c)⊘s): the constant takes it")
 
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
     if len(pendings) != 1 or len(node.inputs) != 2:
         return None
     (slot,) = pendings

@@ -5,6 +5,10 @@
     Conv(W, pad0(s⊙x + b)) = Conv(W·s, pad0(x + b⊘s))     when it pads: only the exact part
                                                           folds; an Add of b⊘s stays before it
 W·s scales each input channel (per group); exact at the padding because s⊙0 = 0.
+
+Backward, as the producer of a tensor an affine is asked of (rule 2, backward.into_producer):
+    A(Conv(W, x) + c) = Conv(W·s, x) + (s⊙c + b)          W scaled per output channel (exact
+                                                          for any padding: A acts on the output)
 """
 
 from __future__ import annotations
@@ -14,15 +18,27 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, quoted
+from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
+from unfold.fold.flow import (
+    Context,
+    Handler,
+    Move,
+    Pending,
+    Rewrite,
+    Rule,
+    Stop,
+    dtype_of,
+    named,
+    quoted,
+)
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "consumer-conv"
-OPS = frozenset({"Conv"})
-ALGEBRA = "Conv(W, s⊙x + b) = Conv(W·s, x) + ΣW b; with padding, only W·s (b⊘s stays)"
+RULE = Rule(NAME, "sink", "Conv(W, s⊙x + b) = Conv(W·s, x) + ΣW b; with padding, only W·s (b⊘s "
+                         "stays)")
 
 
 def pads_nothing(conv: gs.Node) -> bool:
@@ -35,11 +51,9 @@ def pads_nothing(conv: gs.Node) -> bool:
     return not any(int(p) for p in conv.attrs.get("pads", []))
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
-    if NAME in ctx.skip:
-        return Stop(f"rule '{NAME}' is skipped")
     pending = pendings[0]
     affine = pending.affine
     assert affine is not None
@@ -98,3 +112,21 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         f"scale folded into its reader Conv {quoted(node)}"
     return Move(NAME, event, (0,), {}, cost=1.0 if leaves else 0.0, apply=apply,
                 absorbed_by=(node.name,), leaves=leaves)
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    """Rule 2 into a producer Conv: its output channels are on axis 1, its weight's axis 0."""
+    ctx, what = walk.ctx, named(node)
+    weight_shape = ctx.constant_shape(node.inputs[1])  # (the values only in the rewrite)
+    if weight_shape is None:
+        raise deep(f"its producer {what} has no constant weight")
+    has_bias_slot = len(node.inputs) > 2
+    if has_bias_slot and ctx.constant(node.inputs[2]) is None:
+        raise deep(f"its producer {what} has a non-constant bias")
+    layout = ProducerLayout(1, 0, weight_shape[0], has_bias_slot, True)
+    return into_producer(node, affine, walk, want_shift, layout)
+
+
+HANDLER = Handler("conv", frozenset({"Conv"}), (RULE, PRODUCER_RULE), prep, back,
+                  {"Conv": "its weight's output channels take the scale, its bias the shift "
+                           "(rule 2)"})

@@ -8,17 +8,20 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, broadcasts_within
-from unfold.fold.flow import Context, Move, Pending, Stop, named
+from unfold.fold.flow import Context, Move, Pending, Rule, Stop, named
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "gate"
-OPS = frozenset({"Mul", "Div"})
-ALGEBRA = "(s⊙x)⊙g = s⊙(x⊙g): a scale passes a product with a variable, a shift does not"
+RULE = Rule(NAME, "transfer",
+            "(s⊙x)⊙g = s⊙(x⊙g): a scale passes a product with a variable, "
+            "a shift does not",
+            frozenset({"Mul", "Div"}))
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
     if len(pendings) != 1 or len(node.inputs) != 2:
         return None
     (slot,) = pendings

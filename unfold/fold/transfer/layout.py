@@ -7,6 +7,9 @@ constants reshuffled exactly as the data is (algebra's layout functions).
 A Reshape that merges the channel axis with a static neighbour (patch merging's 2x2 channel
 vectors side by side) tiles the per-channel constants; one that splits it (heads) splits them;
 dims the affine does not vary along may be dynamic.
+
+Backward, the affine asked of the output is mapped back to the input (the inverse layout) and
+asked of it; an Expand of a constant takes it in that constant.
 """
 
 from __future__ import annotations
@@ -17,12 +20,14 @@ import numpy as np
 
 from unfold.fold.algebra import (
     Affine,
+    inverse_permutation,
     reshape_constant,
     squeeze_constant,
     transpose_constant,
     unsqueeze_constant,
 )
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.backward import Refused, Walk, replace_constant
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop, named
 from unfold.fold.graph import reshape_last_dim
 from unfold.fold.transfer._common import ints, moved
 
@@ -32,7 +37,7 @@ if TYPE_CHECKING:
 NAME = "layout"
 OPS = frozenset({"Identity", "Dropout", "Transpose", "Reshape", "Flatten", "Squeeze",
                  "Unsqueeze", "Expand"})
-ALGEBRA = "L(s⊙x + b) = L(s)⊙L(x) + L(b): the constants reshuffled as the data"
+RULE = Rule(NAME, "transfer", "L(s⊙x + b) = L(s)⊙L(x) + L(b): the constants reshuffled as the data")
 
 
 def _reshape_target(node: gs.Node, ctx: Context) -> list | None:
@@ -74,7 +79,7 @@ def _tiled(before: Affine, after: Affine | None) -> str:
     return ""
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0}:
         return None
     pending = pendings[0]
@@ -135,3 +140,43 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
             affine.scale.reshape((1,) * grown + affine.scale.shape),
             affine.shift.reshape((1,) * grown + affine.shift.shape)))
     return None
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    """A(L(x)) = L(L⁻¹(A)(x)): the affine mapped back through the op, asked of its input."""
+    ctx, op = walk.ctx, node.op
+    source = node.inputs[0]
+    mapped: Affine | None
+    if op == "Expand":
+        value = ctx.constant(source)
+        if value is None:
+            raise Refused(f"{named(node)} expands a variable")
+        replace_constant(node, 0, affine, value, walk.plan, shift=want_shift)
+        return want_shift and affine.has_shift
+    if op in ("Identity", "Dropout"):
+        if op == "Dropout" and len(node.outputs) > 1 and node.outputs[1].outputs:
+            raise Refused(f"the mask of Dropout '{node.name}' is read")
+        mapped = affine
+    elif op == "Transpose":
+        inverse = inverse_permutation(node.attrs.get("perm", list(reversed(range(affine.rank)))))
+        mapped = affine.map(lambda v, _: transpose_constant(v, inverse))
+    elif op in ("Reshape", "Flatten"):
+        before, after = ctx.shape(source), ctx.shape(node.outputs[0])
+        mapped = affine.map(lambda v, _: reshape_constant(v, after, before))
+    elif op == "Squeeze":
+        axes = ints(node, "axes", 1, ctx)
+        shape = ctx.shape(source)
+        if not axes and shape is not None and all(isinstance(d, int) for d in shape):
+            axes = [a for a, d in enumerate(shape) if d == 1]
+        mapped = affine.map(lambda v, _: unsqueeze_constant(v, axes)) if axes else None
+    else:  # Unsqueeze
+        axes = ints(node, "axes", 1, ctx)
+        mapped = affine.map(lambda v, _: squeeze_constant(v, axes)) if axes else None
+    if mapped is None:
+        raise Refused(f"the affine cannot be followed back through {op} '{node.name}'")
+    return walk.into(source, mapped, [node], want_shift)
+
+
+HANDLER = Handler(NAME, OPS, (RULE,), prep, back, {
+    op: "its constant takes it" if op == "Expand" else "mapped back, asked of its input"
+    for op in OPS})

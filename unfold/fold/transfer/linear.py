@@ -1,4 +1,6 @@
-"""MatMul and Gemm with a constant weight, reading the pending as their data input.
+"""MatMul and Gemm: the linears, in both directions.
+
+Forward, with a constant weight, reading the pending as their data input:
 
 consumer-linear (a sink, rule 1): the scale varies along the contraction axis only, so it goes
 into the weight's rows; the shift goes through the weight into the bias:
@@ -9,7 +11,11 @@ token-linear (a transfer): the scale is constant along the contraction axis (a t
 linear, MLP-Mixer/ResMLP, reading channels-first tokens), so it commutes; the shift goes through
 the weight, into the bias Add where there is one (it becomes a (C, T') constant there):
     (s⊙x + b) @ W + c = s⊙(x @ W + (b @ W + c)⊘s)
-The arithmetic is algebra.fold_matmul_reader / fold_gemm_reader.
+The arithmetic is algebra.fold_matmul_reader / fold_gemm_reader. A MatMul of two variables is
+attention's (attention.matmul).
+
+Backward, as the producer of a tensor an affine is asked of (rule 2, backward.into_producer):
+the weight's output columns take the scale, the bias the shift; a MatMul has no bias to take it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from unfold.fold.algebra import (
     fold_gemm_reader,
     fold_matmul_reader,
 )
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop
+from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
+from unfold.fold.flow import Context, Handler, Move, Pending, Rewrite, Rule, Stop, named
+from unfold.fold.transfer import attention
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
@@ -33,11 +41,9 @@ if TYPE_CHECKING:
 
 CONSUMER = "consumer-linear"
 TOKEN = "token-linear"
-OPS = frozenset({"MatMul", "Gemm"})
-ALGEBRA = {
-    CONSUMER: "(x⊙s + b) @ W + c = x @ (diag(s) W) + (b @ W + c)",
-    TOKEN: "(s⊙x + b) @ W + c = s⊙(x @ W + (b @ W + c)⊘s) for s constant along the contraction",
-}
+CONSUMER_RULE = Rule(CONSUMER, "sink", "(x⊙s + b) @ W + c = x @ (diag(s) W) + (b @ W + c)")
+TOKEN_RULE = Rule(TOKEN, "transfer", "(s⊙x + b) @ W + c = s⊙(x @ W + (b @ W + c)⊘s) for s "
+                                     "constant along the contraction", frozenset({"MatMul"}))
 
 
 def _bias_add(matmul: gs.Node, ctx: Context) -> tuple[gs.Node, int, np.ndarray] | None:
@@ -74,8 +80,6 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
         rule, left = TOKEN, Affine(affine.scale, np.zeros(1))
     else:
         return Stop("its scale varies along the contraction axis and along others")
-    if rule in ctx.skip:
-        return Stop(f"rule '{rule}' is skipped")
     bias = _bias_add(node, ctx)
     c = bias[2] if bias is not None else None
     shift = affine.shift if affine.has_shift else None
@@ -118,8 +122,6 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
     weight = ctx.constant(node.inputs[1])
     if weight is None:
         return Stop("its B is not constant")
-    if CONSUMER in ctx.skip:
-        return Stop(f"rule '{CONSUMER}' is skipped")
     if node.attrs.get("transA", 0):
         return Stop("it transposes its input (transA)")
     affine = pending.affine
@@ -155,11 +157,41 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
     return Move(CONSUMER, "", (0,), {}, apply=apply, absorbed_by=(node.name,))
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    if node.op == "MatMul" and all(ctx.constant(t) is None for t in node.inputs):
+        return attention.matmul(node, pendings, ctx)
+    if set(pendings) != {0}:
         return None
     if node.op == "MatMul":
         return _matmul(node, pendings[0], ctx)
-    if node.op == "Gemm":
-        return _gemm(node, pendings[0], ctx)
-    return None
+    return _gemm(node, pendings[0], ctx)
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    """Rule 2 into a producer MatMul (no bias: the scale only) or Gemm (alpha = beta = 1)."""
+    ctx, what = walk.ctx, named(node)
+    weight_shape = ctx.constant_shape(node.inputs[1])  # (the values only in the rewrite)
+    if weight_shape is None:
+        raise deep(f"its producer {what} has no constant weight")
+    if node.op == "MatMul":
+        if len(weight_shape) != 2:
+            raise deep(f"its producer {what} has no 2-D weight")
+        layout = ProducerLayout(affine.rank - 1, 1, weight_shape[1], False, False)
+        return into_producer(node, affine, walk, want_shift, layout)
+    if node.attrs.get("alpha", 1.0) != 1.0 or node.attrs.get("beta", 1.0) != 1.0:
+        raise deep(f"its producer {what} has alpha/beta other than 1")
+    out_axis = 0 if node.attrs.get("transB", 0) else 1
+    has_bias_slot = len(node.inputs) > 2
+    if has_bias_slot:
+        bias = ctx.constant(node.inputs[2])
+        if bias is None or bias.ndim > 1:
+            raise deep(f"its producer {what} has a C that is not a constant vector")
+    layout = ProducerLayout(1, out_axis, weight_shape[out_axis], has_bias_slot, True)
+    return into_producer(node, affine, walk, want_shift, layout)
+
+
+HANDLER = Handler("linear", frozenset({"MatMul", "Gemm"}),
+                  (CONSUMER_RULE, TOKEN_RULE, attention.RULE, PRODUCER_RULE), prep, back,
+                  {"MatMul": "its weight's output columns take the scale (rule 2); it has no "
+                             "bias for the shift",
+                   "Gemm": "its weight's output channels take the scale, C the shift (rule 2)"})

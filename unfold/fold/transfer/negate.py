@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop
 from unfold.fold.transfer._common import moved
 
 if TYPE_CHECKING:
@@ -14,12 +14,15 @@ if TYPE_CHECKING:
 
 NAME = "negate"
 OPS = frozenset({"Neg"})
-ALGEBRA = "−(s⊙x + b) = s⊙(−x) − b"
+RULE = Rule(NAME, "transfer", "−(s⊙x + b) = s⊙(−x) − b")
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
     affine = pendings[0].affine
     assert affine is not None
     return moved(NAME, node, pendings[0], Affine(affine.scale, -affine.shift))
+
+
+HANDLER = Handler(NAME, OPS, (RULE,), prep)

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.flow import Context, Move, Pending, Rule, Stop
 from unfold.fold.sites import Site
 
 NAME = "compose"
 START = "start"
-OPS: frozenset[str] = frozenset()  # not an op family: the driver hands it the norm sites
 ALGEBRA = "A2(A1(x)) = (s2⊙s1)⊙x + (s2⊙b1 + b2): a norm after a pending affine goes into it"
+RULE = Rule(NAME, "transfer", ALGEBRA)  # not an op's: the driver hands it the norm sites
 
 
 def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop:
@@ -33,8 +33,6 @@ def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop
     if incoming is not None:
         if incoming.invariant:
             return Stop("a norm cannot follow an unknown per-query constant")
-        if NAME in ctx.skip:
-            return Stop(f"rule '{NAME}' is skipped")
         assert incoming.affine is not None
         composed = incoming.affine.then(site.affine)
         origins = tuple(dict.fromkeys(incoming.origins + (site.name,)))
@@ -55,6 +53,7 @@ def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop
             return Move(found.rule, found.event, consumes,
                         {site.output.name: Pending(left, origins, stayed=stayed)},
                         own_outputs=incoming is not None,
+                        uses=(NAME,) if incoming is not None else (),
                         deletes=tuple(site.nodes), apply=found.apply,
                         absorbed_by=tuple(found.absorbed_by), **where)
         if found.deep:

@@ -5,6 +5,8 @@ Reflect, edge and wrap padding copy elements: exact where the affine is constant
 padded axes.
 
     Pad0(s⊙x + b) = s⊙Pad0(x) + Pad0(b)
+
+Backward, only a Pad that pads nothing passes an affine back (its zeros would not take it).
 """
 
 from __future__ import annotations
@@ -14,18 +16,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, pad_constant
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.backward import Refused, Walk
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop, quoted
 from unfold.fold.transfer._common import ints, moved
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "pad"
-OPS = frozenset({"Pad"})
-ALGEBRA = "Pad0(s⊙x + b) = s⊙Pad0(x) + Pad0(b); zero pads: nothing changes"
+RULE = Rule(NAME, "transfer", "Pad0(s⊙x + b) = s⊙Pad0(x) + Pad0(b); zero pads: nothing changes")
 
 
-def _pads(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
+def pads_of(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
     pads = ints(node, "pads", 1, ctx)
     if pads is None:
         return None
@@ -39,14 +41,14 @@ def _pads(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
     return pads if len(pads) == 2 * rank else None
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
     pending = pendings[0]
     affine = pending.affine
     assert affine is not None
     rank = affine.rank
-    pads = _pads(node, rank, ctx)
+    pads = pads_of(node, rank, ctx)
     if pads is None:
         return Stop("its pads are not constant")
     if not any(pads):
@@ -78,3 +80,14 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                     "out over them")
     return moved(NAME, node, pending, Affine(affine.scale, shift),
                  what=" (the shift is zero at the padding)")
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    pads = pads_of(node, affine.rank, walk.ctx)
+    if pads is None or any(pads):
+        raise Refused(f"Pad {quoted(node)} pads (its zeros would not take the affine)")
+    return walk.into(node.inputs[0], affine, [node], want_shift)
+
+
+HANDLER = Handler(NAME, frozenset({"Pad"}), (RULE,), prep, back,
+                  {"Pad": "asked of its input where it pads nothing"})

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, reduce_mean_constant
-from unfold.fold.flow import Context, Move, Pending, Stop
+from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop
 from unfold.fold.transfer._common import ints, moved
 
 if TYPE_CHECKING:
@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 NAME = "pool"
 OPS = frozenset({"ReduceMean", "ReduceSum", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool",
                  "AveragePool", "MaxPool"})
-ALGEBRA = "mean(s⊙x + b) = s⊙mean(x) + b over axes s does not vary along (max: s > 0)"
+RULE = Rule(NAME, "transfer",
+            "mean(s⊙x + b) = s⊙mean(x) + b over axes s does not vary along "
+            "(max: s > 0)")
 
 
 def _reduced_axes(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
@@ -36,7 +38,7 @@ def _reduced_axes(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
     return sorted({a % rank for a in axes})
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
     pending = pendings[0]
@@ -78,3 +80,6 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
             return Stop("it sums over axes of unknown size (the shift grows with the count)")
         shift = shift * float(np.prod(known))
     return moved(NAME, node, pending, Affine(scale, shift))
+
+
+HANDLER = Handler(NAME, OPS, (RULE,), prep)

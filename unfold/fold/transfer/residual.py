@@ -20,15 +20,15 @@ import numpy as np
 from unfold.errors import option
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Stop, dtype_of, merged, named
+from unfold.fold.flow import Context, Move, Pending, Rewrite, Rule, Stop, dtype_of, merged, named
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
 
 NAME = "residual-add"
-OPS = frozenset({"Add", "Sub"})
-ALGEBRA = "a⊙p + b + w = a⊙(p + w⊘a) + b, dividing w's producer by a"
+RULE = Rule(NAME, "transfer", "a⊙p + b + w = a⊙(p + w⊘a) + b, dividing w's producer by a",
+            frozenset({"Add", "Sub"}))
 
 
 
@@ -71,7 +71,8 @@ def _bound_exceeded(affine: Affine, ctx: Context) -> bool:
     return high > ctx.max_scale or (low > 0 and 1.0 / low > ctx.max_scale)
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
     if len(node.inputs) != 2 or any(ctx.constant(t) is not None for t in node.inputs):
         return None
     if any(p.invariant for p in pendings.values()):

@@ -6,6 +6,10 @@
 
 The final norm -> Gather of the cls token -> head; a distillation token's two Gathers; Swin's
 torch.roll (two Slices, then a Concat).
+
+Backward: a Slice along axes the affine does not vary along asks it of its input; a Gather of
+rows of a constant 2-D table takes it into the table (rule 6, the embedding sub-rule):
+    A(T[ids]) = (s⊙T + b)[ids]
 """
 
 from __future__ import annotations
@@ -14,8 +18,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unfold.fold.algebra import gather_constant, slice_constant
-from unfold.fold.flow import Context, Move, Pending, Stop, quoted
+from unfold.fold.algebra import Affine, gather_constant, max_abs, rows_affine, slice_constant
+from unfold.fold.backward import EMBEDDING, EMBEDDING_RULE, Refused, Walk, deep
+from unfold.fold.flow import Context, Handler, Move, Pending, Rewrite, Rule, Stop, named, quoted
 from unfold.fold.transfer._common import ints, moved, too_big
 
 if TYPE_CHECKING:
@@ -23,7 +28,7 @@ if TYPE_CHECKING:
 
 NAME = "select"
 OPS = frozenset({"Slice", "Gather", "Split"})
-ALGEBRA = "Select(s⊙x + b) = Select(s)⊙Select(x) + Select(b)"
+RULE = Rule(NAME, "transfer", "Select(s⊙x + b) = Select(s)⊙Select(x) + Select(b)")
 
 
 def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
@@ -98,7 +103,7 @@ def _split(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
     return Move(NAME, f"moved past Split {quoted(node)} (split with it)", (0,), outputs)
 
 
-def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
+def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
     if set(pendings) != {0} or pendings[0].invariant:
         return None
     if node.op == "Slice":
@@ -109,3 +114,72 @@ def plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         return _split(node, pendings[0], ctx)
     return None
 
+
+
+def slice_axes(node: gs.Node, ctx: Context) -> list[int] | None:
+    """The axes a Slice cuts (None when they are not known)."""
+    if "starts" in node.attrs:  # opset < 10
+        return list(node.attrs.get("axes", range(len(node.attrs["starts"]))))
+    axes = ints(node, "", 3, ctx)
+    if axes:
+        return axes
+    if axes is None:
+        return None
+    starts = ctx.constant(node.inputs[1])
+    count = np.size(starts) if starts is not None else (ctx.shape(node.inputs[1]) or [None])[0]
+    return list(range(count)) if isinstance(count, int) else None
+
+
+def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
+    ctx, what = walk.ctx, named(node)
+    if node.op == "Slice":
+        axes = slice_axes(node, ctx)
+        if axes is None or {a % affine.rank for a in axes} & affine.varying_axes():
+            raise Refused(f"{what} cuts along an axis the affine varies along")
+        return walk.into(node.inputs[0], affine, [node], want_shift)
+    shape = ctx.constant_shape(node.inputs[0]) if node.op == "Gather" else None
+    if shape is None:
+        raise Refused(f"it comes from {what}, which cannot take a scale")
+    return _into_table(node, shape, affine, walk, want_shift)
+
+
+def _into_table(node: gs.Node, shape: tuple[int, ...], affine: Affine, walk: Walk,
+                want_shift: bool) -> bool:
+    """Rule 6: the rows of a Gather's constant table take the affine."""
+    walk.use(EMBEDDING)
+    ctx = walk.ctx
+    what = f"Gather {quoted(node)}"
+    if int(node.attrs.get("axis", 0)) != 0 or len(shape) != 2:
+        raise deep(f"{what} does not look rows up in a 2-D table")
+    if len(node.inputs[0].outputs) != 1:
+        raise deep(f"the table of {what} is shared with another op (tied): folding would "
+                   f"copy it")
+    channels = shape[1]
+    scale = affine.scale_vector(affine.rank - 1, channels)
+    shift = affine.shift_vector(affine.rank - 1, channels)
+    if scale is None or shift is None:
+        raise deep(f"the affine varies along more than the channels of {what}")
+    use_shift = shift if want_shift else np.zeros(channels)
+    value, before = None, 0.0
+    if not ctx.dry:
+        table = ctx.private_constant(node.inputs[0])
+        assert table is not None
+        before = max_abs(table)
+        value = rows_affine(table, scale, use_shift, in_place=True)
+        del table
+        if value is None:
+            raise deep(f"the table of {what} would not be finite in {node.inputs[0].dtype}")
+
+    def act(rw: Rewrite) -> None:
+        assert value is not None
+        rw.replace_input(node, 0, value, weights=(before, max_abs(value)))
+
+    walk.plan.actions.append(act)
+    walk.plan.absorbed_by.append(node.name)
+    walk.plan.path.append(f"folded into the embedding table of {what}")
+    return want_shift
+
+
+HANDLER = Handler(NAME, OPS, (RULE, EMBEDDING_RULE), prep, back, {
+    "Slice": "asked of its input (along axes the affine does not vary along)",
+    "Gather": "its constant table takes it (rule 6)"})
