@@ -16,7 +16,7 @@ the graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -29,7 +29,7 @@ from unfold.fold.algebra import (
     broadcasts_within,
     fold_into_producer,
 )
-from unfold.fold.flow import Context, Pending, Rewrite, Rule, named
+from unfold.fold.flow import Carried, Context, Rewrite, Rule, named
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -56,7 +56,7 @@ class Request:
     takes_shift: bool = True
     rule: str = PRODUCER
 
-    def apply(self, rw: Rewrite, _: dict[int, Pending] | None = None) -> None:
+    def apply(self, rw: Rewrite, _: Mapping[int, Carried] | None = None) -> None:
         for action in self.actions:
             action(rw)
 

@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from unfold.fold.algebra import Affine
 from unfold.fold.cleanup import layout_envelope
-from unfold.fold.flow import Context, Move, Pending, Stop, dtype_of, named
+from unfold.fold.flow import Carried, Context, Move, Pending, Stop, dtype_of, named
 from unfold.fold.graph import SHAPE_READERS, Names, is_floating, redirect_readers, replace_weight
 from unfold.fold.report import SiteReport
 from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
@@ -70,7 +70,7 @@ class _Rewriter:
         self.site: str | None = None  # whose move is being applied
         self._made: dict[tuple, gs.Constant] = {}  # new values of shared constants
         self._shared: set[int] = set()  # constants seen with several readers
-        self.actual: dict[str, Pending] = {}  # the pendings placed so far (the rewrite's)
+        self.actual: dict[str, Carried] = {}  # the pendings placed so far (the rewrite's)
 
     def retarget(self, name: str, carrier: gs.Tensor) -> None:
         """The pending on `name` rides on `carrier` from now on (a re-scaled stream)."""
@@ -209,13 +209,13 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
 # --- 1. analysis ------------------------------------------------------------------------------
 
 def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], ctx: Context
-             ) -> tuple[dict[int, Move | Stop], dict[str, Pending], set[Edge]]:
+             ) -> tuple[dict[int, Move | Stop], dict[str, Carried], set[Edge]]:
     """Plans for every node a pending reaches (a site's under its first node), the pending on
     every tensor, as if every edge carried it, and where pendings meet (a residual Add of
     two), the inputs whose pending would pass that node alone at no cost (a pure shift)."""
     ctx.dry = True
     plans: dict[int, Move | Stop] = {}
-    pend: dict[str, Pending] = {}
+    pend: dict[str, Carried] = {}
     passes_alone: set[Edge] = set()
     for node in order:
         if id(node) in inside:
@@ -241,7 +241,7 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                         passes_alone.add((node.inputs[slot].name, id(node), slot))
         if isinstance(plan, Move):
             for name, pending in plan.outputs.items():
-                gone = not pending.invariant and pending.affine.is_identity()  # type: ignore[union-attr]
+                gone = _gone(pending)
                 if not gone:
                     pend[name] = pending
                 if site is not None and plan.carrier_slot is None and \
@@ -258,15 +258,19 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
 
 # --- 2. decision ------------------------------------------------------------------------------
 
-def _materialize_cost(tensor: gs.Tensor, pending: Pending, ctx: Context) -> float:
+def _gone(pending: Carried) -> bool:
+    """An identity affine: nothing of it is left (absorbed); the tensor is simply its carrier."""
+    return isinstance(pending, Pending) and pending.affine.is_identity()
+
+
+def _materialize_cost(tensor: gs.Tensor, pending: Carried, ctx: Context) -> float:
     """The ops materializing `pending` on `tensor` adds: its Mul (none where the tensor comes
     from a constant Mul that takes the scale, _Rewriter._scale_into_producer) and its Add; a
     Mul counts a little more than an Add, so that of two ways with as many ops the one that
     leaves Adds (what DESIGN's minima are: a shift with no bias to go into) wins."""
-    if pending.invariant:
+    if not isinstance(pending, Pending):  # a per-query constant can never be materialized
         return math.inf
     affine = pending.affine
-    assert affine is not None
     scale = float(affine.has_scale) * (0.0 if _constant_mul_takes_scale(tensor, ctx)
                                        else 1.0 + MUL_PREMIUM)
     ops = scale + float(affine.has_shift)
@@ -286,7 +290,7 @@ def _constant_mul_takes_scale(tensor: gs.Tensor, ctx: Context) -> bool:
 
 
 def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move | Stop],
-            pend: dict[str, Pending], passes_alone: set[Edge], ctx: Context
+            pend: dict[str, Carried], passes_alone: set[Edge], ctx: Context
             ) -> tuple[dict[Edge, bool], dict[Edge, str]]:
     """For every consumer edge of a pending: carry it on or not; for those not carried on,
     why (the reader's own reason, or what stops the affine further down that way)."""
@@ -367,10 +371,10 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
     graph = ctx.graph
     rw = _Rewriter(ctx, names, log)
     tensors = graph.tensors()
-    actual: dict[str, Pending] = rw.actual
+    actual: dict[str, Carried] = rw.actual
     stops: dict[tuple[str, int], str] = {}  # (tensor, reader) -> why the reader needs values
 
-    def arrived_at(node: gs.Node) -> dict[int, Pending]:
+    def arrived_at(node: gs.Node) -> dict[int, Carried]:
         """The pendings this node gets; why it does not get the others, noted."""
         arrived = {}
         for slot, t in enumerate(node.inputs):
@@ -431,7 +435,7 @@ def _stays(site: Site, plan: Move, chosen: dict[Edge, bool], ctx: Context) -> bo
            if r.op not in SHAPE_READERS):
         return False
     pending = plan.outputs[out.name]
-    assert pending.affine is not None
+    assert isinstance(pending, Pending), "a site's plan carries an affine"
     return site.kind == BATCH_NORM or len(site.nodes) <= pending.affine.ops()
 
 
@@ -448,8 +452,8 @@ def _note_stayed(site: Site, chosen: dict[Edge, bool], because: dict[Edge, str],
                     or FAN_OUT)
 
 
-def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
-             actual: dict[str, Pending], tensors: dict[str, gs.Tensor], rw: _Rewriter,
+def _execute(node: gs.Node, plan: Move, arrived: dict[int, Carried],
+             actual: dict[str, Carried], tensors: dict[str, gs.Tensor], rw: _Rewriter,
              log: _Log) -> None:
     primary = next((p.origins[0] for p in arrived.values()), None)
     for other in arrived.values():  # affines that met here: reported as one
@@ -467,7 +471,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
         for name, pending in plan.outputs.items():
             primary = primary or pending.origins[0]
             placed = replace(pending, carrier=carrier)
-            if not pending.invariant and pending.affine.is_identity():  # type: ignore[union-attr]
+            if _gone(pending):
                 _forward(tensors[name], carrier, rw.graph)
             else:
                 actual[name] = placed
@@ -495,7 +499,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
     for absorber in plan.absorbed_by:
         log.add(log.absorbed, primary, absorber)
     if plan.leaves:  # what stays is charged like a materialization (see _charged)
-        leaving = [p for p in arrived.values() if p.affine is not None]
+        leaving = [p for p in arrived.values() if isinstance(p, Pending)]
         for origin in _charged(leaving[0], log.site_ops, need=max(int(plan.cost), 1)) \
                 if leaving else [primary]:
             log.add(log.ends, origin, "interior")
@@ -503,7 +507,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Pending],
     if plan.refused:
         log.add(log.refused, primary, plan.refused)
     for pending in list(arrived.values()) + list(plan.outputs.values()):
-        if pending.affine is not None and pending.affine.has_scale:
+        if isinstance(pending, Pending) and pending.affine.has_scale:
             low, high = pending.affine.channel_range()
             old = log.scale_range.get(primary, (low, high))
             log.scale_range[primary] = (min(old[0], low), max(old[1], high))
@@ -526,7 +530,7 @@ def _forward(tensor: gs.Tensor, carrier: gs.Tensor, graph: gs.Graph) -> None:
     redirect_readers(tensor, carrier)
 
 
-def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.Tensor],
+def _materialize_what_is_read(actual: dict[str, Carried], tensors: dict[str, gs.Tensor],
                               stops: dict[tuple[str, int], str], ctx: Context,
                               rw: _Rewriter, log: _Log) -> None:
     """Every pending whose original tensor is still read, or is a graph output, becomes one Mul
@@ -546,11 +550,10 @@ def _materialize_what_is_read(actual: dict[str, Pending], tensors: dict[str, gs.
         if not readers and not ctx.is_output(tensor):
             continue
         site = pending.origins[0]
-        if pending.invariant:
+        if not isinstance(pending, Pending):
             raise AssertionError(f"an unknown per-query constant reached a reader at "
                                  f"'{name}' (site '{site}'): the decision pass should have "
                                  f"prevented this")
-        assert pending.affine is not None
         rw.materialize(carrier, pending.affine, dtype_of(carrier),
                        base=f"{site}_at_{name}", out=tensor)
         if ctx.is_output(tensor):  # DESIGN's allowed materialization: every site in it
@@ -573,7 +576,6 @@ def _charged(pending: Pending, site_ops: dict[str, int], need: int | None = None
     """The sites a materialization inside the graph is charged to: the ones composed last,
     as many as own the ops it needs (a norm composed into a LayerScale, whose one Mul then
     carries both, is gone: the LayerScale's Mul is what stays)."""
-    assert pending.affine is not None
     if need is None:
         need = pending.affine.ops()
     credit, charged = 0, []

@@ -1,14 +1,16 @@
-"""The state of the dataflow fold and what each transfer function returns (DESIGN.md, "How the
-fold runs").
+"""The state of the dataflow fold, what each handler returns, and the handlers' own shape
+(DESIGN.md, "How the fold runs").
 
 A `Pending` on a tensor of the original graph says what that tensor holds in terms of the
 rewritten graph: `affine(carrier)`, where the carrier is the tensor the rewritten graph computes
-in its place (the input of a norm that has gone, or an op that now reads carriers itself). A
-transfer function looks at one node whose inputs carry pendings and returns either a `Move`
-(the node is rewired to read the carriers, its outputs carry these pendings, and `apply` changes
-whatever constants must change: a sink's weights, a bias, a Concat's constant part) or a `Stop`
-(the node needs the true values: the pending is materialized for it, one Mul and one Add).
-Plans are pure: the graph changes only in the rewrite pass, which calls `apply`.
+in its place (the input of a norm that has gone, or an op that now reads carriers itself).
+Attention's `PerQueryConstant` is the other kind of thing carried: the carrier plus an unknown
+per-query constant, which only a softmax removes. A handler's `prep` looks at one node whose
+inputs carry pendings and returns either a `Move` (the node is rewired to read the carriers, its
+outputs carry these pendings, and `apply` changes whatever constants must change: a sink's
+weights, a bias, a Concat's constant part) or a `Stop` (the node needs the true values: the
+pending is materialized for it, one Mul and one Add). Plans are pure: the graph changes only in
+the rewrite pass, which calls `apply`.
 """
 
 from __future__ import annotations
@@ -28,38 +30,47 @@ if TYPE_CHECKING:
     from unfold.fold.backward import Walk
 
 
-@dataclass
-class Pending:
-    """`affine` of the carrier; or, where `affine` is None, the carrier plus an unknown shift
-    that is constant along `invariant_axis` (a key projection's shift inside attention logits:
-    what a softmax over that axis ignores; it can never be materialized)."""
+@dataclass(kw_only=True)
+class Carried:
+    """What the pass carries on a tensor of the original graph, in terms of its carrier: a
+    `Pending` affine, or attention's `PerQueryConstant`."""
 
-    affine: Affine | None
     origins: tuple[str, ...]  # the sites composed into it, the first one names it
     source: gs.Tensor | None = None  # the original-graph tensor its carrier is (a site's input)
-    invariant_axis: int | None = None
     carrier: gs.Tensor | None = None  # set by the rewrite pass
     stayed: tuple[str, ...] = ()  # notes of what of it stayed on the way (reported)
 
-    @property
-    def invariant(self) -> bool:
-        return self.affine is None
 
-    def then(self, affine: Affine | None, *, keep_source: bool = False, **changes) -> Pending:
+@dataclass(kw_only=True)
+class Pending(Carried):
+    """The tensor holds `affine`(carrier)."""
+
+    affine: Affine
+
+    def then(self, affine: Affine, *, keep_source: bool = False, **changes) -> Pending:
         """The same sites' pending after an op: `affine` on the op's output."""
         return replace(self, affine=affine, source=self.source if keep_source else None,
                        carrier=None, **changes)
 
-    def same_as(self, other: Pending) -> bool:
-        if self.origins != other.origins or self.invariant_axis != other.invariant_axis:
-            return False
-        if self.affine is None or other.affine is None:
-            return self.affine is other.affine
-        return np.array_equal(self.affine.scale, other.affine.scale) and \
-            np.array_equal(self.affine.shift, other.affine.shift)
+    def per_query(self, axis: int) -> PerQueryConstant:
+        """What a pure shift of a key becomes in the attention logits (attention.py)."""
+        return PerQueryConstant(origins=self.origins, stayed=self.stayed, axis=axis)
 
 
-def merged(pendings: list[Pending], affine: Affine | None, **changes) -> Pending:
+@dataclass(kw_only=True)
+class PerQueryConstant(Carried):
+    """The tensor holds its carrier plus an unknown shift that is constant along `axis` (a key
+    projection's shift inside attention logits: what a softmax over that axis ignores). Only
+    attention's `carry_invariant` takes it; it can never be materialized."""
+
+    axis: int
+
+    def moved(self) -> PerQueryConstant:
+        """The same after an op that keeps it one (a scalar scale, an added mask)."""
+        return replace(self, source=None, carrier=None)
+
+
+def merged(pendings: list[Pending], affine: Affine, **changes) -> Pending:
     """One pending for the output of an op that joins several: their sites, in order."""
     origins = tuple(dict.fromkeys(o for p in pendings for o in p.origins))
     stayed = tuple(dict.fromkeys(s for p in pendings for s in p.stayed))
@@ -83,12 +94,12 @@ class Move:
     rule: str  # the sub-rule it takes (what --skip names)
     event: str
     consumes: tuple[int, ...]
-    outputs: dict[str, Pending] = field(default_factory=dict)
+    outputs: Mapping[str, Carried] = field(default_factory=dict)
     cost: float = 0.0
     deletes: tuple[gs.Node, ...] = ()
     carrier_slot: int | None = None
     carrier_tensor: gs.Tensor | None = None
-    apply: Callable[[Rewrite, dict[int, Pending]], None] | None = None
+    apply: Callable[[Rewrite, Mapping[int, Carried]], None] | None = None
     absorbed_by: tuple[str, ...] = ()
     leaves: str | None = None  # what of the affine stays behind (reported, status partial)
     refused: str | None = None  # why a sink nearby could not take it (reported if it stays)

@@ -12,10 +12,11 @@ sites are not ops: the driver hands them to `plan_site`, which skips the same wa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from unfold.fold import backward
-from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop
+from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rule, Stop
 from unfold.fold.graph import SHAPE_READERS
 from unfold.fold.transfer import (
     activation,
@@ -87,12 +88,12 @@ def _skipped(plan: Move | Stop, ctx: Context) -> Move | Stop:
     return plan
 
 
-def plan_site(site: Site, incoming: Pending | None, ctx: Context) -> Move | Stop:
+def plan_site(site: Site, incoming: Carried | None, ctx: Context) -> Move | Stop:
     """A norm site's plan (transfer/norm.py), its sub-rule skipped here as any op's."""
     return _skipped(norm.plan_site(site, incoming, ctx), ctx)
 
 
-def plan_node(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
+def plan_node(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> Move | Stop:
     """The node's handler's Move for all of the node's pendings; failing that, where several
     meet (Q and Kᵀ both shifted), its Move for one of them alone (the others are then
     materialized for it); else the Stop with its reason."""
@@ -113,11 +114,12 @@ def plan_node(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move
     return found
 
 
-def _plan(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
-    if any(p.invariant for p in pendings.values()):  # attention's own kind, whatever the op
+def _plan(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> Move | Stop:
+    affines = {slot: p for slot, p in pendings.items() if isinstance(p, Pending)}
+    if len(affines) != len(pendings):  # attention's own kind, whatever the op
         return _skipped(attention.carry_invariant(node, pendings, ctx), ctx)
     handler = ctx.handler(node)
-    plan = handler.prep(node, pendings, ctx) if handler is not None and \
+    plan = handler.prep(node, affines, ctx) if handler is not None and \
         handler.prep is not None else None
     if plan is None:
         return Stop(f"{node.op} does not commute with a per-channel affine")

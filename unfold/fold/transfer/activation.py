@@ -19,10 +19,9 @@ RULE = Rule(NAME, "transfer", "relu(s⊙x) = s⊙relu(x) for s > 0 and no shift"
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+    if set(pendings) != {0}:
         return None
     affine = pendings[0].affine
-    assert affine is not None
     if affine.has_shift:
         return Stop(f"{node.op} does not commute with a shift")
     if np.any(affine.scale <= 0):

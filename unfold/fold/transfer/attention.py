@@ -10,18 +10,29 @@
     (s⊙q) @ k = s⊙(q @ k)               s constant along q's contraction axis, no shift
 
 The MatMul of two variables is reached through linear's handler (`matmul`). The per-query
-constant is a pending of its own kind (`Pending.invariant`): the dispatcher hands it to
+constant is a pending of its own kind (`flow.PerQueryConstant`): the dispatcher hands it to
 `carry_invariant` alone, whatever the op, and the Softmax that removes it is this module's op.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Handler, Move, Pending, Rule, Stop, quoted
+from unfold.fold.flow import (
+    Carried,
+    Context,
+    Handler,
+    Move,
+    Pending,
+    PerQueryConstant,
+    Rule,
+    Stop,
+    quoted,
+)
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -54,14 +65,12 @@ def _rows_sum_to_one(tensor: gs.Tensor, ctx: Context) -> bool:
     return False
 
 
-def _invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    (slot,) = pendings
-    pending = pendings[slot]
-    axis = pending.invariant_axis
-    assert axis is not None
+def _invariant(node: gs.Node, slot: int, pending: PerQueryConstant, ctx: Context
+               ) -> Move | Stop | None:
+    axis = pending.axis
     out = node.outputs[0].name
     op = node.op
-    keep = {out: pending.then(None, invariant_axis=axis)}
+    keep: dict[str, Carried] = {out: pending.moved()}
     if op == "Softmax":
         rank = ctx.rank(node.inputs[0])
         if rank is None or int(node.attrs.get("axis", -1)) % rank != axis:
@@ -87,11 +96,15 @@ def _invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Mov
     return None
 
 
-def carry_invariant(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop:
-    """Where a per-query constant (`Pending.invariant`) reaches `node`, whatever its op."""
-    if len(pendings) != 1:
-        return Stop("two unknown per-query constants meet")
-    found = _invariant(node, pendings, ctx)
+def carry_invariant(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> Move | Stop:
+    """Where a per-query constant reaches `node`, whatever its op (the dispatcher hands it
+    here alone)."""
+    constants = {slot: p for slot, p in pendings.items() if isinstance(p, PerQueryConstant)}
+    if len(pendings) != 1 or len(constants) != 1:
+        return Stop("two unknown per-query constants meet" if len(constants) > 1 else
+                    "a per-query constant meets a pending affine")
+    ((slot, pending),) = constants.items()
+    found = _invariant(node, slot, pending, ctx)
     return found if found is not None else Stop(
         f"{node.op} would need the per-query constant a key's shift adds, which is unknown")
 
@@ -103,7 +116,6 @@ def matmul(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | 
     (slot,) = pendings
     pending = pendings[slot]
     affine = pending.affine
-    assert affine is not None
     out = node.outputs[0]
     out_rank = ctx.rank(out)
     if out_rank is None or out_rank != affine.rank:
@@ -115,8 +127,7 @@ def matmul(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | 
                         {out.name: pending.then(affine)})
         if not affine.has_scale and affine.shift.shape[-1] == 1:
             return Move(NAME, f"key shift carried into MatMul {quoted(node)} as a per-query "
-                              f"constant", (1,), {out.name: pending.then(
-                                  None, invariant_axis=out_rank - 1)})
+                              f"constant", (1,), {out.name: pending.per_query(out_rank - 1)})
         return Stop("the affine on its right operand neither passes attention rows nor is a "
                     "key's pure shift")
     if affine.scale.shape[-1] == 1 and not affine.has_shift:

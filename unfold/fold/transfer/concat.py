@@ -15,6 +15,7 @@ request of that tensor, and the shift must find a place in all parts or none.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,6 +23,7 @@ import numpy as np
 from unfold.fold.algebra import Affine, concat_constants
 from unfold.fold.backward import Refused, Walk, replace_constant
 from unfold.fold.flow import (
+    Carried,
     Context,
     Handler,
     Move,
@@ -60,11 +62,9 @@ def _constant_part(tensor: gs.Tensor, ctx: Context) -> tuple[gs.Node | None, np.
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if not pendings or any(p.invariant for p in pendings.values()):
+    if not pendings:
         return None
-    affines = [p.affine for p in pendings.values() if p.affine is not None]
-    if len(affines) != len(pendings):
-        return None
+    affines = [p.affine for p in pendings.values()]
     rank = affines[0].rank
     axis = int(node.attrs.get("axis", 0)) % rank
     common = affines[0] if all(
@@ -80,7 +80,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         shape = ctx.shape(tensor)
         sizes.append(shape[axis] if shape and isinstance(shape[axis], int) else None)
         if slot in pendings:
-            parts.append(pendings[slot].affine)  # type: ignore[arg-type]
+            parts.append(pendings[slot].affine)
             continue
         constant = _constant_part(tensor, ctx) if common is not None else None
         if constant is not None and common is not None:
@@ -108,7 +108,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if big is not None:
         return big
 
-    def apply(rw: Rewrite, _: dict[int, Pending]) -> None:
+    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
         for slot, expand, value in preimages:
             if expand is None:
                 rw.replace_input(node, slot, value)

@@ -13,12 +13,13 @@ pending and deletes them, rule 4.)
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unfold.fold.algebra import Affine, broadcasts_within
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Rule, Stop, named
+from unfold.fold.flow import Carried, Context, Move, Pending, Rewrite, Rule, Stop, named
 from unfold.fold.transfer._common import too_big
 from unfold.numerics import MIN_ABS_SCALE
 
@@ -38,13 +39,10 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         return None
     (slot,) = pendings
     pending = pendings[slot]
-    if pending.invariant:
-        return None
     constant = ctx.constant(node.inputs[1 - slot])
     if constant is None:
         return None  # two variables: the residual rule's business
     affine = pending.affine
-    assert affine is not None
     rank = affine.rank
     c = np.asarray(constant, dtype=np.float64)
     if c.ndim > rank:
@@ -83,7 +81,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     value = new_constant.reshape(constant.shape) if new_constant.size == np.size(constant) \
         else new_constant
 
-    def apply(rw: Rewrite, _: dict[int, Pending]) -> None:
+    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
         with np.errstate(over="ignore", invalid="ignore"):
             cast = value.astype(dtype)
         if not np.all(np.isfinite(cast)):

@@ -13,6 +13,7 @@ Backward, as the producer of a tensor an affine is asked of (rule 2, backward.in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,6 +21,7 @@ import numpy as np
 from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
 from unfold.fold.flow import (
+    Carried,
     Context,
     Handler,
     Move,
@@ -52,11 +54,10 @@ def pads_nothing(conv: gs.Node) -> bool:
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+    if set(pendings) != {0}:
         return None
     pending = pendings[0]
     affine = pending.affine
-    assert affine is not None
     weight = ctx.constant(node.inputs[1])
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
     bias = ctx.constant(node.inputs[2]) if has_bias else None
@@ -94,7 +95,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                   f"(in its bias it would be wrong at the borders)")
     stays = Affine.shift_only(affine.shift / affine.scale) if leaves else None
 
-    def apply(rw: Rewrite, arrived: dict[int, Pending]) -> None:
+    def apply(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
         assert folded is not None
         rw.replace_input(node, 1, folded.weight,
                          weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))

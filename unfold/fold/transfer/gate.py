@@ -26,12 +26,11 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         return None
     (slot,) = pendings
     pending = pendings[slot]
-    if pending.invariant or ctx.constant(node.inputs[1 - slot]) is not None:
+    if ctx.constant(node.inputs[1 - slot]) is not None:
         return None
     if node.inputs[0] is node.inputs[1]:
         return Stop("it multiplies the tensor by itself")
     affine = pending.affine
-    assert affine is not None
     if node.op == "Div" and slot == 1:
         return Stop("g / x is not affine in x")
     if affine.has_shift:

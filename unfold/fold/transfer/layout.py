@@ -83,10 +83,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if set(pendings) != {0}:
         return None
     pending = pendings[0]
-    if pending.invariant:
-        return None
     affine = pending.affine
-    assert affine is not None
     op = node.op
     if op == "Identity":
         return moved(NAME, node, pending, affine)

@@ -20,6 +20,7 @@ the weight's output columns take the scale, the bias the shift; a MatMul has no 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -32,7 +33,7 @@ from unfold.fold.algebra import (
     fold_matmul_reader,
 )
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
-from unfold.fold.flow import Context, Handler, Move, Pending, Rewrite, Rule, Stop, named
+from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rewrite, Rule, Stop, named
 from unfold.fold.transfer import attention
 from unfold.numerics import MIN_ABS_SCALE
 
@@ -71,7 +72,6 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
     if weight.ndim != 2:
         return Stop(f"its weight is not 2-D ({weight.ndim}-D)")
     affine = pending.affine
-    assert affine is not None
     rank = affine.rank
     scale = affine.scale_vector(rank - 1, weight.shape[0])
     if scale is not None:  # varies along the contraction axis only (or not at all)
@@ -104,7 +104,7 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
         if not after.is_identity():
             outputs[node.outputs[0].name] = pending.then(after)
 
-    def apply(rw: Rewrite, _: dict[int, Pending]) -> None:
+    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
         assert folded is not None
         if folded.weight is not None:
             rw.replace_input(node, 1, folded.weight, weights=(folded.max_abs_weight_before,
@@ -125,7 +125,6 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
     if node.attrs.get("transA", 0):
         return Stop("it transposes its input (transA)")
     affine = pending.affine
-    assert affine is not None
     trans_b = bool(node.attrs.get("transB", 0))
     k = weight.shape[1] if trans_b else weight.shape[0]
     scale, shift = affine.scale_vector(1, k), affine.shift_vector(1, k)
@@ -144,7 +143,7 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
         except FoldRejected as rejected:
             return Stop(rejected.reason)
 
-    def apply(rw: Rewrite, _: dict[int, Pending]) -> None:
+    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
         assert folded is not None
         new_b, new_c, before, after = folded
         rw.replace_input(node, 1, new_b, weights=(before, after))

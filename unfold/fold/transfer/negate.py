@@ -18,10 +18,9 @@ RULE = Rule(NAME, "transfer", "−(s⊙x + b) = s⊙(−x) − b")
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+    if set(pendings) != {0}:
         return None
     affine = pendings[0].affine
-    assert affine is not None
     return moved(NAME, node, pendings[0], Affine(affine.scale, -affine.shift))
 
 

@@ -39,11 +39,10 @@ def _reduced_axes(node: gs.Node, rank: int, ctx: Context) -> list[int] | None:
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+    if set(pendings) != {0}:
         return None
     pending = pendings[0]
     affine = pending.affine
-    assert affine is not None
     rank = affine.rank
     axes = _reduced_axes(node, rank, ctx)
     if axes is None:

@@ -13,6 +13,7 @@ stream (the pending becomes a pure shift), so an fp16 engine stays in range.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,7 +21,18 @@ import numpy as np
 from unfold.errors import option
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
-from unfold.fold.flow import Context, Move, Pending, Rewrite, Rule, Stop, dtype_of, merged, named
+from unfold.fold.flow import (
+    Carried,
+    Context,
+    Move,
+    Pending,
+    Rewrite,
+    Rule,
+    Stop,
+    dtype_of,
+    merged,
+    named,
+)
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
@@ -39,14 +51,14 @@ def _same_carrier_term(other: gs.Tensor, pending: Pending, ctx: Context) -> np.n
     if source is None:
         return None
     if other is source:
-        return np.ones((1,) * (pending.affine.rank if pending.affine else 0))
+        return np.ones((1,) * pending.affine.rank)
     producer = ctx.producer(other)
     if producer is None or producer.op != "Mul" or len(producer.inputs) != 2:
         return None
     for slot in (0, 1):
         if producer.inputs[1 - slot] is source:
             k = ctx.constant(producer.inputs[slot])
-            if k is not None and pending.affine is not None:
+            if k is not None:
                 rank = pending.affine.rank
                 k = np.asarray(k, dtype=np.float64)
                 return k.reshape((1,) * (rank - k.ndim) + k.shape) if k.ndim <= rank else None
@@ -75,14 +87,11 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
     if len(node.inputs) != 2 or any(ctx.constant(t) is not None for t in node.inputs):
         return None
-    if any(p.invariant for p in pendings.values()):
-        return None
     sign = -1.0 if node.op == "Sub" else 1.0
     out = node.outputs[0].name
     if len(pendings) == 2:
         first, second = pendings[0], pendings[1]
         a, b = first.affine, second.affine
-        assert a is not None and b is not None
         if node.inputs[0] is node.inputs[1] or \
                 (first.source is not None and first.source is second.source):
             total = Affine(a.scale + sign * b.scale, a.shift + sign * b.shift)
@@ -96,7 +105,6 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         # different scales: one side's carrier re-scaled to the other's, in its producer
         for kept_slot, other_slot in ((0, 1), (1, 0)):
             kept_affine, moving_affine = pendings[kept_slot].affine, pendings[other_slot].affine
-            assert kept_affine is not None and moving_affine is not None
             if np.any(np.abs(kept_affine.scale) < MIN_ABS_SCALE):
                 continue
             to_kept = Affine(moving_affine.scale / kept_affine.scale, np.zeros(1))
@@ -111,15 +119,14 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         #   a⊙p + b1 + c⊙q + b2 = a⊙(p + (c⊘a)⊙q) + (b1 + b2)
         keep = 0 if not np.any(np.abs(a.scale) < MIN_ABS_SCALE) else 1
         kept = pendings[keep].affine
-        assert kept is not None
         if np.any(np.abs(kept.scale) < MIN_ABS_SCALE):
             return Stop("two pending affines with different scales meet here, one ~0")
         moving = 1 - keep
-        ratio = pendings[moving].affine.scale / kept.scale  # type: ignore[union-attr]
+        ratio = pendings[moving].affine.scale / kept.scale
         note = (f"a Mul stays before {named(node)}: two pending affines with different scales "
                 f"meet there and neither side's producer can take the other's")
 
-        def ratio_here(rw: Rewrite, arrived: dict[int, Pending]) -> None:
+        def ratio_here(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
             carrier = arrived[moving].carrier
             assert carrier is not None
             node.inputs[moving] = rw.materialize(carrier, Affine(ratio, np.zeros(1)),
@@ -132,7 +139,6 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     (slot,) = pendings
     pending = pendings[slot]
     affine = pending.affine
-    assert affine is not None
     other = node.inputs[1 - slot]
     # the pending's sign in the result: Sub(w, p) = w − p
     own = -1.0 if (node.op == "Sub" and slot == 1) else 1.0
@@ -156,7 +162,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if _bound_exceeded(affine, ctx):
         low, high = affine.channel_range()
 
-        def rescale(rw: Rewrite, arrived: dict[int, Pending]) -> None:
+        def rescale(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
             carrier = arrived[slot].carrier
             assert carrier is not None
             scaled = rw.materialize(carrier, Affine(affine.scale, np.zeros(1)),
@@ -191,7 +197,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         note = (f"the scale stays as one Mul before {named(node)} (cannot divide the other "
                 f"operand by it: {found})")
 
-        def scale_here(rw: Rewrite, arrived: dict[int, Pending]) -> None:
+        def scale_here(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
             carrier = arrived[slot].carrier
             assert carrier is not None
             node.inputs[slot] = rw.materialize(carrier, Affine(affine.scale, np.zeros(1)),

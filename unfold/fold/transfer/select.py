@@ -33,7 +33,6 @@ RULE = Rule(NAME, "transfer", "Select(s⊙x + b) = Select(s)⊙Select(x) + Selec
 
 def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
     affine = pending.affine
-    assert affine is not None
     rank = affine.rank
     steps: list[int] | None
     if "starts" in node.attrs:  # opset < 10
@@ -62,7 +61,6 @@ def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
 
 def _gather(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
     affine = pending.affine
-    assert affine is not None
     axis = int(node.attrs.get("axis", 0))
     indices = ctx.constant(node.inputs[1])
     index_rank = indices.ndim if indices is not None else ctx.rank(node.inputs[1])
@@ -79,7 +77,6 @@ def _gather(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
 
 def _split(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
     affine = pending.affine
-    assert affine is not None
     rank = affine.rank
     axis = int(node.attrs.get("axis", 0)) % rank
     if affine.scale.shape[axis] == 1 and affine.shift.shape[axis] == 1:
@@ -104,7 +101,7 @@ def _split(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if set(pendings) != {0} or pendings[0].invariant:
+    if set(pendings) != {0}:
         return None
     if node.op == "Slice":
         return _slice(node, pendings[0], ctx)
