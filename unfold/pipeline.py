@@ -20,8 +20,6 @@ import numpy as np
 import onnx
 
 from unfold.engines import Runner, check_device, check_engine, check_runs, runner_for
-from unfold.engines.ort import OrtRunner
-from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, check_paths, option
 from unfold.fold import FoldReport, fold_model
 from unfold.fold.model import check_fold_options
@@ -235,10 +233,9 @@ def _convert_loaded(loaded: LoadedModel, target: Path, stages: _Stages, inputs: 
                             + (f" (online norms stay: {online})" if online else ""))
     if verify:
         with stages.stage("verify", "verifying against torch"):
-            reference = TorchRunner(loaded.module, loaded.input_names, exported.output_names,
-                                    by_keyword=loaded.by_keyword)
+            reference = runner_for(loaded, "torch", output_names=exported.output_names)
             batches = make_batches(specs, seed=seed, example=loaded.example_inputs, user=user)
-            verification = run_verification(reference, OrtRunner(folded), batches,
+            verification = run_verification(reference, runner_for(folded, "ort"), batches,
                                             atol=None if precision else atol,
                                             rtol=None if precision else rtol)
             if not verification:
@@ -276,7 +273,8 @@ def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.Mode
     failed = verification.failed_batch()
     assert failed is not None
     feeds = next(f for label, f in batches if label == failed.label)
-    before_fold = run_verification(reference, OrtRunner(exported), [(failed.label, feeds)],
+    before_fold = run_verification(reference, runner_for(exported, "ort"),
+                                   [(failed.label, feeds)],
                                    tolerances={o.name: o.tolerance for o in failed.outputs})
     if before_fold:
         verification.notes.append("the export matches torch; the fold departs")
@@ -352,21 +350,18 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
         output_names = [o.name for o in candidate_onnx.graph.output] if candidate_onnx else []
         plan_runner = None
         if candidate_plan:
-            from unfold.engines.trt import TrtRunner
-
-            plan_runner = TrtRunner(candidate.read_bytes(), [])
+            plan_runner = runner_for(candidate.read_bytes(), "trt")
             output_names = plan_runner.output_names
         reference_onnx = None
         if held is None and _is_onnx(reference):
             reference_onnx = load_onnx(reference)
-            ref_runner: Runner = OrtRunner(reference_onnx, device=device)
+            ref_runner = runner_for(reference_onnx, "ort", device=device)
             specs = onnx_input_specs(reference_onnx, inputs)
         else:
             loaded = held or load_model(reference, arch=arch, arch_kwargs=arch_kwargs,
                                         trust=trust, swap=swap)
             specs = loaded.resolve_specs(inputs)
-            ref_runner = TorchRunner(loaded.module, loaded.input_names, output_names,
-                                     device=device, by_keyword=loaded.by_keyword)
+            ref_runner = runner_for(loaded, "torch", device=device, output_names=output_names)
             example = loaded.example_inputs
         cand_runner: Runner
         if plan_runner is not None:

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from unfold.engines.torch_runner import TorchRunner, named_outputs
+from unfold.engines.torch_runner import TorchRunner
 from unfold.engines.trt import TrtRunner, profile_shapes
 from unfold.errors import ExitCode, UnfoldError
+from unfold.export.outputs import named_outputs
 from unfold.inputs import InputSpec
 
 

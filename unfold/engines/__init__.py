@@ -6,7 +6,8 @@
   or a serialized engine;
 - `torch`: PyTorch, on a loaded model (eager, or torch.compile'd).
 
-`runner_for(model, engine, ...)` picks one, for `verify` and `bench` alike.
+`runner_for(model, engine, ...)` picks one: the runners that `convert` and `verify` compare and
+those that `bench` times all come from it.
 
 Each engine's package is imported only when that engine is asked for; one that is not
 installed is an `UnfoldError` with exit code 3 that says how to get it.
@@ -63,11 +64,13 @@ def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:
 
 def runner_for(model: Any, engine: str, *, device: str = "cpu",
                threads: int | None = None, specs: Sequence[InputSpec] = (),
-               compile: bool = False) -> Runner:
+               output_names: Sequence[str] = (), compile: bool = False) -> Runner:
     """The runner of `engine` for `model`: an ONNX model (a ModelProto or its path) for the
-    ONNX engines, a loaded torch model (`unfold.load.LoadedModel`) for `torch`. `threads`
-    fixes the engine's intra-op threads; `specs` (the inputs' shapes) are what a TensorRT
-    engine is built for; `compile` runs the torch model through torch.compile."""
+    ONNX engines or a serialized TensorRT engine (bytes) for `trt`, a loaded torch model
+    (`unfold.load.LoadedModel`) for `torch`. `threads` fixes the engine's intra-op threads;
+    `specs` (the inputs' shapes) are what a TensorRT engine is built for; `output_names` are
+    the names of the torch model's flattened outputs (by default, names from their structure:
+    `unfold.export.outputs`); `compile` runs the torch model through torch.compile."""
     check_engine(engine)
     is_torch = hasattr(model, "module")
     check_runs(engine, f"{model.source} (a {model.format})" if is_torch else model,
@@ -75,7 +78,7 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
     if engine == "torch":
         from unfold.engines.torch_runner import TorchRunner
 
-        return TorchRunner(model.module, model.input_names, device=device,
+        return TorchRunner(model.module, model.input_names, output_names, device=device,
                            by_keyword=model.by_keyword, threads=threads, compile=compile)
     if compile:
         raise UnfoldError(f"{option('compile', True)} applies to {option('engine', 'torch')} "

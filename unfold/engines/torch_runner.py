@@ -1,5 +1,6 @@
 """PyTorch: the reference for everything `unfold` writes. Runs a loaded model on numpy feeds
-(in the model's input order) and names its flattened outputs."""
+(in the model's input order) and names its flattened outputs as the exporter names the ONNX
+model's (`unfold.export.outputs`)."""
 
 from __future__ import annotations
 
@@ -10,18 +11,7 @@ import numpy as np
 import torch
 
 from unfold.errors import ExitCode, UnfoldError
-
-
-def named_outputs(value: Any, prefix: str = "output") -> list[tuple[str, torch.Tensor]]:
-    """The tensors of a model's output in order, named: `output` for a lone tensor,
-    `output_0, output_1` in a tuple, the keys of a dict (a Hugging Face ModelOutput is one)."""
-    if isinstance(value, torch.Tensor):
-        return [(prefix, value)]
-    if isinstance(value, dict):
-        return [pair for k, v in value.items() for pair in named_outputs(v, str(k))]
-    if isinstance(value, (tuple, list)):
-        return [pair for i, v in enumerate(value) for pair in named_outputs(v, f"{prefix}_{i}")]
-    return []
+from unfold.export.outputs import module_outputs
 
 
 class TorchRunner:
@@ -40,19 +30,8 @@ class TorchRunner:
         self.description = f"torch {torch.__version__} ({device}{', compiled' if compile else ''})"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])).to(self.device)
-                for n in self.input_names]
-        try:
-            with torch.inference_mode():
-                outputs = named_outputs(
-                    self.module(**dict(zip(self.input_names, args, strict=True)))
-                    if self.by_keyword else self.module(*args))
-        except Exception as exc:
-            shapes = ", ".join(f"{n} {tuple(a.shape)} {a.dtype}"
-                               for n, a in zip(self.input_names, args, strict=True))
-            raise UnfoldError(f"the torch model fails on inputs {shapes}: "
-                              f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}",
-                              ExitCode.BAD_INPUT) from None
+        outputs = module_outputs(self.module, self.input_names, feeds, by_keyword=self.by_keyword,
+                                 device=self.device)
         names = self.output_names or [name for name, _ in outputs]
         if len(names) != len(outputs):
             raise UnfoldError(f"the torch model returns {len(outputs)} tensor(s), the ONNX "

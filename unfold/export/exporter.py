@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import torch
 
-from unfold.engines.torch_runner import TorchRunner
 from unfold.errors import UnfoldError, option
 from unfold.export import EXPORTERS
+from unfold.export.outputs import module_outputs
 from unfold.inputs import InputSpec, random_batch
 from unfold.load import LoadedModel
 
@@ -46,8 +46,8 @@ def export_onnx(loaded: LoadedModel, specs: Sequence[InputSpec], *, exporter: st
         raise UnfoldError(f"{option('exporter', exporter)}: valid: {', '.join(EXPORTERS)}")
     feeds = example_feeds(loaded, specs)
     # one torch run names the outputs and shows a wrong input shape before any export
-    output_names = list(TorchRunner(loaded.module, loaded.input_names,
-                                    by_keyword=loaded.by_keyword).run(feeds))
+    output_names = [name for name, _ in module_outputs(loaded.module, loaded.input_names, feeds,
+                                                       by_keyword=loaded.by_keyword)]
     tensors = {name: torch.from_numpy(feeds[name]) for name in loaded.input_names}
     # inputs chosen among forward's optional parameters go by keyword
     args, kwargs = ((), tensors) if loaded.by_keyword else (tuple(tensors.values()), {})
