@@ -10,13 +10,11 @@ import torch.nn.functional as F
 
 from unfold.fold.algebra import (
     Affine,
-    ChannelAffine,
     FoldRejected,
+    batch_norm_affine,
     concat_constants,
     fold_gemm_reader,
     fold_into_conv_consumer,
-    fold_into_gemm,
-    fold_into_matmul,
     fold_into_producer,
     fold_matmul_reader,
     gather_constant,
@@ -25,28 +23,23 @@ from unfold.fold.algebra import (
     slice_constant,
     transpose_constant,
 )
-from unfold.nn import UnifiedNorm
 
 RNG = np.random.default_rng(0)
 EXACT = {"rtol": 1e-12, "atol": 1e-12}
 
 
-def _affine(channels: int) -> ChannelAffine:
-    return ChannelAffine(RNG.uniform(0.2, 3.0, channels) * RNG.choice([-1, 1], channels),
-                         RNG.normal(size=channels))
+def _affine(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """A per-channel (scale, shift), scales of both signs away from 0."""
+    return (RNG.uniform(0.2, 3.0, channels) * RNG.choice([-1, 1], channels),
+            RNG.normal(size=channels))
 
 
-def test_unified_norm_constants_match_the_layer_eval() -> None:
-    norm = UnifiedNorm(6, dtype=torch.float64)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-        norm.running_var.uniform_(0.1, 4.0)
-    affine = ChannelAffine.from_unified_norm(norm.weight.detach().numpy(),
-                                             norm.bias.detach().numpy(),
-                                             norm.running_var.numpy(), norm.eps)
-    x = torch.randn(4, 6, dtype=torch.float64)
-    np.testing.assert_allclose(affine.apply(x.numpy()), norm.eval()(x).detach().numpy(), **EXACT)
+def _apply(affine: tuple[np.ndarray, np.ndarray], x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """The unfused computation: a⊙x + b along `axis`."""
+    scale, shift = affine
+    shape = [1] * x.ndim
+    shape[axis] = scale.shape[0]
+    return x * scale.reshape(shape) + shift.reshape(shape)
 
 
 def test_batch_norm_constants() -> None:
@@ -54,18 +47,8 @@ def test_batch_norm_constants() -> None:
         RNG.uniform(0.1, 2, 5)
     x = RNG.normal(size=(3, 5))
     expected = (x - mean) / np.sqrt(var + 1e-5) * gamma + beta
-    np.testing.assert_allclose(
-        ChannelAffine.from_batch_norm(gamma, beta, mean, var, 1e-5).apply(x), expected, **EXACT)
-
-
-def test_composition_equals_applying_twice() -> None:
-    first, second = _affine(7), _affine(7)
-    x = RNG.normal(size=(4, 7))
-    np.testing.assert_allclose(first.then(second).apply(x), second.apply(first.apply(x)),
-                               **EXACT)
-    assert ChannelAffine.identity(3).is_identity() and not first.is_identity()
-    with pytest.raises(FoldRejected, match="7 channels, the op 4"):
-        _affine(4).then(first)
+    np.testing.assert_allclose(_apply(batch_norm_affine(gamma, beta, mean, var, 1e-5), x),
+                               expected, **EXACT)
 
 
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no_bias"])
@@ -73,8 +56,9 @@ def test_matmul_consumer(with_bias: bool) -> None:
     affine, w = _affine(8), RNG.normal(size=(8, 5))
     c = RNG.normal(size=5) if with_bias else None
     x = RNG.normal(size=(2, 3, 8))
-    folded = fold_into_matmul(affine, w, c)
-    expected = affine.apply(x) @ w + (c if with_bias else 0)
+    folded = fold_matmul_reader(w, c, row_scale=affine[0], shift=affine[1])
+    assert folded.weight is not None and folded.bias is not None
+    expected = _apply(affine, x) @ w + (c if with_bias else 0)
     np.testing.assert_allclose(x @ folded.weight + folded.bias, expected, **EXACT)
     assert folded.max_abs_weight_before == pytest.approx(np.abs(w).max())
     assert folded.max_abs_weight_after == pytest.approx(np.abs(folded.weight).max())
@@ -86,22 +70,22 @@ def test_gemm_consumer(trans_b: bool) -> None:
     w = RNG.normal(size=(4, 6) if trans_b else (6, 4))
     c = RNG.normal(size=4)
     x = RNG.normal(size=(3, 6))
-    folded = fold_into_gemm(affine, w, c, trans_b=trans_b)
+    new_b, new_c, _, _ = fold_gemm_reader(w, c, *affine, trans_b=trans_b, alpha=1.0, beta=1.0)
 
     def gemm(a, b, bias):
         return a @ (b.T if trans_b else b) + bias
 
-    np.testing.assert_allclose(gemm(x, folded.weight, folded.bias), gemm(affine.apply(x), w, c),
-                               **EXACT)
+    np.testing.assert_allclose(gemm(x, new_b, new_c), gemm(_apply(affine, x), w, c), **EXACT)
 
 
 def test_float32_weights_stay_float32_within_tolerance() -> None:
     affine, w, c = _affine(64), RNG.normal(size=(64, 32)).astype(np.float32), \
         RNG.normal(size=32).astype(np.float32)
     x = RNG.normal(size=(10, 64)).astype(np.float32)
-    folded = fold_into_matmul(affine, w, c)
+    folded = fold_matmul_reader(w, c, row_scale=affine[0], shift=affine[1])
+    assert folded.weight is not None and folded.bias is not None
     assert folded.weight.dtype == np.float32 and folded.bias.dtype == np.float32
-    expected = affine.apply(x.astype(np.float64)) @ w.astype(np.float64) + c
+    expected = _apply(affine, x.astype(np.float64)) @ w.astype(np.float64) + c
     actual = x @ folded.weight + folded.bias
     scale = np.abs(expected).max()
     assert np.abs(actual - expected).max() <= 1e-5 * scale, "fp32 fold error beyond 1e-5 of scale"
@@ -110,22 +94,23 @@ def test_float32_weights_stay_float32_within_tolerance() -> None:
 def test_matmul_producer_and_divided_residual_branch() -> None:
     affine, w, c = _affine(5), RNG.normal(size=(7, 5)), RNG.normal(size=5)
     x = RNG.normal(size=(3, 7))
-    produced = fold_into_producer(affine, w, c, output_axis=1)
-    np.testing.assert_allclose(x @ produced.weight + produced.bias, affine.apply(x @ w + c),
+    produced = fold_into_producer(w, c, *affine, output_axis=1)
+    np.testing.assert_allclose(x @ produced.weight + produced.bias, _apply(affine, x @ w + c),
                                **EXACT)
     # rule 5: stream p carries a pending affine; the branch joining it is divided by a
     # (rule 2 with the affine 1/a, as the residual rule asks the branch's producer)
     p = RNG.normal(size=(3, 5))
-    divided = fold_into_producer(ChannelAffine(1.0 / affine.scale, np.zeros(5)), w, c, 1)
-    np.testing.assert_allclose(affine.apply(p + x @ divided.weight + divided.bias),
-                               affine.apply(p) + (x @ w + c), **EXACT)
+    divided = fold_into_producer(w, c, 1.0 / affine[0], np.zeros(5), 1)
+    np.testing.assert_allclose(_apply(affine, p + x @ divided.weight + divided.bias),
+                               _apply(affine, p) + (x @ w + c), **EXACT)
 
 
 def test_fold_making_fp16_weights_non_finite_is_refused() -> None:
-    affine = ChannelAffine(np.full(4, 1e5), np.zeros(4))
     w = np.ones((4, 2), dtype=np.float16)
     with pytest.raises(FoldRejected, match="non-finite in float16"):
-        fold_into_matmul(affine, w)
+        fold_matmul_reader(w, None, row_scale=np.full(4, 1e5), shift=None)
+    with pytest.raises(FoldRejected, match="non-finite in float16"):
+        fold_into_producer(w, None, np.full(2, 1e5), np.zeros(2), output_axis=1)
 
 
 def _conv(x, w, b, pads: int, group: int = 1) -> np.ndarray:
@@ -137,38 +122,39 @@ def _conv(x, w, b, pads: int, group: int = 1) -> np.ndarray:
 def test_conv_producer() -> None:
     affine, w, c = _affine(6), RNG.normal(size=(6, 3, 2, 2)), RNG.normal(size=6)
     x = RNG.normal(size=(2, 3, 8, 8))
-    folded = fold_into_producer(affine, w, c, output_axis=0)
+    folded = fold_into_producer(w, c, *affine, output_axis=0)
     np.testing.assert_allclose(_conv(x, folded.weight, folded.bias, 0),
-                               affine.apply(_conv(x, w, c, 0), axis=1), **EXACT)
+                               _apply(affine, _conv(x, w, c, 0), axis=1), **EXACT)
 
 
-@pytest.mark.parametrize("pads,group", [(0, 1), (1, 1), (0, 2), (1, 2)],
-                         ids=["no_pad", "pad1", "no_pad_groups2", "pad1_groups2"])
-def test_conv_consumer(pads: int, group: int) -> None:
+@pytest.mark.parametrize("group", [1, 2], ids=["groups1", "groups2"])
+def test_conv_consumer(group: int) -> None:
     affine = _affine(4)
     w, c = RNG.normal(size=(6, 4 // group, 3, 3)), RNG.normal(size=6)
     x = RNG.normal(size=(2, 4, 7, 7))
-    folded = fold_into_conv_consumer(affine, w, c, zero_padding=pads == 0, group=group)
-    expected = _conv(affine.apply(x, axis=1), w, c, pads, group)
-    if pads == 0:
-        assert folded.input_shift is None, "no padding: the shift folds into the bias"
-        shifted = x
-    else:
-        assert folded.input_shift is not None, "with padding the shift must stay before the Conv"
-        shifted = x + folded.input_shift.reshape(1, -1, 1, 1)
-    np.testing.assert_allclose(_conv(shifted, folded.weight, folded.bias, pads, group), expected,
+    folded = fold_into_conv_consumer(w, c, *affine, group=group)
+    np.testing.assert_allclose(_conv(x, folded.weight, folded.bias, 0, group),
+                               _conv(_apply(affine, x, axis=1), w, c, 0, group), **EXACT)
+
+
+@pytest.mark.parametrize("group", [1, 2], ids=["groups1", "groups2"])
+def test_a_padded_conv_takes_the_scale_and_keeps_the_shift_over_the_scale_before_it(
+        group: int) -> None:
+    """Rule 7 with padding, as transfer/conv.py does it: the weights take a (zero shift
+    passed), an Add of b⊘a stays before the Conv; exact at the borders."""
+    scale, shift = _affine(4)
+    w, c = RNG.normal(size=(6, 4 // group, 3, 3)), RNG.normal(size=6)
+    x = RNG.normal(size=(2, 4, 7, 7))
+    folded = fold_into_conv_consumer(w, c, scale, np.zeros(4), group=group)
+    before = x + (shift / scale).reshape(1, -1, 1, 1)
+    np.testing.assert_allclose(_conv(before, folded.weight, folded.bias, 1, group),
+                               _conv(_apply((scale, shift), x, axis=1), w, c, 1, group),
                                **EXACT)
-
-
-def test_conv_consumer_with_padding_refuses_a_zero_scale() -> None:
-    affine = ChannelAffine(np.array([1.0, 0.0]), np.array([0.5, 0.5]))
-    with pytest.raises(FoldRejected, match="pads its input"):
-        fold_into_conv_consumer(affine, RNG.normal(size=(3, 2, 3, 3)), None, zero_padding=False)
 
 
 def test_channel_mismatch_is_named() -> None:
     with pytest.raises(FoldRejected, match="the affine has 3 channels, the op 5"):
-        fold_into_matmul(_affine(3), RNG.normal(size=(5, 2)))
+        fold_into_producer(RNG.normal(size=(2, 5)), None, *_affine(3), output_axis=1)
 
 
 # --- the dataflow pass's broadcast affines and the layout functions that move them ---------

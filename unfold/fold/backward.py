@@ -22,13 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unfold.fold.algebra import (
-    Affine,
-    ChannelAffine,
-    FoldRejected,
-    broadcasts_within,
-    fold_into_producer,
-)
+from unfold.fold.algebra import Affine, FoldRejected, broadcasts_within, fold_into_producer
 from unfold.fold.flow import Carried, Context, Rewrite, Rule, named
 
 if TYPE_CHECKING:
@@ -230,8 +224,7 @@ def into_producer(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool,
         bias = ctx.constant(node.inputs[2]) if layout.has_bias_slot else None
         assert weight is not None
         try:
-            folded = fold_into_producer(ChannelAffine(scale, use_shift), weight, bias,
-                                        layout.weight_axis)
+            folded = fold_into_producer(weight, bias, scale, use_shift, layout.weight_axis)
         except FoldRejected as rejected:
             raise deep(f"folding into {what}: {rejected.reason}") from None
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from unfold.fold.algebra import (
     Affine,
-    ChannelAffine,
     affine_of_step,
+    batch_norm_affine,
     broadcasts_within,
     inverse_permutation,
     reshape_constant,
@@ -125,12 +125,12 @@ def _batch_norm_site(node: gs.Node) -> Site | None:
     if len(values) != 4 or any(v is None for v in values) or shape is None or len(shape) < 2:
         return None
     gamma, beta, mean, var = (np.asarray(v, dtype=np.float64).reshape(-1) for v in values)
-    channel = ChannelAffine.from_batch_norm(gamma, beta, mean, var,
-                                            float(node.attrs.get("epsilon", 1e-5)))
+    scale, shift = batch_norm_affine(gamma, beta, mean, var,
+                                     float(node.attrs.get("epsilon", 1e-5)))
     per_axis = (1, -1) + (1,) * (len(shape) - 2)
     return Site([node], node.inputs[0], node.outputs[0],
-                Affine(channel.scale.reshape(per_axis), channel.shift.reshape(per_axis)),
-                BATCH_NORM, np.asarray(values[0]).dtype, channel.channels)
+                Affine(scale.reshape(per_axis), shift.reshape(per_axis)),
+                BATCH_NORM, np.asarray(values[0]).dtype, int(scale.shape[0]))
 
 
 def find_affine_sites(graph: gs.Graph) -> list[Site]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unfold.fold.algebra import Affine, ChannelAffine, FoldRejected, fold_into_conv_consumer
+from unfold.fold.algebra import Affine, FoldRejected, fold_into_conv_consumer
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
 from unfold.fold.flow import (
     Carried,
@@ -84,8 +84,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if not ctx.dry:
         try:
             into = shift if into_bias and shift is not None else np.zeros(channels)
-            folded = fold_into_conv_consumer(ChannelAffine(scale, into), weight, bias,
-                                             zero_padding=True, group=group)
+            folded = fold_into_conv_consumer(weight, bias, scale, into, group=group)
         except FoldRejected as rejected:
             return Stop(rejected.reason)
     leaves = None
