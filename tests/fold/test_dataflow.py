@@ -319,3 +319,26 @@ def test_a_scale_stopped_after_a_constant_mul_goes_into_that_constant() -> None:
     assert_same_outputs(m, folded, _x())
     _, second = fold_model(folded)
     assert second.ops_after == report.ops_after, "a second fold finds nothing more to do"
+
+
+def test_the_decision_prices_the_fold_the_rewrite_does() -> None:
+    """The producer cannot take this norm (its weights would overflow float32), a consumer
+    can. The decision must know that when it decides, not find out in the rewrite: it once
+    priced the producer fold from shapes alone, found it refused only while rewriting, and left
+    the norm where it was, with no reader chosen to take it."""
+    nodes = [N("Gemm", ["x", "W1", "c1"], ["h"], name="producer"), *[
+        N("Mul", ["h", "norm.scale"], ["scaled"], name="norm_mul"),
+        N("Add", ["scaled", "norm.shift"], ["normed"], name="norm_add")],
+        N("MatMul", ["normed", "W2"], ["mm"], name="consumer"),
+        N("Add", ["mm", "c"], ["y"], name="consumer_bias")]
+    inits = [const("W1", np.full((C, C), 1e10)), const("c1", RNG.normal(size=C)),
+             const("W2", RNG.normal(size=(C, 3)) * 1e-10), const("c", RNG.normal(size=3)),
+             const("norm.scale", RNG.uniform(0.5, 1.5, C) * 1e30),
+             const("norm.shift", RNG.normal(size=C))]
+    m = model(nodes, inits, {"x": ["N", C]}, {"y": ["N", 3]})
+    folded, report = fold_model(m)
+    (site,) = report.sites
+    assert site.status == "folded" and site.absorbed_by == ["consumer"], site
+    assert report.ops_after == {"Gemm": 1, "MatMul": 1, "Add": 1}, dict(report.ops_after)
+    x = (RNG.normal(size=(2, C)) * 1e-20).astype(np.float32)
+    assert_same_outputs(m, folded, {"x": x})

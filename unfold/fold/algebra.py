@@ -212,6 +212,12 @@ class Affine:
     def is_identity(self) -> bool:
         return not self.has_scale and not self.has_shift
 
+    def finite_in(self, dtype: np.dtype) -> bool:
+        """Both constants hold in `dtype` (what materializing it would write)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return all(bool(np.all(np.isfinite(v.astype(dtype)))) for v in (self.scale,
+                                                                             self.shift))
+
     def ops(self) -> int:
         """Nodes it takes to materialize: a Mul when it scales, an Add when it shifts."""
         return int(self.has_scale) + int(self.has_shift)
@@ -510,8 +516,7 @@ def fold_matmul_reader(weight: np.ndarray, bias: np.ndarray | None, *,
     changed = shift is not None or bias_divisor is not None
     total = None if bias is None or not changed else np.asarray(bias, dtype=np.float64)
     if shift is not None:
-        full = np.broadcast_to(shift, shift.shape[:-1] + (w.shape[0],))
-        term = full @ w
+        term = shift_through_weight(weight, shift)
         total = term if total is None else total + term
     if total is not None and bias_divisor is not None:
         if np.any(np.abs(bias_divisor) < MIN_ABS_SCALE):
@@ -527,6 +532,13 @@ def fold_matmul_reader(weight: np.ndarray, bias: np.ndarray | None, *,
     return MatMulFold(out_weight if new_weight is not None else None,
                       out_bias if total is not None else None, _max_abs(weight),
                       _max_abs(out_weight))
+
+
+def shift_through_weight(weight: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """b @ W in float64, b broadcast against the MatMul's input (its last dim 1 or K): what a
+    bias-less linear passes on of the shift."""
+    w = weight.astype(np.float64)
+    return np.broadcast_to(shift, shift.shape[:-1] + (w.shape[0],)) @ w
 
 
 def fold_gemm_reader(weight: np.ndarray, c: np.ndarray | None, scale: np.ndarray,
@@ -548,6 +560,16 @@ def fold_gemm_reader(weight: np.ndarray, c: np.ndarray | None, scale: np.ndarray
     new_b, new_c = _finish(folded.T if trans_b else folded, total, weight,
                            np.zeros(1, dtype=c_dtype), "folding into the Gemm")
     return new_b, new_c, _max_abs(weight), _max_abs(new_b)
+
+
+def fold_into_table(table: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> FoldedLinear:
+    """Rule 6, an embedding table T (V, C) whose rows are looked up: s⊙T + b, computed into
+    `table` itself (a copy the caller owns). Its `bias` is unused (empty)."""
+    before = _max_abs(table)
+    value = rows_affine(table, scale, shift, in_place=True)
+    if value is None:
+        raise FoldRejected(f"it would not be finite in {table.dtype}")
+    return FoldedLinear(value, np.empty(0), before, _max_abs(value))
 
 
 ROWS_PER_STEP_ELEMENTS = 1 << 20  # rows_affine's working set: a few MiB of float64 at a time

@@ -218,18 +218,14 @@ def into_producer(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool,
     if want_shift and affine.has_shift and shift is None:
         raise deep(f"the shift varies along more than the channels of {what}")
     use_shift = shift if takes_shift and shift is not None else np.zeros(channels)
-    folded = None
-    if not ctx.dry:
-        weight = ctx.constant(node.inputs[1])
-        bias = ctx.constant(node.inputs[2]) if layout.has_bias_slot else None
-        assert weight is not None
-        try:
-            folded = fold_into_producer(weight, bias, scale, use_shift, layout.weight_axis)
-        except FoldRejected as rejected:
-            raise deep(f"folding into {what}: {rejected.reason}") from None
+    try:
+        folded = ctx.computed(fold_into_producer, (node.inputs[1], node.inputs[2]
+                                                   if layout.has_bias_slot else None),
+                              scale, use_shift, layout.weight_axis)
+    except FoldRejected as rejected:
+        raise deep(f"folding into {what}: {rejected.reason}") from None
 
     def act(rw: Rewrite) -> None:
-        assert folded is not None
         rw.replace_input(node, 1, folded.weight,
                          weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
         if layout.has_bias_slot:

@@ -203,6 +203,7 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     chosen, because = _decide(order, unit_of, plans, pend, passes_alone, ctx)
     log = _Log(site_ops={s.name: len(s.nodes) for s in sites})
     _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
+    ctx.forget_computed()  # (the new weights are the graph's now)
     return FoldResult(_reports(sites, log), envelopes)
 
 
@@ -213,7 +214,6 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
     """Plans for every node a pending reaches (a site's under its first node), the pending on
     every tensor, as if every edge carried it, and where pendings meet (a residual Add of
     two), the inputs whose pending would pass that node alone at no cost (a pure shift)."""
-    ctx.dry = True
     plans: dict[int, Move | Stop] = {}
     pend: dict[str, Carried] = {}
     passes_alone: set[Edge] = set()
@@ -251,7 +251,6 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                     # read the pending's carrier)
                     ctx.forward_to(name, plan.carrier_tensor)  # type: ignore[arg-type]
                     ctx.dead.update(id(n) for n in plan.deletes)
-    ctx.dry = False
     ctx.forget_forwards()  # the rewrite changes the graph itself
     return plans, pend, passes_alone
 

@@ -15,13 +15,14 @@ the rewrite pass, which calls `apply`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+import hashlib
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
-from unfold.fold.algebra import Affine
+from unfold.fold.algebra import Affine, FoldRejected
 from unfold.fold.graph import SHAPE_READERS, Names, constant_value
 
 if TYPE_CHECKING:
@@ -168,6 +169,9 @@ def domain_of(node: gs.Node) -> str:
     return "" if domain == "ai.onnx" else domain
 
 
+T = TypeVar("T")
+
+
 class Context:
     """What transfer functions may look at: the graph (unchanged while they plan), its outputs,
     the handlers of its ops, the rules to skip and the bound on carried scales."""
@@ -177,9 +181,8 @@ class Context:
                  handlers: Mapping[tuple[str, str], Handler] | None = None) -> None:
         self.graph = graph
         self.handlers = handlers or {}
-        # True while the analysis estimates costs: plans then skip the heavy arithmetic (new
-        # weights, finiteness), which the rewrite pass does once, right before it applies them
-        self.dry = False
+        # the arithmetic plans did, by what it read (see `computed`)
+        self._computed: dict[tuple, tuple[tuple[gs.Tensor | None, ...], Any]] = {}
         # the rewrite pass's carriers, by name: the original tensor each stands for (whose
         # readers still count: those not yet rewired read the original)
         self.stands_for: dict[str, gs.Tensor] = {}
@@ -225,6 +228,34 @@ class Context:
         value = self.constant(tensor)
         return None if value is None else value.copy()
 
+    def computed(self, compute: Callable[..., T], constants: Sequence[gs.Tensor | None],
+                 *args: Any, private: bool = False, **kwargs: Any) -> T:
+        """compute(the values of `constants` (None stays None), *args, **kwargs), done once per
+        those constant tensors and arguments: the analysis, which prices a fold by it (and
+        stops where it raises FoldRejected), and the rewrite, which applies it, get the same
+        result. A constant the rewrite has replaced since is another tensor, so a second fold
+        into one weight computes afresh from its new values. `private`: the values are copies
+        nothing else holds (compute may change them in place)."""
+        key = (compute, tuple(id(t) for t in constants), _fingerprint(args),
+               _fingerprint(sorted(kwargs.items())))
+        entry = self._computed.get(key)
+        if entry is not None and all(a is b for a, b in zip(entry[0], constants, strict=True)):
+            result = entry[1]
+        else:
+            read = self.private_constant if private else self.constant
+            values = [None if t is None else read(t) for t in constants]
+            try:
+                result = compute(*values, *args, **kwargs)
+            except FoldRejected as rejected:
+                result = rejected
+            self._computed[key] = (tuple(constants), result)
+        if isinstance(result, FoldRejected):
+            raise result
+        return result
+
+    def forget_computed(self) -> None:
+        self._computed.clear()
+
     def constant_shape(self, tensor: gs.Tensor) -> tuple[int, ...] | None:
         """A constant's shape without reading its values (a 90 MB embedding table's analysis
         needs only that); None for a variable."""
@@ -234,6 +265,10 @@ class Context:
             return tuple(int(d) for d in tensor.shape)
         value = self.constant(tensor)  # a Constant node's (small) value
         return None if value is None else tuple(value.shape)
+
+    def tensor(self, name: str) -> gs.Tensor:
+        """The original graph's tensor of that name."""
+        return self._tensors[name]
 
     def is_output(self, tensor: gs.Tensor) -> bool:
         return tensor.name in self.graph_outputs
@@ -287,6 +322,16 @@ class Context:
     def producer(self, tensor: gs.Tensor) -> gs.Node | None:
         tensor = self.resolve(tensor)
         return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+def _fingerprint(value: Any) -> Any:
+    """A hashable stand-in for arguments holding arrays (by dtype, shape and a digest)."""
+    if isinstance(value, np.ndarray):
+        data = np.ascontiguousarray(value)
+        return ("array", data.dtype.str, data.shape, hashlib.sha1(data.tobytes()).hexdigest())
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    return value
 
 
 def ints(node: gs.Node, attr: str, input_index: int, ctx: Context) -> list[int] | None:

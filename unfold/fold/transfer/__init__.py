@@ -5,7 +5,8 @@ with an affine asked of its output from below (`back`, for backward.py's walk). 
 handler in one module, and its test.
 
 The dispatchers are here: `plan_node(node, pendings, ctx)` hands the node to its op's handler
-(the one place `--skip` is applied forward: a Move whose sub-rule is skipped becomes a Stop);
+(the one place `--skip` is applied forward: a Move whose sub-rule is skipped becomes a Stop, as
+does one that would leave an affine its tensor's type cannot hold);
 backward.py's walk reaches `back` through `Context.handler` (and skips there, `Walk.use`). Norm
 sites are not ops: the driver hands them to `plan_site`, which skips the same way.
 """
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from unfold.fold import backward
-from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rule, Stop
+from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rule, Stop, dtype_of
 from unfold.fold.graph import SHAPE_READERS
 from unfold.fold.transfer import (
     activation,
@@ -80,17 +81,24 @@ def rule_ops(name: str) -> list[str]:
                    if any(r.name == name for r in h.rules_of(op))})
 
 
-def _skipped(plan: Move | Stop, ctx: Context) -> Move | Stop:
+def _checked(plan: Move | Stop, ctx: Context) -> Move | Stop:
+    """What every plan passes before it counts: none of its sub-rules is skipped, and every
+    affine it leaves pending holds in its tensor's type (one that would not could never be
+    materialized: a composition of two huge scales)."""
     if isinstance(plan, Move):
         for rule in (plan.rule, *plan.uses):
             if rule in ctx.skip:
                 return Stop(f"rule '{rule}' is skipped")
+        for name, pending in plan.outputs.items():
+            dtype = dtype_of(ctx.tensor(name))
+            if isinstance(pending, Pending) and not pending.affine.finite_in(dtype):
+                return Stop(f"the affine it would leave on '{name}' is not finite in {dtype}")
     return plan
 
 
 def plan_site(site: Site, incoming: Carried | None, ctx: Context) -> Move | Stop:
     """A norm site's plan (transfer/norm.py), its sub-rule skipped here as any op's."""
-    return _skipped(norm.plan_site(site, incoming, ctx), ctx)
+    return _checked(norm.plan_site(site, incoming, ctx), ctx)
 
 
 def plan_node(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> Move | Stop:
@@ -117,13 +125,13 @@ def plan_node(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> M
 def _plan(node: gs.Node, pendings: Mapping[int, Carried], ctx: Context) -> Move | Stop:
     affines = {slot: p for slot, p in pendings.items() if isinstance(p, Pending)}
     if len(affines) != len(pendings):  # attention's own kind, whatever the op
-        return _skipped(attention.carry_invariant(node, pendings, ctx), ctx)
+        return _checked(attention.carry_invariant(node, pendings, ctx), ctx)
     handler = ctx.handler(node)
     plan = handler.prep(node, affines, ctx) if handler is not None and \
         handler.prep is not None else None
     if plan is None:
         return Stop(f"{node.op} does not commute with a per-channel affine")
-    return _skipped(plan, ctx)
+    return _checked(plan, ctx)
 
 
 __all__ = ["HANDLERS", "RULES", "Handler", "Rule", "plan_node", "plan_site", "rule_ops"]

@@ -58,13 +58,12 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         return None
     pending = pendings[0]
     affine = pending.affine
-    weight = ctx.constant(node.inputs[1])
+    weight = ctx.constant_shape(node.inputs[1])  # (its values: ctx.computed, once)
     has_bias = len(node.inputs) > 2 and bool(node.inputs[2].name)
-    bias = ctx.constant(node.inputs[2]) if has_bias else None
-    if weight is None or (has_bias and bias is None):
+    if weight is None or (has_bias and ctx.constant_shape(node.inputs[2]) is None):
         return Stop("its weight or bias is not constant")
     group = int(node.attrs.get("group", 1))
-    channels = weight.shape[1] * group
+    channels = weight[1] * group
     scale = affine.scale_vector(1, channels)
     shift = affine.shift_vector(1, channels)
     if scale is None:
@@ -80,13 +79,13 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if affine.has_shift and not into_bias and np.any(np.abs(scale) < MIN_ABS_SCALE):
         return Stop("the shift stays before it and the scale is ~0 on some channel: the shift "
                     "cannot move past the scale exactly")
-    folded = None
-    if not ctx.dry:
-        try:
-            into = shift if into_bias and shift is not None else np.zeros(channels)
-            folded = fold_into_conv_consumer(weight, bias, scale, into, group=group)
-        except FoldRejected as rejected:
-            return Stop(rejected.reason)
+    into = shift if into_bias and shift is not None else np.zeros(channels)
+    try:
+        folded = ctx.computed(fold_into_conv_consumer,
+                              (node.inputs[1], node.inputs[2] if has_bias else None),
+                              scale, into, group=group)
+    except FoldRejected as rejected:
+        return Stop(rejected.reason)
     leaves = None
     if affine.has_shift and not into_bias:
         why = "pads its input" if not zero_padding else "reads a shift that varies over positions"
@@ -95,7 +94,6 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     stays = Affine.shift_only(affine.shift / affine.scale) if leaves else None
 
     def apply(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
-        assert folded is not None
         rw.replace_input(node, 1, folded.weight,
                          weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
         if has_bias:

@@ -31,11 +31,11 @@ from unfold.fold.algebra import (
     broadcasts_within,
     fold_gemm_reader,
     fold_matmul_reader,
+    shift_through_weight,
 )
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
 from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rewrite, Rule, Stop, named
 from unfold.fold.transfer import attention
-from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -66,14 +66,14 @@ def _bias_add(matmul: gs.Node, ctx: Context) -> tuple[gs.Node, int, np.ndarray] 
 
 
 def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
-    weight = ctx.constant(node.inputs[1])
+    weight = ctx.constant_shape(node.inputs[1])  # (its values: ctx.computed, once)
     if weight is None:
         return None  # two variables: attention's business
-    if weight.ndim != 2:
-        return Stop(f"its weight is not 2-D ({weight.ndim}-D)")
+    if len(weight) != 2:
+        return Stop(f"its weight is not 2-D ({len(weight)}-D)")
     affine = pending.affine
     rank = affine.rank
-    scale = affine.scale_vector(rank - 1, weight.shape[0])
+    scale = affine.scale_vector(rank - 1, weight[0])
     if scale is not None:  # varies along the contraction axis only (or not at all)
         rule, left = CONSUMER, None
     elif affine.scale.shape[-1] == 1:  # constant along the contraction axis: it commutes
@@ -84,28 +84,25 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
     c = bias[2] if bias is not None else None
     shift = affine.shift if affine.has_shift else None
     divisor = left.scale if left is not None and left.has_scale and c is not None else None
-    folded = None
-    if not ctx.dry:
-        try:
-            folded = fold_matmul_reader(weight, c, row_scale=scale, shift=shift,
-                                        bias_divisor=divisor)
-        except FoldRejected as rejected:
-            return Stop(rejected.reason)
-    elif divisor is not None and np.any(np.abs(divisor) < MIN_ABS_SCALE):
-        return Stop("the scale is ~0 on some channel: the bias cannot be divided by it")
+    try:
+        folded = ctx.computed(fold_matmul_reader,
+                              (node.inputs[1], bias[0].inputs[bias[1]] if bias else None),
+                              row_scale=scale, shift=shift if bias else None,
+                              bias_divisor=divisor)
+    except FoldRejected as rejected:
+        return Stop(rejected.reason)
     outputs: dict[str, Pending] = {}
     if bias is not None:
         if left is not None and not left.is_identity():
             outputs[bias[0].outputs[0].name] = pending.then(left)
     else:  # no bias: what b @ W adds rides on the MatMul's output as a pending shift
-        term = (np.broadcast_to(affine.shift, affine.shift.shape[:-1] + (weight.shape[0],))
-                @ weight.astype(np.float64)) if shift is not None else np.zeros(1)
+        term = ctx.computed(shift_through_weight, (node.inputs[1],), shift) \
+            if shift is not None else np.zeros(1)
         after = Affine(left.scale if left is not None else np.ones((1,) * rank), term)
         if not after.is_identity():
             outputs[node.outputs[0].name] = pending.then(after)
 
     def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        assert folded is not None
         if folded.weight is not None:
             rw.replace_input(node, 1, folded.weight, weights=(folded.max_abs_weight_before,
                                                               folded.max_abs_weight_after))
@@ -119,14 +116,14 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
 
 
 def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
-    weight = ctx.constant(node.inputs[1])
+    weight = ctx.constant_shape(node.inputs[1])  # (its values: ctx.computed, once)
     if weight is None:
         return Stop("its B is not constant")
     if node.attrs.get("transA", 0):
         return Stop("it transposes its input (transA)")
     affine = pending.affine
     trans_b = bool(node.attrs.get("transB", 0))
-    k = weight.shape[1] if trans_b else weight.shape[0]
+    k = weight[1] if trans_b else weight[0]
     scale, shift = affine.scale_vector(1, k), affine.shift_vector(1, k)
     if scale is None or shift is None:
         return Stop("its affine varies along more than the contraction axis")
@@ -135,16 +132,13 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
     c = ctx.constant(node.inputs[2]) if has_c else None
     if has_c and c is None:
         return Stop("its C is not constant")
-    folded = None
-    if not ctx.dry:
-        try:
-            folded = fold_gemm_reader(weight, c, scale, shift, trans_b=trans_b, alpha=alpha,
-                                      beta=beta)
-        except FoldRejected as rejected:
-            return Stop(rejected.reason)
+    try:
+        folded = ctx.computed(fold_gemm_reader, (node.inputs[1], node.inputs[2] if has_c else None),
+                              scale, shift, trans_b=trans_b, alpha=alpha, beta=beta)
+    except FoldRejected as rejected:
+        return Stop(rejected.reason)
 
     def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        assert folded is not None
         new_b, new_c, before, after = folded
         rw.replace_input(node, 1, new_b, weights=(before, after))
         if c is not None and beta != 0.0:

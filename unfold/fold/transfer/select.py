@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from unfold.fold.algebra import Affine, gather_constant, max_abs, rows_affine, slice_constant
+from unfold.fold.algebra import (
+    Affine,
+    FoldRejected,
+    fold_into_table,
+    gather_constant,
+    slice_constant,
+)
 from unfold.fold.backward import EMBEDDING, EMBEDDING_RULE, Refused, Walk, deep
 from unfold.fold.flow import Context, Handler, Move, Pending, Rewrite, Rule, Stop, named, quoted
 from unfold.fold.transfer._common import ints, moved, too_big
@@ -157,19 +163,15 @@ def _into_table(node: gs.Node, shape: tuple[int, ...], affine: Affine, walk: Wal
     if scale is None or shift is None:
         raise deep(f"the affine varies along more than the channels of {what}")
     use_shift = shift if want_shift else np.zeros(channels)
-    value, before = None, 0.0
-    if not ctx.dry:
-        table = ctx.private_constant(node.inputs[0])
-        assert table is not None
-        before = max_abs(table)
-        value = rows_affine(table, scale, use_shift, in_place=True)
-        del table
-        if value is None:
-            raise deep(f"the table of {what} would not be finite in {node.inputs[0].dtype}")
+    try:  # (a private copy of the table, changed in place: one table's memory, not three)
+        folded = ctx.computed(fold_into_table, (node.inputs[0],), scale, use_shift,
+                              private=True)
+    except FoldRejected as rejected:
+        raise deep(f"the table of {what}: {rejected.reason}") from None
 
     def act(rw: Rewrite) -> None:
-        assert value is not None
-        rw.replace_input(node, 0, value, weights=(before, max_abs(value)))
+        rw.replace_input(node, 0, folded.weight, weights=(folded.max_abs_weight_before,
+                                                          folded.max_abs_weight_after))
 
     walk.plan.actions.append(act)
     walk.plan.absorbed_by.append(node.name)
