@@ -30,7 +30,14 @@ import onnx_graphsurgeon as gs
 from unfold.fold.algebra import Affine
 from unfold.fold.cleanup import layout_envelope
 from unfold.fold.flow import Carried, Context, Move, Pending, Stop, dtype_of, named
-from unfold.fold.graph import SHAPE_READERS, Names, is_floating, redirect_readers, replace_weight
+from unfold.fold.graph import (
+    SHAPE_READERS,
+    Names,
+    constant_operand,
+    is_floating,
+    redirect_readers,
+    replace_weight,
+)
 from unfold.fold.report import SiteReport
 from unfold.fold.sites import BATCH_NORM, Site, find_affine_sites
 from unfold.fold.transfer import HANDLERS, plan_node, plan_site
@@ -109,32 +116,13 @@ class _Rewriter:
             node.inputs.append(constant)
 
     def _scale_into_producer(self, source: gs.Tensor, scale: np.ndarray) -> bool:
-        """Where `source` is a Mul by a constant that only this materialization reads (DyT's
-        tanh(α·x), a constant Mul before an activation), the scale goes into that constant,
-        s⊙(x·c) = x·(c⊙s): one Mul fewer than a Mul of its own (which a second fold would
-        otherwise compose). False, touching nothing, anywhere else."""
-        if len(source.inputs) != 1 or len(source.outputs) != 1 or self.ctx.is_output(source):
+        """The scale into the constant of the Mul making `source` (`_scale_taker`); False,
+        touching nothing, where there is none."""
+        taker = _scale_taker(source, scale, self.ctx)
+        if taker is None:
             return False
-        producer = source.inputs[0]
-        if producer.op != "Mul" or len(producer.inputs) != 2 or \
-                id(producer) in self.ctx.site_nodes:
-            return False
-        values = [self.ctx.constant(t) for t in producer.inputs]
-        if (values[0] is None) == (values[1] is None):
-            return False
-        slot = 0 if values[0] is not None else 1
-        value = values[slot]
-        assert value is not None
-        if not is_floating(value.dtype):
-            return False
-        merged = np.asarray(value, np.float64) * np.asarray(scale, np.float64)
-        shape = self.ctx.shape(source)
-        if shape is None or merged.ndim > len(shape) or any(
-                m != 1 and m != d for m, d in zip(merged.shape[::-1], shape[::-1], strict=False)):
-            return False  # it would broadcast the product beyond the tensor's own shape
-        if not np.all(np.isfinite(merged)):
-            return False
-        self.replace_input(producer, slot, merged.astype(value.dtype))
+        producer, slot, merged = taker
+        self.replace_input(producer, slot, merged)
         return True
 
     def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype, base: str,
@@ -262,30 +250,44 @@ def _gone(pending: Carried) -> bool:
     return isinstance(pending, Pending) and pending.affine.is_identity()
 
 
+def _scale_taker(source: gs.Tensor, scale: np.ndarray, ctx: Context
+                 ) -> tuple[gs.Node, int, np.ndarray] | None:
+    """Where `source` is a Mul by a constant that only a materialization on it reads (DyT's
+    tanh(α·x), a constant Mul before an activation), the scale goes into that constant,
+    s⊙(x·c) = x·(c⊙s): one Mul fewer than a Mul of its own (which a second fold would otherwise
+    compose). (the Mul, its constant's slot, the new constant); None anywhere else. The
+    decision prices a materialization by it and the rewrite does what it says."""
+    if len(source.inputs) != 1 or len(source.outputs) != 1 or ctx.is_output(source):
+        return None
+    producer = source.inputs[0]
+    if producer.op != "Mul" or id(producer) in ctx.site_nodes:
+        return None
+    operand = constant_operand(producer)
+    if operand is None or not is_floating(operand[1].dtype):
+        return None
+    slot, value = operand
+    merged = np.asarray(value, np.float64) * np.asarray(scale, np.float64)
+    shape = ctx.shape(source)
+    if shape is None or merged.ndim > len(shape) or any(
+            m != 1 and m != d for m, d in zip(merged.shape[::-1], shape[::-1], strict=False)):
+        return None  # it would broadcast the product beyond the tensor's own shape
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = merged.astype(value.dtype)
+    return (producer, slot, cast) if np.all(np.isfinite(cast)) else None
+
+
 def _materialize_cost(tensor: gs.Tensor, pending: Carried, ctx: Context) -> float:
     """The ops materializing `pending` on `tensor` adds: its Mul (none where the tensor comes
-    from a constant Mul that takes the scale, _Rewriter._scale_into_producer) and its Add; a
+    from a constant Mul that takes the scale, `_scale_taker`) and its Add; a
     Mul counts a little more than an Add, so that of two ways with as many ops the one that
     leaves Adds (what DESIGN's minima are: a shift with no bias to go into) wins."""
     if not isinstance(pending, Pending):  # a per-query constant can never be materialized
         return math.inf
     affine = pending.affine
-    scale = float(affine.has_scale) * (0.0 if _constant_mul_takes_scale(tensor, ctx)
-                                       else 1.0 + MUL_PREMIUM)
+    scale = float(affine.has_scale) * (
+        0.0 if _scale_taker(tensor, affine.scale, ctx) is not None else 1.0 + MUL_PREMIUM)
     ops = scale + float(affine.has_shift)
     return ops - OUTPUT_DISCOUNT if ctx.is_output(tensor) and ops else ops
-
-
-def _constant_mul_takes_scale(tensor: gs.Tensor, ctx: Context) -> bool:
-    """Whether `tensor` is a Mul by a constant that only its one reader reads (see
-    _Rewriter._scale_into_producer, which decides for good with the values)."""
-    if len(tensor.inputs) != 1 or len(tensor.outputs) != 1 or ctx.is_output(tensor):
-        return False
-    producer = tensor.inputs[0]
-    if producer.op != "Mul" or len(producer.inputs) != 2 or id(producer) in ctx.site_nodes:
-        return False
-    constants = [ctx.constant_shape(t) is not None for t in producer.inputs]
-    return constants[0] != constants[1]
 
 
 def _decide(order: list[gs.Node], unit_of: dict[int, int], plans: dict[int, Move | Stop],

@@ -29,6 +29,20 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def constant_operand(node: gs.Node) -> tuple[int, np.ndarray] | None:
+    """(slot, value) of the one constant operand of a two-input node (a Mul by a constant, a
+    bias Add); None where it has not exactly one. Every "is it an op by a constant" asks this."""
+    if len(node.inputs) != 2:
+        return None
+    values = [constant_value(t) for t in node.inputs]
+    if (values[0] is None) == (values[1] is None):
+        return None
+    slot = 0 if values[0] is not None else 1
+    value = values[slot]
+    assert value is not None
+    return slot, value
+
+
 def replace_weight(node: gs.Node, slot: int, value: np.ndarray, names: Names) -> None:
     """node.inputs[slot] = a new constant holding `value`, named after the one it replaces.
     The replaced constant lets its values go when no node reads it any more: onnx-graphsurgeon

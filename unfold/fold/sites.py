@@ -31,7 +31,7 @@ from unfold.fold.algebra import (
     reshape_constant,
     transpose_constant,
 )
-from unfold.fold.graph import constant_value, is_floating, undoes
+from unfold.fold.graph import constant_operand, constant_value, is_floating, undoes
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -91,16 +91,13 @@ class _AxisStep:
 
 
 def _axis_step(node: gs.Node) -> _AxisStep | None:
-    if node.op not in ELEMENTWISE or len(node.inputs) != 2 or len(node.outputs) != 1:
+    if node.op not in ELEMENTWISE or len(node.outputs) != 1:
         return None
-    first, second = node.inputs
-    first_value, second_value = constant_value(first), constant_value(second)
-    if (first_value is None) == (second_value is None):
+    operand = constant_operand(node)
+    if operand is None:
         return None
-    const_first = first_value is not None
-    data = second if const_first else first
-    value = first_value if const_first else second_value
-    assert value is not None
+    const_first = operand[0] == 0
+    data, value = node.inputs[1 - operand[0]], operand[1]
     shape = getattr(data, "shape", None)
     if shape is None or not is_floating(value.dtype) or value.ndim > len(shape):
         return None
@@ -206,16 +203,14 @@ def _carrier_term(v: gs.Tensor, x: gs.Tensor, add: gs.Node, rank: int,
     if v is x:
         return None, np.ones((1,) * rank)
     mul = _single_producer(v)
-    if mul is None or mul.op != "Mul" or len(mul.inputs) != 2 or \
-            not _read_only_by(v, add, graph_outputs):
+    if mul is None or mul.op != "Mul" or not _read_only_by(v, add, graph_outputs):
         return None
-    for slot in (0, 1):
-        k = constant_value(mul.inputs[slot])
-        if mul.inputs[1 - slot] is x and k is not None and k.ndim <= rank:
-            aligned = np.asarray(k, dtype=np.float64).reshape((1,) * (rank - k.ndim) + k.shape)
-            if broadcasts_within(aligned, getattr(x, "shape", None)):
-                return mul, aligned
-    return None
+    operand = constant_operand(mul)
+    if operand is None or mul.inputs[1 - operand[0]] is not x or operand[1].ndim > rank:
+        return None
+    k = operand[1]
+    aligned = np.asarray(k, dtype=np.float64).reshape((1,) * (rank - k.ndim) + k.shape)
+    return (mul, aligned) if broadcasts_within(aligned, getattr(x, "shape", None)) else None
 
 
 def _same_layout_of(v: gs.Tensor, after: gs.Node, source: gs.Tensor) -> gs.Tensor | None:

@@ -23,6 +23,7 @@ import numpy as np
 from unfold.fold.algebra import Affine
 from unfold.fold.backward import Refused, Walk, replace_constant
 from unfold.fold.flow import Context, Handler, Move, Pending, Stop, named
+from unfold.fold.graph import constant_operand
 from unfold.fold.transfer import constant_op, gate, residual
 
 if TYPE_CHECKING:
@@ -33,10 +34,11 @@ OPS = frozenset({"Add", "Sub", "Mul", "Div"})
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    if len(node.inputs) != 2:
+    if len(node.inputs) != 2 or len(pendings) > 2:
         return None
-    if any(ctx.constant(t) is not None for t in node.inputs):
-        return constant_op.prep(node, pendings, ctx)
+    operand = constant_operand(node)
+    if operand is not None:
+        return constant_op.prep(node, pendings, operand, ctx)
     if node.op in ("Add", "Sub"):
         return residual.prep(node, pendings, ctx)
     return gate.prep(node, pendings, ctx)
@@ -51,15 +53,14 @@ def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
 
 
 def _through_mul(node: gs.Node, affine: Affine, walk: Walk) -> bool:
-    ctx = walk.ctx
-    for slot in (0, 1):
-        k = ctx.constant(node.inputs[slot])
-        if k is not None:  # A(x⊙k) = x⊙(s⊙k) + b: the constant takes the scale only
-            replace_constant(node, slot, Affine(affine.scale, np.zeros(1)), k, walk.plan,
-                             shift=False, bound=ctx.shape(node.outputs[0]))
-            walk.plan.path.append(f"into the constant of {named(node)}")
-            return False
-    raise Refused(f"{named(node)} multiplies two variables")
+    operand = constant_operand(node)
+    if operand is None:
+        raise Refused(f"{named(node)} multiplies two variables")
+    slot, k = operand  # A(x⊙k) = x⊙(s⊙k) + b: the constant takes the scale only
+    replace_constant(node, slot, Affine(affine.scale, np.zeros(1)), k, walk.plan, shift=False,
+                     bound=walk.ctx.shape(node.outputs[0]))
+    walk.plan.path.append(f"into the constant of {named(node)}")
+    return False
 
 
 def _through_add(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
@@ -68,10 +69,9 @@ def _through_add(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) ->
     ctx = walk.ctx
     sign = -1.0 if node.op == "Sub" else 1.0
     scale_only = Affine(affine.scale, np.zeros(1))
-    for slot in (0, 1):
-        c = ctx.constant(node.inputs[slot])
-        if c is None:
-            continue
+    operand = constant_operand(node)
+    if operand is not None:
+        slot, c = operand
         data = node.inputs[1 - slot]
         # A(x + c) = s⊙x + (s⊙c + b); A(x − c) = s⊙x − (s⊙c − b); A(c − x) = (s⊙c + b) − s⊙x
         const_affine = Affine(affine.scale, affine.shift * (sign if slot == 1 else 1.0))

@@ -33,15 +33,13 @@ RULE = Rule(NAME, "transfer",
 
 
 
-def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
-    if len(pendings) != 1 or len(node.inputs) != 2:
-        return None
+def prep(node: gs.Node, pendings: dict[int, Pending], operand: tuple[int, np.ndarray],
+         ctx: Context) -> Move | Stop | None:
+    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div): `operand` is the
+    slot and value of the node's constant operand."""
     (slot,) = pendings
     pending = pendings[slot]
-    constant = ctx.constant(node.inputs[1 - slot])
-    if constant is None:
-        return None  # two variables: the residual rule's business
+    constant = operand[1]
     affine = pending.affine
     rank = affine.rank
     c = np.asarray(constant, dtype=np.float64)

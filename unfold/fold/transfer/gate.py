@@ -21,13 +21,11 @@ RULE = Rule(NAME, "transfer",
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
-    if len(pendings) != 1 or len(node.inputs) != 2:
+    """This sub-rule's part of arithmetic's handler: a Mul or Div of two variables."""
+    if len(pendings) != 1:
         return None
     (slot,) = pendings
     pending = pendings[slot]
-    if ctx.constant(node.inputs[1 - slot]) is not None:
-        return None
     if node.inputs[0] is node.inputs[1]:
         return Stop("it multiplies the tensor by itself")
     affine = pending.affine

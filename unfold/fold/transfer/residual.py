@@ -33,6 +33,7 @@ from unfold.fold.flow import (
     merged,
     named,
 )
+from unfold.fold.graph import constant_operand
 from unfold.numerics import MIN_ABS_SCALE
 
 if TYPE_CHECKING:
@@ -53,16 +54,14 @@ def _same_carrier_term(other: gs.Tensor, pending: Pending, ctx: Context) -> np.n
     if other is source:
         return np.ones((1,) * pending.affine.rank)
     producer = ctx.producer(other)
-    if producer is None or producer.op != "Mul" or len(producer.inputs) != 2:
+    if producer is None or producer.op != "Mul":
         return None
-    for slot in (0, 1):
-        if producer.inputs[1 - slot] is source:
-            k = ctx.constant(producer.inputs[slot])
-            if k is not None:
-                rank = pending.affine.rank
-                k = np.asarray(k, dtype=np.float64)
-                return k.reshape((1,) * (rank - k.ndim) + k.shape) if k.ndim <= rank else None
-    return None
+    operand = constant_operand(producer)
+    if operand is None or producer.inputs[1 - operand[0]] is not source:
+        return None
+    rank = pending.affine.rank
+    k = np.asarray(operand[1], dtype=np.float64)
+    return k.reshape((1,) * (rank - k.ndim) + k.shape) if k.ndim <= rank else None
 
 
 def _rescale_carrier(node: gs.Node, slot: int, pending: Pending, affine: Affine,
@@ -84,9 +83,7 @@ def _bound_exceeded(affine: Affine, ctx: Context) -> bool:
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:
-    """This sub-rule's part of arithmetic's handler (Add, Sub, Mul, Div)."""
-    if len(node.inputs) != 2 or any(ctx.constant(t) is not None for t in node.inputs):
-        return None
+    """This sub-rule's part of arithmetic's handler: an Add or Sub of two variables."""
     sign = -1.0 if node.op == "Sub" else 1.0
     out = node.outputs[0].name
     if len(pendings) == 2:
