@@ -172,7 +172,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
         checked against the input model with that type's tolerances on a CPU engine that runs
         it (ONNX Runtime for fp16, OpenVINO for bf16), after the fp32 fold's own check; fp16
         bounds the stream as --fp16 does (max_scale 64) unless max_scale is given"""
-    from unfold.engines.ort import OrtRunner
+    from unfold.engines import runner_for
     from unfold.fold import fold_parts
 
     check_paths(model=model, out=out)
@@ -222,7 +222,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
             user = (f"{REAL_INPUTS} {Path(inputs.npz).name}", load_npz(inputs.npz, specs))
         batches = make_batches(specs, seed=seed, user=user)
         say(f"running {model} on {len(batches)} batches (the reference) ...")
-        reference = OrtRunner(model)  # from the file: its external data as it lies
+        reference = runner_for(model, "ort")  # from the file: its external data as it lies
         try:
             outputs = [reference.run(f) for _, f in batches]
         except UnfoldError as exc:
@@ -253,7 +253,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
         if verify:
             assert recorded is not None
             say(f"verifying the folded model against {model.name} ...")
-            candidate = OrtRunner(staged.path)
+            candidate = runner_for(staged.path, "ort")
             verification = run_verification(recorded, candidate, batches, atol=atol,
                                             rtol=_fold_rtol(rtol, first_outputs))
             del candidate

@@ -4,9 +4,10 @@
     folded_parts, report = unfold.fold.fold_parts(unfold.onnx_files.load_onnx_parts(path))
 
 Imports onnx, onnx-graphsurgeon and numpy only, never torch, and those only when a fold is
-asked for: `transfer/` holds one module per op family, its transfer function or sink (the
-registry, RULES, in `transfer/__init__.py`, which `unfold rules` lists without loading onnx);
-`dataflow.py` the pass; `algebra.py` the maths of every step.
+asked for: `transfer/` holds one module per op family with its ops' handler, forward and
+backward (the registry, HANDLERS, one per op, and the sub-rules, RULES, in
+`transfer/__init__.py`, which `unfold rules` lists without loading onnx); `dataflow.py` the
+pass; `algebra.py` the maths of every step.
 """
 
 from __future__ import annotations

@@ -2,16 +2,20 @@
 nodes in topological order, each linear in the graph:
 
 1. analysis, forward: every norm site starts (or composes into) a pending affine; each node a
-   pending reaches is planned by its op family's transfer function (`transfer.plan_node`):
-   it carries the affine to its outputs, absorbs it, or stops it. Nothing changes yet.
+   pending reaches is planned by its op's handler (`transfer.plan_node`):
+   it carries the affine to its outputs, absorbs it, or stops it, with the new constants it
+   would write (`Context.computed`: a fold that would overflow a weight stops here). Nothing
+   changes yet.
 2. decision, backward: for every tensor with a pending, each consumer edge is decided on its
    own from what the plans downstream would cost, counted in ops added: an edge that ends
    absorbed costs 0; one that stops needs the affine materialized (one Mul, one Add, shared by
    every edge that needs it; at a graph output a little less, as DESIGN allows it there). An
    edge is carried on only where that costs less than materializing.
-3. rewrite, forward: the chosen moves are planned again on the graph as it now is (with their
-   arithmetic this time) and applied; every pending whose original tensor is still read, or is
-   a graph output, is materialized from its carrier, once.
+3. rewrite, forward: the chosen moves are planned again on the graph as it now is (the edges
+   the decision cut change what reaches a node; the carriers are real tensors now) and
+   applied, their constants the very arrays the analysis computed unless a constant they read
+   was replaced since; every pending whose original tensor is still read, or is a graph
+   output, is materialized from its carrier, once.
 
 The report is built from what the rewrite did: per site, where its affine went (`path`), what
 absorbed it, and for what stayed, the reader that needed the true values and why.

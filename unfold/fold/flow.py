@@ -173,7 +173,7 @@ T = TypeVar("T")
 
 
 class Context:
-    """What transfer functions may look at: the graph (unchanged while they plan), its outputs,
+    """What handlers may look at: the graph (unchanged while they plan), its outputs,
     the handlers of its ops, the rules to skip and the bound on carried scales."""
 
     def __init__(self, graph: gs.Graph, *, skip: Collection[str] = (),

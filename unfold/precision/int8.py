@@ -129,7 +129,7 @@ def quantize_file(model: str | Path, out: str | Path, *, calibrate: str | Path |
     of the model's inputs) or on `random_calibration` random batches, checked against
     `model` on the calibration inputs, and written to `out` only where every output's cosine
     reaches `min_cosine`. `report.agrees` says whether it did."""
-    from unfold.engines.ort import OrtRunner
+    from unfold.engines import runner_for
     from unfold.inputs import Inputs
 
     _check(model, out, calibrate, random_calibration, min_cosine, batch_size)
@@ -164,7 +164,8 @@ def quantize_file(model: str | Path, out: str | Path, *, calibrate: str | Path |
         report.ops = {op: sum(n.op_type == op for n in graph.node)
                       for op in ("QuantizeLinear", "DequantizeLinear")}
         say("checking the INT8 model against the fp32 model ...")
-        report.agreement = agreement(OrtRunner(model), OrtRunner(quantized), batches)
+        report.agreement = agreement(runner_for(model, "ort"), runner_for(quantized, "ort"),
+                                     batches)
         if report.agrees:
             publish_file(quantized, target, force=force)
             report.written = target

@@ -1,4 +1,4 @@
-"""What the transfer functions share: the one-input pass-through move, the size guard, and
+"""What the handlers share: the one-input pass-through move, the size guard, and
 (from flow) reading an op's integer arguments."""
 
 from __future__ import annotations
