@@ -92,6 +92,8 @@ def render(report: FoldReport) -> None:
     stdout.print(ops)
     for sentence in report.unreached:
         stdout.print(f"not reached: {sentence}")
+    for sentence in report.replanned:  # (an inefficiency of the fold, never a wrong number)
+        stdout.print(f"the rewrite could not do what was decided: {sentence}")
     stdout.print(f"{len(report.folded)} of {len(report.sites)} offline sites folded, "
                  f"{len(report.left)} left, {len(report.online)} online norms")
 

@@ -342,3 +342,24 @@ def test_the_decision_prices_the_fold_the_rewrite_does() -> None:
     assert report.ops_after == {"Gemm": 1, "MatMul": 1, "Add": 1}, dict(report.ops_after)
     x = (RNG.normal(size=(2, C)) * 1e-20).astype(np.float32)
     assert_same_outputs(m, folded, {"x": x})
+
+
+def test_a_move_the_rewrite_cannot_make_is_reported() -> None:
+    """The report says where the rewrite, given what the decision planned with, could not do
+    what the decision priced (none is expected: the twin and zoo checks assert that); another
+    way found instead is no loss and is not reported."""
+    from onnx_graphsurgeon import Node
+
+    from unfold.fold.dataflow import _compare, _Log
+    from unfold.fold.flow import Move, Stop
+
+    log = _Log()
+    fc = Node("MatMul", "fc")
+    _compare(fc, Move("consumer-linear", "", (0,)), Stop("its weight is not 2-D"), log)
+    _compare(fc, Move("producer", "", ()), Move("start", "", ()), log)
+    _compare(fc, Move("compose", "", (0,)), Move("producer", "", (0,)), log)
+    _compare(fc, Stop("x"), Move("layout", "", (0,)), log)
+    assert log.replanned == [
+        "MatMul 'fc': decided by rule 'consumer-linear', rewritten by a stop (its weight is "
+        "not 2-D)",
+        "MatMul 'fc': decided by rule 'producer', rewritten by rule 'start'"]

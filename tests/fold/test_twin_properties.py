@@ -10,7 +10,8 @@ identity; both are exported by the same torch.onnx exporter and folded by the sa
 2. the folded op counts equal the folded twin's, except for at most one Mul and one Add per
    graph output (a pending affine materialized there) and the documented minima of
    `twin_graphs.minimum` (where no exact fold exists, each with its reason);
-3. folding the folded model again changes nothing (same ops, same weights, same outputs).
+3. folding the folded model again changes nothing (same ops, same weights, same outputs);
+4. the rewrite made every move the decision priced (`FoldReport.replanned` is empty).
 
 `test_option` runs one description per option (`twin_graphs.OPTIONS`), so a failure names the
 shape; the property tests draw any mix of them (25 fixed examples in the normal suite, 400
@@ -147,6 +148,9 @@ def check(spec: Spec, exporter: str = "legacy") -> None:
     else:
         failures += [f"(3) the second fold changed {d}" for d in
                      _output_differences(got, _run(twice, feeds), 1e-6)]
+
+    # 4. the rewrite made every move the decision priced
+    failures += [f"(4) replanned: {r}" for r in report.replanned]
     assert not failures, f"{spec.describe()} [{exporter}]:\n  " + "\n  ".join(failures)
 
 

@@ -37,7 +37,7 @@ from tests.zoo.harness import ZooCase, ZooResult, _run, export, outputs_error, r
 from unfold.fold import fold_model
 
 TOLERANCE = 1e-5  # of each output's largest |value|, fp32
-CHECKS = ("export", "outputs", "ops", "missing", "left")
+CHECKS = ("export", "outputs", "ops", "missing", "left", "replanned")
 
 
 
@@ -199,6 +199,10 @@ def assert_check(check: str, zoo: ZooCheck) -> None:
             f"{zoo.case.name} [{zoo.exporter}]: {len(left)} sites left (documented "
             f"{zoo.documented_left}: {zoo.case.why_extra or '-'}): {left}; online norms: "
             f"{report.online}")
+    elif check == "replanned":
+        assert not report.replanned, (
+            f"{zoo.case.name} [{zoo.exporter}]: the rewrite could not make what the decision "
+            f"priced: {report.replanned}")
     else:
         raise ValueError(f"unknown check {check!r}; valid: {', '.join(CHECKS)}")
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.cleanup import layout_envelope
 from unfold.fold.flow import Carried, Context, Move, Pending, Stop, dtype_of, named
@@ -67,6 +68,8 @@ class _Log:
     scale_range: dict[str, tuple[float, float]] = field(default_factory=dict)
     refused: dict[str, list[str]] = field(default_factory=dict)
     site_ops: dict[str, int] = field(default_factory=dict)  # each site's own node count
+    # where the rewrite, given the inputs the analysis planned with, planned otherwise
+    replanned: list[str] = field(default_factory=list)
 
     def add(self, table: dict[str, list[str]], site: str, text: str) -> None:
         if text and text not in table.setdefault(site, []):
@@ -176,6 +179,8 @@ class FoldResult:
     # per site (by name), the layout ops around it that exist for it alone (cleanup.py's
     # layout_envelope): the tidy-up after the pass must remove them with the site
     envelopes: dict[str, list[gs.Node]] = field(default_factory=dict)
+    # where the rewrite planned otherwise than the decision had (FoldReport.replanned)
+    replanned: list[str] = field(default_factory=list)
 
 
 def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
@@ -183,9 +188,9 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     """Fold every offline norm site of `graph` (in place); the graph needs cleanup after."""
     graph.toposort()
     order = list(graph.nodes)
-    ctx = Context(graph, skip=skip, max_scale=max_scale, handlers=HANDLERS)
     sites = find_affine_sites(graph)
-    ctx.site_nodes = {id(n) for s in sites for n in s.nodes}
+    ctx = Context(graph, skip=skip, max_scale=max_scale, handlers=HANDLERS,
+                  site_nodes=[n for s in sites for n in s.nodes])
     envelopes = {s.name: envelope for s in sites
                  if (envelope := layout_envelope(s.input, s.output, ctx.graph_outputs))}
     site_at = {id(s.nodes[0]): s for s in sites}
@@ -194,9 +199,9 @@ def fold_graph(graph: gs.Graph, names: Names, *, skip: Collection[str] = (),
     unit_of = {id(n): id(s.nodes[0]) for s in sites for n in s.nodes}
     chosen, because = _decide(order, unit_of, plans, pend, passes_alone, ctx)
     log = _Log(site_ops={s.name: len(s.nodes) for s in sites})
-    _rewrite(order, site_at, inside, chosen, because, ctx, names, log)
+    _rewrite(order, site_at, inside, chosen, because, ctx, names, log, plans, pend)
     ctx.forget_computed()  # (the new weights are the graph's now)
-    return FoldResult(_reports(sites, log), envelopes)
+    return FoldResult(_reports(sites, log), envelopes, log.replanned)
 
 
 # --- 1. analysis ------------------------------------------------------------------------------
@@ -241,8 +246,8 @@ def _analyse(order: list[gs.Node], site_at: dict[int, Site], inside: set[int], c
                     # gone back into its producer (its shift too, or carried on): its input
                     # is its output's carrier now (a composed norm is not: what reads it will
                     # read the pending's carrier)
-                    ctx.forward_to(name, plan.carrier_tensor)  # type: ignore[arg-type]
-                    ctx.dead.update(id(n) for n in plan.deletes)
+                    assert plan.carrier_tensor is not None
+                    ctx.gone_back(name, plan.carrier_tensor, plan.deletes)
     ctx.forget_forwards()  # the rewrite changes the graph itself
     return plans, pend, passes_alone
 
@@ -372,7 +377,8 @@ def _declined(plan: Move | None, slot: int) -> str:
 
 def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
              chosen: dict[Edge, bool], because: dict[Edge, str], ctx: Context,
-             names: Names, log: _Log) -> None:
+             names: Names, log: _Log, plans: dict[int, Move | Stop],
+             pend: dict[str, Carried]) -> None:
     graph = ctx.graph
     rw = _Rewriter(ctx, names, log)
     tensors = graph.tensors()
@@ -399,6 +405,10 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
             arrived = arrived_at(node)
             incoming = arrived.get(site.slot)
             plan = plan_site(site, incoming, ctx)
+            analysed = plans.get(id(node))
+            if analysed is not None and (incoming is not None) == (
+                    isinstance(analysed, Stop) or bool(analysed.consumes)):
+                _compare(node, analysed, plan, log)
             if isinstance(plan, Stop):
                 assert incoming is not None
                 stops[(site.current_input().name, id(node))] = \
@@ -419,6 +429,10 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
         if not arrived:
             continue
         plan = plan_node(node, arrived, ctx)
+        analysed = plans.get(id(node))
+        if analysed is not None and set(arrived) == {
+                slot for slot, t in enumerate(node.inputs) if t.name in pend}:
+            _compare(node, analysed, plan, log)
         if isinstance(plan, Stop):
             for slot in arrived:
                 stops[(node.inputs[slot].name, id(node))] = \
@@ -430,6 +444,25 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
                     _declined(plan, slot)
         _execute(node, plan, arrived, actual, tensors, rw, log)
     _materialize_what_is_read(actual, tensors, stops, ctx, rw, log)
+
+
+def _compare(node: gs.Node, analysed: Move | Stop, rewritten: Move | Stop, log: _Log) -> None:
+    """Note where the rewrite, given the inputs the decision planned with, cannot do what the
+    decision priced: a move that became a stop, a norm priced as gone back into its producer
+    or tables that did not (the graph as rewritten, its real carriers, showed what the analysis
+    could not see). Another move found instead (a producer the real carrier reaches) is no
+    loss and is not noted."""
+    if not isinstance(analysed, Move):
+        return
+    backward_rules = (backward.PRODUCER, backward.EMBEDDING)
+    if isinstance(rewritten, Stop):
+        found = f"a stop ({rewritten.reason})"
+    elif analysed.rule in backward_rules and rewritten.rule not in backward_rules:
+        found = f"rule '{rewritten.rule}'"
+    else:
+        return
+    log.replanned.append(f"{named(node)}: decided by rule '{analysed.rule}', rewritten by "
+                         f"{found}")
 
 
 def _stays(site: Site, plan: Move, chosen: dict[Edge, bool], ctx: Context) -> bool:
@@ -491,7 +524,7 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Carried],
             producer = original.inputs[0]
             fresh = gs.Variable(rw.names.new(name), dtype=original.dtype, shape=original.shape)
             producer.outputs[producer.outputs.index(original)] = fresh
-            rw.ctx.stands_for[fresh.name] = original
+            rw.ctx.stand_in(fresh, original)
             actual[name] = replace(pending, carrier=fresh)
             rw.ctx.carry(name, fresh)
     if primary is None:

@@ -173,14 +173,20 @@ T = TypeVar("T")
 
 
 class Context:
-    """What handlers may look at: the graph (unchanged while they plan), its outputs,
-    the handlers of its ops, the rules to skip and the bound on carried scales."""
+    """What handlers may look at: the graph (unchanged while they plan), its outputs, the
+    nodes of its norm sites, the handlers of its ops, the rules to skip and the bound on
+    carried scales; and the graph as the pass leaves it. The driver tells it what the pass has
+    done so far through three methods only (`gone_back` in the analysis, `stand_in` and
+    `carry` in the rewrite), so that its questions (`resolve`, `producer`, `value_readers`,
+    `read_only_by`) are answered for the graph as it will be, not as it was."""
 
     def __init__(self, graph: gs.Graph, *, skip: Collection[str] = (),
                  max_scale: float | None = None,
-                 handlers: Mapping[tuple[str, str], Handler] | None = None) -> None:
+                 handlers: Mapping[tuple[str, str], Handler] | None = None,
+                 site_nodes: Collection[gs.Node] = ()) -> None:
         self.graph = graph
         self.handlers = handlers or {}
+        self.site_nodes = frozenset(id(n) for n in site_nodes)  # every norm site's nodes
         # the arithmetic plans did, by what it read (see `computed`)
         self._computed: dict[tuple, tuple[tuple[gs.Tensor | None, ...], Any]] = {}
         # the rewrite pass's carriers, by name: the original tensor each stands for (whose
@@ -193,7 +199,6 @@ class Context:
         self.forward: dict[str, gs.Tensor] = {}
         self._forwarded_into: dict[str, list[str]] = {}
         self._tensors = graph.tensors()
-        self.site_nodes: set[int] = set()  # the nodes of every norm site (set by the driver)
         # the rewrite pass's pendings by carrier: carrier name -> the original tensors whose
         # values are an affine of it (their readers read the carrier too, through the pending)
         self._carried: dict[str, set[str]] = {}
@@ -278,10 +283,17 @@ class Context:
             tensor = self.forward[tensor.name]
         return tensor
 
-    def forward_to(self, name: str, target: gs.Tensor) -> None:
-        """(analysis) the tensor `name` will simply be `target`."""
+    def gone_back(self, name: str, target: gs.Tensor, nodes: Collection[gs.Node]) -> None:
+        """(analysis) a norm's `nodes` will have gone back into its producer: its output, the
+        tensor `name`, will simply be `target` (its input)."""
         self.forward[name] = target
         self._forwarded_into.setdefault(target.name, []).append(name)
+        self.dead.update(id(n) for n in nodes)
+
+    def stand_in(self, carrier: gs.Tensor, original: gs.Tensor) -> None:
+        """(rewrite) a fresh `carrier` now computes in place of the tensor `original` (whose
+        readers still count: those not yet rewired read the original)."""
+        self.stands_for[carrier.name] = original
 
     def value_readers(self, tensor: gs.Tensor) -> list[gs.Node]:
         readers = [n for n in tensor.outputs if n.op not in SHAPE_READERS and

@@ -192,7 +192,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
             gc.collect()
         shapeless = shapeless_scales(graph)
         result = fold_graph(graph, Names(graph), skip=skip, max_scale=max_scale)
-        sites = result.reports
+        sites, replanned = result.reports, result.replanned
         graph.cleanup().toposort()
         online = find_online_norms(graph)
         tidy_layout(graph)
@@ -214,7 +214,7 @@ def fold_parts(parts: ModelParts, *, skip: Collection[str] = (),
         site.module = modules.get(site.name)
     for norm in online:
         norm.module = modules.get(norm.name)
-    return folded, FoldReport(sites, original_ops, ops_after, online, unreached)
+    return folded, FoldReport(sites, original_ops, ops_after, online, unreached, replanned)
 
 
 def _report_only(parts: ModelParts, reason: str, ops: Counter[str],

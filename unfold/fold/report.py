@@ -72,6 +72,9 @@ class FoldReport:
     # what the fold did not reach (coverage.py): a quantized or bfloat16 model, norms inside
     # subgraphs or model-local functions; each a sentence
     unreached: list[str] = field(default_factory=list)
+    # where the rewrite, given the inputs the decision planned with, planned another way (what
+    # the decision could not see of the graph as rewritten); each a sentence, none expected
+    replanned: list[str] = field(default_factory=list)
 
     @property
     def folded(self) -> list[SiteReport]:
@@ -98,6 +101,7 @@ class FoldReport:
             "sites": [asdict(s) for s in self.sites],
             "online": [asdict(o) for o in self.online],
             "unreached": list(self.unreached),
+            "replanned": list(self.replanned),
             "ops_before": dict(sorted(self.ops_before.items())),
             "ops_after": dict(sorted(self.ops_after.items())),
             "folded": len(self.folded), "left": len(self.left), "kept": len(self.kept),
