@@ -16,14 +16,14 @@ the graph.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unfold.fold.algebra import Affine, FoldRejected, broadcasts_within, fold_into_producer
-from unfold.fold.flow import Carried, Context, Rewrite, Rule, named
+from unfold.fold.flow import Context, Fill, Replace, Rule, Write, named
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -36,23 +36,17 @@ EMBEDDING_RULE = Rule(EMBEDDING, "backward", "a⊙(T[ids] + P) + b = (a⊙T + b)
                       frozenset({"Gather"}))
 MAX_STEPS = 48
 
-Action = Callable[[Rewrite], None]
-
-
 @dataclass
 class Request:
-    """The plan: `actions` change constants in the rewrite pass; `takes_shift` False when only
-    the scale found a place; `rule` the last sink's sub-rule (producer or embedding)."""
+    """The plan: `writes`, the constants the rewrite pass changes (computed here);
+    `takes_shift` False when only the scale found a place; `rule` the last sink's sub-rule
+    (producer or embedding)."""
 
-    actions: list[Action] = field(default_factory=list)
+    writes: list[Write] = field(default_factory=list)
     absorbed_by: list[str] = field(default_factory=list)
     path: list[str] = field(default_factory=list)
     takes_shift: bool = True
     rule: str = PRODUCER
-
-    def apply(self, rw: Rewrite, _: Mapping[int, Carried] | None = None) -> None:
-        for action in self.actions:
-            action(rw)
 
     @property
     def event(self) -> str:
@@ -111,7 +105,7 @@ class Walk:
         return Walk(self.ctx, Request(rule=self.plan.rule), self.steps)
 
     def adopt(self, trial: Walk) -> None:
-        self.plan.actions += trial.plan.actions
+        self.plan.writes += trial.plan.writes
         self.plan.absorbed_by += trial.plan.absorbed_by
         self.plan.path += trial.plan.path
         self.plan.rule = trial.plan.rule
@@ -180,13 +174,8 @@ def replace_constant(node: gs.Node, slot: int, affine: Affine, value: np.ndarray
     new = full * affine.scale + (affine.shift if shift else 0.0)
     if new.shape != full.shape and not (bound is not None and broadcasts_within(new, bound)):
         raise Refused("the affine would broadcast a constant to a larger shape")
-    dtype = value.dtype
     final = new.reshape(value.shape) if new.size == value.size else new
-
-    def act(rw: Rewrite) -> None:
-        rw.replace_input(node, slot, final.astype(dtype))
-
-    plan.actions.append(act)
+    plan.writes.append(Replace(node, slot, final.astype(value.dtype)))
 
 
 @dataclass(frozen=True)
@@ -225,15 +214,12 @@ def into_producer(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool,
     except FoldRejected as rejected:
         raise deep(f"folding into {what}: {rejected.reason}") from None
 
-    def act(rw: Rewrite) -> None:
-        rw.replace_input(node, 1, folded.weight,
-                         weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
-        if layout.has_bias_slot:
-            rw.replace_input(node, 2, folded.bias)
-        elif layout.can_add_bias and (takes_shift or np.any(folded.bias != 0)):
-            rw.set_input(node, 2, folded.bias, f"{node.name}_bias")
-
-    walk.plan.actions.append(act)
+    walk.plan.writes.append(Replace(node, 1, folded.weight, (folded.max_abs_weight_before,
+                                                             folded.max_abs_weight_after)))
+    if layout.has_bias_slot:
+        walk.plan.writes.append(Replace(node, 2, folded.bias))
+    elif layout.can_add_bias and (takes_shift or np.any(folded.bias != 0)):
+        walk.plan.writes.append(Fill(node, 2, folded.bias, f"{node.name}_bias"))
     walk.plan.absorbed_by.append(node.name)
     walk.plan.path.append(f"folded into its producer {what}")
     return takes_shift

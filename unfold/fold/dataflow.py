@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -34,7 +34,18 @@ import onnx_graphsurgeon as gs
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.cleanup import layout_envelope
-from unfold.fold.flow import Carried, Context, Move, Pending, Stop, dtype_of, named
+from unfold.fold.flow import (
+    Carried,
+    Context,
+    Fill,
+    Move,
+    Pending,
+    Replace,
+    Stop,
+    Write,
+    dtype_of,
+    named,
+)
 from unfold.fold.graph import (
     SHAPE_READERS,
     Names,
@@ -77,7 +88,7 @@ class _Log:
 
 
 class _Rewriter:
-    """Implements flow.Rewrite for the moves' `apply`."""
+    """Applies the plans' writes (flow.Replace, Fill, Before), and materializes pendings."""
 
     def __init__(self, ctx: Context, names: Names, log: _Log) -> None:
         self.ctx, self.graph, self.names, self.log = ctx, ctx.graph, names, log
@@ -86,10 +97,18 @@ class _Rewriter:
         self._shared: set[int] = set()  # constants seen with several readers
         self.actual: dict[str, Carried] = {}  # the pendings placed so far (the rewrite's)
 
-    def retarget(self, name: str, carrier: gs.Tensor) -> None:
-        """The pending on `name` rides on `carrier` from now on (a re-scaled stream)."""
-        self.actual[name] = replace(self.actual[name], carrier=carrier)
-        self.ctx.carry(name, carrier)
+    def write(self, change: Write, arrived: Mapping[int, Carried]) -> None:
+        """Apply one of a plan's writes; `arrived`: the pendings that reached its node."""
+        if isinstance(change, Replace):
+            self.replace_input(change.node, change.slot, change.value, change.weights)
+        elif isinstance(change, Fill):
+            self.set_input(change.node, change.slot, change.value, change.base)
+            change.node.attrs.update(change.attrs)
+        else:
+            carrier = arrived[change.slot].carrier
+            assert carrier is not None
+            change.node.inputs[change.slot] = self.materialize(
+                carrier, change.affine, dtype_of(carrier), base=change.base)
 
     def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
                       weights: tuple[float, float] | None = None) -> None:
@@ -530,8 +549,8 @@ def _execute(node: gs.Node, plan: Move, arrived: dict[int, Carried],
     if primary is None:
         return
     rw.site = primary
-    if plan.apply is not None:
-        plan.apply(rw, arrived)
+    for change in plan.writes:
+        rw.write(change, arrived)
     rw.site = None
     log.add(log.path, primary, plan.event)
     for absorber in plan.absorbed_by:

@@ -7,10 +7,10 @@ in its place (the input of a norm that has gone, or an op that now reads carrier
 Attention's `PerQueryConstant` is the other kind of thing carried: the carrier plus an unknown
 per-query constant, which only a softmax removes. A handler's `prep` looks at one node whose
 inputs carry pendings and returns either a `Move` (the node is rewired to read the carriers, its
-outputs carry these pendings, and `apply` changes whatever constants must change: a sink's
-weights, a bias, a Concat's constant part) or a `Stop` (the node needs the true values: the
-pending is materialized for it, one Mul and one Add). Plans are pure: the graph changes only in
-the rewrite pass, which calls `apply`.
+outputs carry these pendings, and its `writes` are what changes: a sink's weights, a bias, a
+Concat's constant part, each value computed when the plan was made) or a `Stop` (the node needs
+the true values: the pending is materialized for it, one Mul and one Add). Plans are data: the
+graph changes only in the rewrite pass, which applies their writes and nothing else.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from unfold.fold.algebra import Affine, FoldRejected
-from unfold.fold.graph import SHAPE_READERS, Names, constant_value
+from unfold.fold.graph import SHAPE_READERS, constant_value
 
 if TYPE_CHECKING:
     import onnx_graphsurgeon as gs
@@ -100,7 +100,7 @@ class Move:
     deletes: tuple[gs.Node, ...] = ()
     carrier_slot: int | None = None
     carrier_tensor: gs.Tensor | None = None
-    apply: Callable[[Rewrite, Mapping[int, Carried]], None] | None = None
+    writes: tuple[Write, ...] = ()  # what the rewrite changes (constants, a Mul before it)
     absorbed_by: tuple[str, ...] = ()
     leaves: str | None = None  # what of the affine stays behind (reported, status partial)
     refused: str | None = None  # why a sink nearby could not take it (reported if it stays)
@@ -110,6 +110,45 @@ class Move:
     # why it does not take the pendings on its other inputs (a shifted query beside a key)
     declined: dict[int, str] = field(default_factory=dict)
     uses: tuple[str, ...] = ()  # further sub-rules it relies on (a composition sent back)
+
+
+@dataclass(frozen=True)
+class Replace:
+    """node.inputs[slot] becomes a new constant `value` (a weight where `weights` gives its
+    largest |value| before and after, for the report)."""
+
+    node: gs.Node
+    slot: int
+    value: np.ndarray
+    weights: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class Fill:
+    """node.inputs[slot], empty or missing, becomes a new constant `value` named after `base`
+    (a bias a linear did not have), and `attrs` are set on the node with it."""
+
+    node: gs.Node
+    slot: int
+    value: np.ndarray
+    base: str
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Before:
+    """node.inputs[slot] becomes `affine` of the carrier that reached it: a Mul and/or an Add
+    put before the node (a stream re-scaled, the shift a padded Conv cannot take)."""
+
+    node: gs.Node
+    slot: int
+    affine: Affine
+    base: str
+
+
+# what a plan changes in the graph, all of it computed when the plan was made: the rewrite
+# (dataflow.py) applies these and nothing else
+Write = Replace | Fill | Before
 
 
 @dataclass
@@ -142,7 +181,7 @@ class Handler:
     in one module of transfer/ (`family`):
 
     `prep(node, pendings, ctx)`: forward, with pendings on some inputs: a `Move` (naming the
-    sub-rule it uses, in `Move.rule`; its `apply` is the rewrite) or a `Stop` (the reason it
+    sub-rule it uses, in `Move.rule`; its `writes`, what the rewrite does) or a `Stop` (why it
     needs the true values); None for "nothing to say" (the op does not commute).
     `back(node, affine, walk, want_shift)`: backward, this op's part of making its output hold
     affine(output) (backward.py's walk calls it): True when the shift found a place too, False
@@ -356,29 +395,6 @@ def ints(node: gs.Node, attr: str, input_index: int, ctx: Context) -> list[int] 
         value = ctx.constant(node.inputs[input_index])
         return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
     return []
-
-
-class Rewrite(Protocol):
-    """What `Move.apply` gets in the rewrite pass (implemented by the driver)."""
-
-    graph: gs.Graph
-    names: Names
-
-    def replace_input(self, node: gs.Node, slot: int, value: np.ndarray,
-                      weights: tuple[float, float] | None = None) -> None:
-        """node.inputs[slot] = a new constant `value` (a weight when `weights` gives its largest
-        |value| before and after, for the report)."""
-
-    def set_input(self, node: gs.Node, slot: int, value: np.ndarray, base: str) -> None:
-        """node.inputs[slot] = a new constant `value` named after `base`, where nothing (or
-        an empty optional input) was: a bias a linear did not have."""
-
-    def materialize(self, source: gs.Tensor, affine: Affine, dtype: np.dtype,
-                    base: str) -> gs.Tensor:
-        """A new tensor affine(source): one Mul, one Add (either left out when neutral)."""
-
-    def retarget(self, name: str, carrier: gs.Tensor) -> None:
-        """The pending on the tensor `name` rides on `carrier` from now on."""
 
 
 def dtype_of(tensor: gs.Tensor) -> np.dtype:

@@ -15,7 +15,6 @@ request of that tensor, and the shift must find a place in all parts or none.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,12 +22,11 @@ import numpy as np
 from unfold.fold.algebra import Affine, concat_constants
 from unfold.fold.backward import Refused, Walk, replace_constant
 from unfold.fold.flow import (
-    Carried,
     Context,
     Handler,
     Move,
     Pending,
-    Rewrite,
+    Replace,
     Rule,
     Stop,
     merged,
@@ -108,17 +106,12 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
     if big is not None:
         return big
 
-    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        for slot, expand, value in preimages:
-            if expand is None:
-                rw.replace_input(node, slot, value)
-            else:
-                rw.replace_input(expand, 0, value)
-
+    writes = tuple(Replace(node, slot, value) if expand is None else Replace(expand, 0, value)
+                   for slot, expand, value in preimages)
     what = " (its constant input mapped back through the affine)" if preimages else ""
     return Move(NAME, f"moved past Concat {quoted(node)}{what}", tuple(sorted(pendings)),
                 {node.outputs[0].name: merged(list(pendings.values()), joined)},
-                apply=apply if preimages else None)
+                writes=writes)
 
 
 def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:

@@ -13,13 +13,12 @@ pending and deletes them, rule 4.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from unfold.fold.algebra import Affine, broadcasts_within
-from unfold.fold.flow import Carried, Context, Move, Pending, Rewrite, Rule, Stop, named
+from unfold.fold.flow import Context, Move, Pending, Replace, Rule, Stop, named
 from unfold.fold.transfer._common import too_big
 from unfold.numerics import MIN_ABS_SCALE
 
@@ -79,12 +78,10 @@ def prep(node: gs.Node, pendings: dict[int, Pending], operand: tuple[int, np.nda
     value = new_constant.reshape(constant.shape) if new_constant.size == np.size(constant) \
         else new_constant
 
-    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        with np.errstate(over="ignore", invalid="ignore"):
-            cast = value.astype(dtype)
-        if not np.all(np.isfinite(cast)):
-            raise AssertionError(f"{named(node)}: the constant became non-finite")
-        rw.replace_input(node, 1 - slot, cast)
-
+    with np.errstate(over="ignore", invalid="ignore"):
+        cast = value.astype(dtype)
+    if not np.all(np.isfinite(cast)):
+        return Stop(f"its constant would not be finite in {dtype}")
     outputs = {} if left.is_identity() else {node.outputs[0].name: pending.then(left)}
-    return Move(NAME, f"moved past {named(node)} ({what})", (slot,), outputs, apply=apply)
+    return Move(NAME, f"moved past {named(node)} ({what})", (slot,), outputs,
+                writes=(Replace(node, 1 - slot, cast),))

@@ -13,7 +13,6 @@ Backward, as the producer of a tensor an affine is asked of (rule 2, backward.in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,15 +20,16 @@ import numpy as np
 from unfold.fold.algebra import Affine, FoldRejected, fold_into_conv_consumer
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
 from unfold.fold.flow import (
-    Carried,
+    Before,
     Context,
+    Fill,
     Handler,
     Move,
     Pending,
-    Rewrite,
+    Replace,
     Rule,
     Stop,
-    dtype_of,
+    Write,
     named,
     quoted,
 )
@@ -93,22 +93,18 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                   f"(in its bias it would be wrong at the borders)")
     stays = Affine.shift_only(affine.shift / affine.scale) if leaves else None
 
-    def apply(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
-        rw.replace_input(node, 1, folded.weight,
-                         weights=(folded.max_abs_weight_before, folded.max_abs_weight_after))
-        if has_bias:
-            rw.replace_input(node, 2, folded.bias)
-        elif into_bias and affine.has_shift:
-            rw.set_input(node, 2, folded.bias, f"{node.name}_bias")
-        if stays is not None:
-            carrier = arrived[0].carrier
-            assert carrier is not None
-            node.inputs[0] = rw.materialize(carrier, stays, dtype_of(carrier),
-                                            base=f"{node.name}_shift_in")
+    writes: list[Write] = [Replace(node, 1, folded.weight, (folded.max_abs_weight_before,
+                                                            folded.max_abs_weight_after))]
+    if has_bias:
+        writes.append(Replace(node, 2, folded.bias))
+    elif into_bias and affine.has_shift:
+        writes.append(Fill(node, 2, folded.bias, f"{node.name}_bias"))
+    if stays is not None:
+        writes.append(Before(node, 0, stays, f"{node.name}_shift_in"))
 
     event = f"folded into its reader Conv {quoted(node)}" if leaves is None else \
         f"scale folded into its reader Conv {quoted(node)}"
-    return Move(NAME, event, (0,), {}, cost=1.0 if leaves else 0.0, apply=apply,
+    return Move(NAME, event, (0,), {}, cost=1.0 if leaves else 0.0, writes=tuple(writes),
                 absorbed_by=(node.name,), leaves=leaves)
 
 

@@ -20,7 +20,6 @@ the weight's output columns take the scale, the bias the shift; a MatMul has no 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,7 +33,18 @@ from unfold.fold.algebra import (
     shift_through_weight,
 )
 from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
-from unfold.fold.flow import Carried, Context, Handler, Move, Pending, Rewrite, Rule, Stop, named
+from unfold.fold.flow import (
+    Context,
+    Fill,
+    Handler,
+    Move,
+    Pending,
+    Replace,
+    Rule,
+    Stop,
+    Write,
+    named,
+)
 from unfold.fold.transfer import attention
 
 if TYPE_CHECKING:
@@ -102,17 +112,16 @@ def _matmul(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None
         if not after.is_identity():
             outputs[node.outputs[0].name] = pending.then(after)
 
-    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        if folded.weight is not None:
-            rw.replace_input(node, 1, folded.weight, weights=(folded.max_abs_weight_before,
-                                                              folded.max_abs_weight_after))
-        if bias is not None and folded.bias is not None:
-            rw.replace_input(bias[0], bias[1], folded.bias)
-
+    writes: list[Write] = []
+    if folded.weight is not None:
+        writes.append(Replace(node, 1, folded.weight, (folded.max_abs_weight_before,
+                                                       folded.max_abs_weight_after)))
+    if bias is not None and folded.bias is not None:
+        writes.append(Replace(bias[0], bias[1], folded.bias))
     if rule == CONSUMER:
-        return Move(rule, "", (0,), outputs, apply=apply, absorbed_by=(node.name,))
+        return Move(rule, "", (0,), outputs, writes=tuple(writes), absorbed_by=(node.name,))
     return Move(rule, f"moved past MatMul '{node.name}' (a linear over an axis the scale is "
-                      f"constant along)", (0,), outputs, apply=apply)
+                      f"constant along)", (0,), outputs, writes=tuple(writes))
 
 
 def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
@@ -138,16 +147,13 @@ def _gemm(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop | None:
     except FoldRejected as rejected:
         return Stop(rejected.reason)
 
-    def apply(rw: Rewrite, _: Mapping[int, Carried]) -> None:
-        new_b, new_c, before, after = folded
-        rw.replace_input(node, 1, new_b, weights=(before, after))
-        if c is not None and beta != 0.0:
-            rw.replace_input(node, 2, new_c)
-        elif np.any(new_c != 0):
-            rw.set_input(node, 2, new_c, f"{node.name}_C")
-            node.attrs["beta"] = 1.0
-
-    return Move(CONSUMER, "", (0,), {}, apply=apply, absorbed_by=(node.name,))
+    new_b, new_c, before, after = folded
+    writes: list[Write] = [Replace(node, 1, new_b, (before, after))]
+    if c is not None and beta != 0.0:
+        writes.append(Replace(node, 2, new_c))
+    elif np.any(new_c != 0):
+        writes.append(Fill(node, 2, new_c, f"{node.name}_C", {"beta": 1.0}))
+    return Move(CONSUMER, "", (0,), {}, writes=tuple(writes), absorbed_by=(node.name,))
 
 
 def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | Stop | None:

@@ -54,7 +54,7 @@ def plan_site(site: Site, incoming: Carried | None, ctx: Context) -> Move | Stop
                         {site.output.name: Pending(affine=left, origins=origins, stayed=stayed)},
                         own_outputs=incoming is not None,
                         uses=(NAME,) if incoming is not None else (),
-                        deletes=tuple(site.nodes), apply=found.apply,
+                        deletes=tuple(site.nodes), writes=tuple(found.writes),
                         absorbed_by=tuple(found.absorbed_by), **where)
         if found.deep:
             into = "the embedding tables" if "table" in found else "the producer"

@@ -13,7 +13,6 @@ stream (the pending becomes a pure shift), so an fp16 engine stays in range.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -22,14 +21,12 @@ from unfold.errors import option
 from unfold.fold import backward
 from unfold.fold.algebra import Affine
 from unfold.fold.flow import (
-    Carried,
+    Before,
     Context,
     Move,
     Pending,
-    Rewrite,
     Rule,
     Stop,
-    dtype_of,
     merged,
     named,
 )
@@ -111,7 +108,7 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                 return Move(NAME, f"carried past {named(node)} (the other side's scale "
                                   f"rescaled in {', '.join(found.absorbed_by)})", (0, 1),
                             {out: merged([first, second], Affine(kept_affine.scale, shift))},
-                            apply=found.apply)
+                            writes=tuple(found.writes))
         # neither producer can: one Mul re-scales one side to the other's scale, here
         #   a⊙p + b1 + c⊙q + b2 = a⊙(p + (c⊘a)⊙q) + (b1 + b2)
         keep = 0 if not np.any(np.abs(a.scale) < MIN_ABS_SCALE) else 1
@@ -122,17 +119,11 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         ratio = pendings[moving].affine.scale / kept.scale
         note = (f"a Mul stays before {named(node)}: two pending affines with different scales "
                 f"meet there and neither side's producer can take the other's")
-
-        def ratio_here(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
-            carrier = arrived[moving].carrier
-            assert carrier is not None
-            node.inputs[moving] = rw.materialize(carrier, Affine(ratio, np.zeros(1)),
-                                                 dtype_of(carrier), base=f"{node.name}_scale")
-
         return Move(NAME, f"carried past {named(node)} (one side re-scaled to the other)",
                     (0, 1), {out: merged([first, second],
                                          Affine(kept.scale, a.shift + sign * b.shift))},
-                    cost=1.0, apply=ratio_here, leaves=note)
+                    cost=1.0, leaves=note, writes=(
+                        Before(node, moving, Affine(ratio, np.zeros(1)), f"{node.name}_scale"),))
     (slot,) = pendings
     pending = pendings[slot]
     affine = pending.affine
@@ -153,25 +144,19 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
                                  want_shift=True) if affine.has_shift else None
         if isinstance(taker, backward.Request) and taker.takes_shift:
             return Move(NAME, f"shift moved into the other operand of {named(node)} "
-                              f"({taker.event})", (slot,), {}, apply=taker.apply)
+                              f"({taker.event})", (slot,), {}, writes=tuple(taker.writes))
         return Move(NAME, f"shift carried past the residual {named(node)}", (slot,),
                     {out: pending.then(Affine(affine.scale, own * affine.shift))})
     if _bound_exceeded(affine, ctx):
         low, high = affine.channel_range()
-
-        def rescale(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
-            carrier = arrived[slot].carrier
-            assert carrier is not None
-            scaled = rw.materialize(carrier, Affine(affine.scale, np.zeros(1)),
-                                    dtype_of(carrier), base=f"{node.name}_rescale")
-            node.inputs[slot] = scaled
 
         note = (f"the stream re-scaled by one Mul before {named(node)} (its carried scale "
                 f"spans {low:.3g}..{high:.3g}, beyond "
                 f"{option('max_scale', ctx.max_scale)})")
         return Move(NAME, note, (slot,), {out: pending.then(
             Affine(np.ones_like(affine.scale), own * affine.shift),
-            stayed=pending.stayed + (note,))}, cost=1.0, apply=rescale)
+            stayed=pending.stayed + (note,))}, cost=1.0, writes=(
+                Before(node, slot, Affine(affine.scale, np.zeros(1)), f"{node.name}_rescale"),))
     tiny = np.abs(affine.scale) < MIN_ABS_SCALE
     if np.any(tiny):
         return Stop(f"the pending scale is ~0 on {int(tiny.sum())} channel(s) (|a| < "
@@ -193,17 +178,12 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
         # the scale materialized here (one Mul), the shift carried on past the Add
         note = (f"the scale stays as one Mul before {named(node)} (cannot divide the other "
                 f"operand by it: {found})")
-
-        def scale_here(rw: Rewrite, arrived: Mapping[int, Carried]) -> None:
-            carrier = arrived[slot].carrier
-            assert carrier is not None
-            node.inputs[slot] = rw.materialize(carrier, Affine(affine.scale, np.zeros(1)),
-                                               dtype_of(carrier), base=f"{node.name}_scale")
-
         return Move(NAME, f"shift carried past the residual {named(node)}", (slot,),
                     {out: pending.then(Affine(np.ones_like(affine.scale),
                                               own * affine.shift))},
-                    cost=1.0, apply=scale_here, leaves=note)
+                    cost=1.0, leaves=note, writes=(
+                        Before(node, slot, Affine(affine.scale, np.zeros(1)),
+                               f"{node.name}_scale"),))
     dividers = ", ".join(f"'{n}'" for n in found.absorbed_by) or "its constants"
     return Move(NAME, f"carried past the residual {named(node)} (divided {dividers})", (slot,),
-                {out: pending.then(Affine(affine.scale, left))}, apply=found.apply)
+                {out: pending.then(Affine(affine.scale, left))}, writes=tuple(found.writes))

@@ -26,7 +26,7 @@ from unfold.fold.algebra import (
     slice_constant,
 )
 from unfold.fold.backward import EMBEDDING, EMBEDDING_RULE, Refused, Walk, deep
-from unfold.fold.flow import Context, Handler, Move, Pending, Rewrite, Rule, Stop, named, quoted
+from unfold.fold.flow import Context, Handler, Move, Pending, Replace, Rule, Stop, named, quoted
 from unfold.fold.transfer._common import ints, moved, too_big
 
 if TYPE_CHECKING:
@@ -169,11 +169,8 @@ def _into_table(node: gs.Node, shape: tuple[int, ...], affine: Affine, walk: Wal
     except FoldRejected as rejected:
         raise deep(f"the table of {what}: {rejected.reason}") from None
 
-    def act(rw: Rewrite) -> None:
-        rw.replace_input(node, 0, folded.weight, weights=(folded.max_abs_weight_before,
-                                                          folded.max_abs_weight_after))
-
-    walk.plan.actions.append(act)
+    walk.plan.writes.append(Replace(node, 0, folded.weight, (folded.max_abs_weight_before,
+                                                             folded.max_abs_weight_after)))
     walk.plan.absorbed_by.append(node.name)
     walk.plan.path.append(f"folded into the embedding table of {what}")
     return want_shift
