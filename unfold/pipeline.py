@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 import onnx
 
-from unfold.engines import Runner, check_device, check_engine, check_runs, runner_for
+from unfold.engines import (
+    Runner,
+    check_device,
+    check_engine,
+    check_runs,
+    is_onnx_file,
+    open_model,
+    runner_for,
+)
 from unfold.errors import UnfoldError, check_paths, option
 from unfold.fold import FoldReport, fold_model
 from unfold.fold.model import check_fold_options
@@ -38,7 +46,7 @@ from unfold.load.model_file import held_model, is_model_object
 from unfold.model_parts import ModelParts
 from unfold.norm_kinds import check_swap
 from unfold.numerics import FP16_MAX_SCALE
-from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
+from unfold.onnx_files import check_output_path, save_onnx_atomic
 from unfold.precision.checked import check_half, half_of, half_tolerances, precision_batches
 from unfold.precision.half import (
     HalfReport,
@@ -290,10 +298,6 @@ def _diagnose(verification: VerifyReport, reference: Runner, exported: onnx.Mode
 PLAN_SUFFIXES = (".plan", ".engine")  # what `unfold build` writes (TensorRT's own names)
 
 
-def _is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
-
-
 def verify(reference: str | Path | Any, candidate: str | Path, *, engine: str = "ort",
            device: str = "cpu", arch: str | None = None,
            arch_kwargs: Mapping[str, Any] | None = None, trust: bool = False,
@@ -337,7 +341,7 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             require_tensorrt()  # (before the reference loads: a missing engine costs nothing)
             if not candidate.is_file():
                 raise UnfoldError(f"{candidate}: no such file")
-        candidate_onnx = load_onnx(candidate) if _is_onnx(candidate) else None
+        candidate_onnx = open_model(candidate) if is_onnx_file(candidate) else None
         half = graph_half_type(candidate_onnx) if candidate_onnx is not None else None
         # (a model.pt candidate with the default engine runs on torch)
         if not candidate_plan and not (candidate_onnx is None and engine == "ort"):
@@ -353,12 +357,12 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             plan_runner = runner_for(candidate.read_bytes(), "trt")
             output_names = plan_runner.output_names
         reference_onnx = None
-        if held is None and _is_onnx(reference):
-            reference_onnx = load_onnx(reference)
+        if held is None and is_onnx_file(reference):
+            reference_onnx = open_model(reference)
             ref_runner = runner_for(reference_onnx, "ort", device=device)
             specs = onnx_input_specs(reference_onnx, inputs)
         else:
-            loaded = held or load_model(reference, arch=arch, arch_kwargs=arch_kwargs,
+            loaded = held or open_model(reference, arch=arch, arch_kwargs=arch_kwargs,
                                         trust=trust, swap=swap)
             specs = loaded.resolve_specs(inputs)
             ref_runner = runner_for(loaded, "torch", device=device, output_names=output_names)
@@ -367,7 +371,7 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
         if plan_runner is not None:
             cand_runner = plan_runner
         elif candidate_onnx is None:
-            other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
+            other = open_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
                                swap=swap)
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)

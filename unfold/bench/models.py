@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from unfold.engines import ONNX_ENGINES, Runner, check_runs, runner_for
+from unfold.engines import ONNX_ENGINES, Runner, check_runs, is_onnx_file, open_model, runner_for
 from unfold.errors import UnfoldError, option
 from unfold.inputs import Inputs, InputSpec, onnx_input_specs, random_batch
 
@@ -60,13 +60,7 @@ class Target:
 def load_target(path: Path, engine: str, *, trust: bool = False, arch: str | None = None,
                 arch_kwargs: Mapping[str, Any] | None = None,
                 swap: str | None = None) -> Target:
-    check_runs(engine, path, is_onnx=path.suffix.lower() == ".onnx")
-    if engine in ONNX_ENGINES:
-        from unfold.onnx_files import load_onnx
-
-        return Target(path, engine, load_onnx(path))
-    from unfold.load import load_model
-
-    return Target(path, engine, load_model(path, trust=trust, arch=arch,
-                                           arch_kwargs=arch_kwargs, swap=swap))
+    check_runs(engine, path, is_onnx=is_onnx_file(path))
+    return Target(path, engine, open_model(path, trust=trust, arch=arch, arch_kwargs=arch_kwargs,
+                                           swap=swap))
 

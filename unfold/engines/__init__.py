@@ -16,7 +16,7 @@ installed is an `UnfoldError` with exit code 3 that says how to get it.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -60,6 +60,25 @@ def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:
     if engine in ONNX_ENGINES and not is_onnx:
         raise UnfoldError(f"{option('engine', engine)} runs ONNX models; {what} is not one: "
                           f"use {option('engine', 'torch')}, or convert it first")
+
+
+def is_onnx_file(path: Path) -> bool:
+    """A path the ONNX engines take (by its suffix, as `open_model` reads it)."""
+    return path.suffix.lower() == ".onnx"
+
+
+def open_model(path: Path, *, trust: bool = False, arch: str | None = None,
+               arch_kwargs: Mapping[str, Any] | None = None, swap: str | None = None) -> Any:
+    """A model file as `runner_for` takes it: an ONNX model (`.onnx`, with its external data)
+    or a torch model loaded safely (`unfold.load.load_model`, for any other file; `trust`,
+    `arch`, `arch_kwargs` and `swap` as there). Verify and bench open their models here."""
+    if is_onnx_file(path):
+        from unfold.onnx_files import load_onnx
+
+        return load_onnx(path)
+    from unfold.load import load_model
+
+    return load_model(path, trust=trust, arch=arch, arch_kwargs=arch_kwargs, swap=swap)
 
 
 def runner_for(model: Any, engine: str, *, device: str = "cpu",
