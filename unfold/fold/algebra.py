@@ -84,9 +84,6 @@ def max_abs(x: np.ndarray) -> float:
     return max(float(x.max()), -float(x.min())) if x.size else 0.0
 
 
-_max_abs = max_abs
-
-
 def _bias64(bias: np.ndarray | None, channels: int) -> np.ndarray:
     return np.zeros(channels) if bias is None else np.asarray(bias, dtype=np.float64)
 
@@ -107,7 +104,7 @@ def fold_into_producer(weight: np.ndarray, bias: np.ndarray | None, scale: np.nd
     new_w = weight.astype(np.float64) * scale.reshape(shape)
     new_b = scale * _bias64(bias, channels) + shift
     out_w, out_b = _finish(new_w, new_b, weight, bias, "folding into the producer")
-    return FoldedLinear(out_w, out_b, _max_abs(weight), _max_abs(out_w))
+    return FoldedLinear(out_w, out_b, max_abs(weight), max_abs(out_w))
 
 
 def fold_into_conv_consumer(weight: np.ndarray, bias: np.ndarray | None, scale: np.ndarray,
@@ -129,7 +126,7 @@ def fold_into_conv_consumer(weight: np.ndarray, bias: np.ndarray | None, scale: 
                  ).reshape(out_channels, -1).sum(axis=1)
     out_w, out_b = _finish(new_w, _bias64(bias, out_channels) + bias_term, weight, bias,
                            "folding into the Conv")
-    return FoldedLinear(out_w, out_b, _max_abs(weight), _max_abs(out_w))
+    return FoldedLinear(out_w, out_b, max_abs(weight), max_abs(out_w))
 
 
 def _vectors(scale: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -530,8 +527,8 @@ def fold_matmul_reader(weight: np.ndarray, bias: np.ndarray | None, *,
                                    None if bias is None else np.asarray(bias),
                                    "folding into the MatMul")
     return MatMulFold(out_weight if new_weight is not None else None,
-                      out_bias if total is not None else None, _max_abs(weight),
-                      _max_abs(out_weight))
+                      out_bias if total is not None else None, max_abs(weight),
+                      max_abs(out_weight))
 
 
 def shift_through_weight(weight: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -559,17 +556,17 @@ def fold_gemm_reader(weight: np.ndarray, c: np.ndarray | None, scale: np.ndarray
         total, c_dtype = term, weight.dtype
     new_b, new_c = _finish(folded.T if trans_b else folded, total, weight,
                            np.zeros(1, dtype=c_dtype), "folding into the Gemm")
-    return new_b, new_c, _max_abs(weight), _max_abs(new_b)
+    return new_b, new_c, max_abs(weight), max_abs(new_b)
 
 
 def fold_into_table(table: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> FoldedLinear:
     """Rule 6, an embedding table T (V, C) whose rows are looked up: s⊙T + b, computed into
     `table` itself (a copy the caller owns). Its `bias` is unused (empty)."""
-    before = _max_abs(table)
+    before = max_abs(table)
     value = rows_affine(table, scale, shift, in_place=True)
     if value is None:
         raise FoldRejected(f"it would not be finite in {table.dtype}")
-    return FoldedLinear(value, np.empty(0), before, _max_abs(value))
+    return FoldedLinear(value, np.empty(0), before, max_abs(value))
 
 
 ROWS_PER_STEP_ELEMENTS = 1 << 20  # rows_affine's working set: a few MiB of float64 at a time

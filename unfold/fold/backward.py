@@ -193,8 +193,8 @@ class ProducerLayout:
 def into_producer(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool,
                   layout: ProducerLayout) -> bool:
     """Rule 2, A(x ⊛ W + c) = x ⊛ (W·s) + (s⊙c + b), for a MatMul, Gemm or Conv whose output
-    channels `layout` gives; a producer without a bias slot it may fill takes the scale only."""
-    walk.use(PRODUCER)
+    channels `layout` gives (its `back` has taken the producer sub-rule, `Walk.use`); a
+    producer without a bias slot it may fill takes the scale only."""
     ctx, what = walk.ctx, named(node)
     channels = layout.channels
     scale = affine.scale_vector(layout.axis, channels)

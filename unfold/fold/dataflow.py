@@ -23,7 +23,6 @@ absorbed it, and for what stayed, the reader that needed the true values and why
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
@@ -44,6 +43,7 @@ from unfold.fold.flow import (
     Stop,
     Write,
     dtype_of,
+    fingerprint,
     named,
 )
 from unfold.fold.graph import (
@@ -117,8 +117,7 @@ class _Rewriter:
             self._shared.add(id(old))
             # a weight several nodes share (ALBERT's layers, a bias read thrice): where two
             # of them get the same new value, they share the new constant too
-            key = (id(old), value.dtype.str, value.shape, hashlib.sha1(
-                np.ascontiguousarray(value).tobytes()).hexdigest())
+            key = (id(old), fingerprint(value))
             shared = self._made.get(key)
             if shared is not None and np.array_equal(shared.values, value):
                 node.inputs[slot] = shared
@@ -425,6 +424,8 @@ def _rewrite(order: list[gs.Node], site_at: dict[int, Site], inside: set[int],
             incoming = arrived.get(site.slot)
             plan = plan_site(site, incoming, ctx)
             analysed = plans.get(id(node))
+            # (comparable where the analysis planned it with an incoming pending too: its
+            # Stops are only ever that, and its Moves consume the site's input slot then)
             if analysed is not None and (incoming is not None) == (
                     isinstance(analysed, Stop) or bool(analysed.consumes)):
                 _compare(node, analysed, plan, log)

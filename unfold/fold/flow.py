@@ -158,9 +158,6 @@ class Stop:
     reason: str
 
 
-Plan = Move | Stop
-
-
 @dataclass(frozen=True)
 class Rule:
     """A sub-rule: one case of the folding algebra, by the name `--skip` takes."""
@@ -280,8 +277,8 @@ class Context:
         result. A constant the rewrite has replaced since is another tensor, so a second fold
         into one weight computes afresh from its new values. `private`: the values are copies
         nothing else holds (compute may change them in place)."""
-        key = (compute, tuple(id(t) for t in constants), _fingerprint(args),
-               _fingerprint(sorted(kwargs.items())))
+        key = (compute, tuple(id(t) for t in constants), fingerprint(args),
+               fingerprint(sorted(kwargs.items())))
         entry = self._computed.get(key)
         if entry is not None and all(a is b for a, b in zip(entry[0], constants, strict=True)):
             result = entry[1]
@@ -375,13 +372,13 @@ class Context:
         return tensor.inputs[0] if len(tensor.inputs) == 1 else None
 
 
-def _fingerprint(value: Any) -> Any:
-    """A hashable stand-in for arguments holding arrays (by dtype, shape and a digest)."""
+def fingerprint(value: Any) -> Any:
+    """A hashable stand-in for a value holding arrays (each by dtype, shape and a digest)."""
     if isinstance(value, np.ndarray):
         data = np.ascontiguousarray(value)
         return ("array", data.dtype.str, data.shape, hashlib.sha1(data.tobytes()).hexdigest())
     if isinstance(value, (list, tuple)):
-        return tuple(_fingerprint(v) for v in value)
+        return tuple(fingerprint(v) for v in value)
     return value
 
 

@@ -18,7 +18,14 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from unfold.fold.algebra import Affine, FoldRejected, fold_into_conv_consumer
-from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
+from unfold.fold.backward import (
+    PRODUCER,
+    PRODUCER_RULE,
+    ProducerLayout,
+    Walk,
+    deep,
+    into_producer,
+)
 from unfold.fold.flow import (
     Before,
     Context,
@@ -110,12 +117,13 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
 
 def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
     """Rule 2 into a producer Conv: its output channels are on axis 1, its weight's axis 0."""
+    walk.use(PRODUCER)
     ctx, what = walk.ctx, named(node)
-    weight_shape = ctx.constant_shape(node.inputs[1])  # (the values only in the rewrite)
+    weight_shape = ctx.constant_shape(node.inputs[1])  # (its values: into_producer, once)
     if weight_shape is None:
         raise deep(f"its producer {what} has no constant weight")
     has_bias_slot = len(node.inputs) > 2
-    if has_bias_slot and ctx.constant(node.inputs[2]) is None:
+    if has_bias_slot and ctx.constant_shape(node.inputs[2]) is None:
         raise deep(f"its producer {what} has a non-constant bias")
     layout = ProducerLayout(1, 0, weight_shape[0], has_bias_slot, True)
     return into_producer(node, affine, walk, want_shift, layout)

@@ -32,7 +32,14 @@ from unfold.fold.algebra import (
     fold_matmul_reader,
     shift_through_weight,
 )
-from unfold.fold.backward import PRODUCER_RULE, ProducerLayout, Walk, deep, into_producer
+from unfold.fold.backward import (
+    PRODUCER,
+    PRODUCER_RULE,
+    ProducerLayout,
+    Walk,
+    deep,
+    into_producer,
+)
 from unfold.fold.flow import (
     Context,
     Fill,
@@ -168,8 +175,9 @@ def prep(node: gs.Node, pendings: dict[int, Pending], ctx: Context) -> Move | St
 
 def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
     """Rule 2 into a producer MatMul (no bias: the scale only) or Gemm (alpha = beta = 1)."""
+    walk.use(PRODUCER)
     ctx, what = walk.ctx, named(node)
-    weight_shape = ctx.constant_shape(node.inputs[1])  # (the values only in the rewrite)
+    weight_shape = ctx.constant_shape(node.inputs[1])  # (its values: into_producer, once)
     if weight_shape is None:
         raise deep(f"its producer {what} has no constant weight")
     if node.op == "MatMul":
@@ -182,8 +190,8 @@ def back(node: gs.Node, affine: Affine, walk: Walk, want_shift: bool) -> bool:
     out_axis = 0 if node.attrs.get("transB", 0) else 1
     has_bias_slot = len(node.inputs) > 2
     if has_bias_slot:
-        bias = ctx.constant(node.inputs[2])
-        if bias is None or bias.ndim > 1:
+        bias = ctx.constant_shape(node.inputs[2])
+        if bias is None or len(bias) > 1:
             raise deep(f"its producer {what} has a C that is not a constant vector")
     layout = ProducerLayout(1, out_axis, weight_shape[out_axis], has_bias_slot, True)
     return into_producer(node, affine, walk, want_shift, layout)

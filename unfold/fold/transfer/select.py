@@ -47,14 +47,12 @@ def _slice(node: gs.Node, pending: Pending, ctx: Context) -> Move | Stop:
         steps = [1] * len(starts)
     else:
         starts, ends = ints(node, "", 1, ctx), ints(node, "", 2, ctx)
-        axes, steps = ints(node, "", 3, ctx), ints(node, "", 4, ctx)
-        if axes is None or steps is None:
+        steps = ints(node, "", 4, ctx)
+        if ints(node, "", 3, ctx) is None or steps is None:
             return Stop("its axes or steps are not constant")
-        if not axes:
-            count = len(starts) if starts else (ctx.shape(node.inputs[1]) or [None])[0]
-            if not isinstance(count, int):
-                return Stop("its axes are not known")
-            axes = list(range(count))
+        axes = slice_axes(node, ctx)
+        if axes is None:
+            return Stop("its axes are not known")
         steps = steps or [1] * len(axes)
         if starts is None or ends is None:
             if affine.varying_axes() & {a % rank for a in axes}:
