@@ -16,7 +16,6 @@ from cli.fold import (
     MAX_SCALE,
     PRECISION,
     SKIP,
-    max_scale_for,
     render,
     render_precision,
     warn_fp16,
@@ -24,6 +23,7 @@ from cli.fold import (
 from cli.verify import render_verification
 from unfold.errors import ExitCode
 from unfold.export import EXPORTERS
+from unfold.numerics import stream_bound
 
 if TYPE_CHECKING:  # (torch is imported when a command runs, not for --help)
     from unfold.pipeline import ConvertReport
@@ -104,7 +104,7 @@ def convert(
         kwargs = opt.parse_arch_kwargs(arch_kwargs)
         from unfold.pipeline import convert as convert_model
 
-        bound = max_scale_for(max_scale, fp16)
+        bound = stream_bound(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the output will NOT be checked against torch",
                   file=sys.stderr)

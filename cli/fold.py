@@ -14,7 +14,7 @@ from cli import _inputs as opt
 from cli._common import DEBUG, JSON, one_of, run_command, show, stdout
 from unfold.errors import ExitCode
 from unfold.fold.transfer import RULES
-from unfold.numerics import FP16_MAX, FP16_MAX_SCALE
+from unfold.numerics import FP16_MAX, FP16_MAX_SCALE, stream_bound
 from unfold.precision import PRECISIONS
 
 if TYPE_CHECKING:  # (onnx is imported when a command runs, not for --help)
@@ -53,11 +53,6 @@ def render_precision(report: HalfReport | None, verification: VerifyReport | Non
     stdout.print(f"precision {report.describe()}")
     if verification is not None:
         render_verification(verification)
-
-
-def max_scale_for(max_scale: float | None, fp16: bool) -> float | None:
-    """`--fp16`'s default bound on the stream where none is given (the library checks it)."""
-    return FP16_MAX_SCALE if fp16 and max_scale is None else max_scale
 
 
 def warn_fp16(report: FoldReport) -> None:
@@ -152,7 +147,7 @@ def fold(
         tolerances = opt.parse_tolerance("--atol", atol), opt.parse_tolerance("--rtol", rtol)
         from unfold.fold_files import fold_file
 
-        bound = max_scale_for(max_scale, fp16)
+        bound = stream_bound(max_scale, fp16)
         if no_verify:
             print("warning: --no-verify: the folded model will NOT be checked against "
                   f"{model}", file=sys.stderr)

@@ -31,7 +31,7 @@ from unfold.fold.model import check_fold_options
 from unfold.fold.report import FoldReport
 from unfold.inputs import Inputs, InputSpec, check_inputs, check_seed, load_npz, onnx_input_specs
 from unfold.model_parts import graph_problem
-from unfold.numerics import FP16_MAX_SCALE
+from unfold.numerics import stream_bound
 from unfold.onnx_files import (
     PROTOBUF_LIMIT,
     check_not_read,
@@ -179,8 +179,7 @@ def fold_file(model: str | Path, out: str | Path, *, skip: Sequence[str] = (),
     check_fold_options(skip, max_scale)
     if precision is not None:
         check_precision(precision)
-        if precision == "fp16" and max_scale is None:  # (as --fp16: the stream's bound)
-            max_scale = FP16_MAX_SCALE
+        max_scale = stream_bound(max_scale, precision == "fp16")
     check_seed(seed)
     inputs = Inputs() if inputs is None else inputs
     check_inputs(inputs)

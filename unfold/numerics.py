@@ -20,3 +20,9 @@ BF16_SIGNIFICANT_BITS = 8
 # (benchmarks/fold_numerics.py: a calibrated 24-layer post-norm encoder keeps 280x of fp16's
 # range at 64, 63x at 256, for one Mul more than at 256)
 FP16_MAX_SCALE = 64.0
+
+
+def stream_bound(max_scale: float | None, fp16: bool) -> float | None:
+    """The bound on a post-norm stream's carried scale: the one given, else FP16_MAX_SCALE for
+    a result an fp16 engine runs (`--fp16`, `--precision fp16`), else none."""
+    return FP16_MAX_SCALE if fp16 and max_scale is None else max_scale

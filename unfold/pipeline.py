@@ -23,9 +23,9 @@ from unfold.engines import (
     Runner,
     check_device,
     check_engine,
+    check_precision_runs,
     check_runs,
     is_onnx_file,
-    open_model,
     runner_for,
 )
 from unfold.errors import UnfoldError, check_paths, option
@@ -45,8 +45,8 @@ from unfold.load.arch import check_arch_kwargs
 from unfold.load.model_file import held_model, is_model_object
 from unfold.model_parts import ModelParts
 from unfold.norm_kinds import check_swap
-from unfold.numerics import FP16_MAX_SCALE
-from unfold.onnx_files import check_output_path, save_onnx_atomic
+from unfold.numerics import stream_bound
+from unfold.onnx_files import check_output_path, load_onnx, save_onnx_atomic
 from unfold.precision.checked import check_half, half_of, half_tolerances, precision_batches
 from unfold.precision.half import (
     HalfReport,
@@ -206,8 +206,7 @@ def convert(model: str | Path | Any, out: str | Path, *, arch: str | None = None
     check_fold_options(skip, max_scale)
     if precision is not None:
         check_precision(precision)
-        if precision == "fp16" and max_scale is None:  # (as --fp16: the stream's bound)
-            max_scale = FP16_MAX_SCALE
+        max_scale = stream_bound(max_scale, precision == "fp16")
     target = check_output_path(out, force=force, inputs=() if in_memory else (Path(model),))
     stages = _Stages(progress)
     if in_memory:
@@ -341,8 +340,10 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             require_tensorrt()  # (before the reference loads: a missing engine costs nothing)
             if not candidate.is_file():
                 raise UnfoldError(f"{candidate}: no such file")
-        candidate_onnx = open_model(candidate) if is_onnx_file(candidate) else None
+        candidate_onnx = load_onnx(candidate) if is_onnx_file(candidate) else None
         half = graph_half_type(candidate_onnx) if candidate_onnx is not None else None
+        # (before the reference loads: a graph the engine cannot run costs nothing)
+        check_precision_runs(engine, device, half, candidate, doing="verify")
         # (a model.pt candidate with the default engine runs on torch)
         if not candidate_plan and not (candidate_onnx is None and engine == "ort"):
             check_runs(engine, candidate, is_onnx=candidate_onnx is not None)
@@ -358,11 +359,11 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
             output_names = plan_runner.output_names
         reference_onnx = None
         if held is None and is_onnx_file(reference):
-            reference_onnx = open_model(reference)
+            reference_onnx = load_onnx(reference)
             ref_runner = runner_for(reference_onnx, "ort", device=device)
             specs = onnx_input_specs(reference_onnx, inputs)
         else:
-            loaded = held or open_model(reference, arch=arch, arch_kwargs=arch_kwargs,
+            loaded = held or load_model(reference, arch=arch, arch_kwargs=arch_kwargs,
                                         trust=trust, swap=swap)
             specs = loaded.resolve_specs(inputs)
             ref_runner = runner_for(loaded, "torch", device=device, output_names=output_names)
@@ -371,29 +372,29 @@ def _verify(reference: Path, held: LoadedModel | None, candidate: Path, engine: 
         if plan_runner is not None:
             cand_runner = plan_runner
         elif candidate_onnx is None:
-            other = open_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
+            other = load_model(candidate, arch=arch, arch_kwargs=arch_kwargs, trust=trust,
                                swap=swap)
             other.use_inputs([spec.name for spec in specs])
             cand_runner = runner_for(other, "torch", device=device)
         else:
-            if half == "bf16" and engine == "ort" and device == "cpu":
-                raise UnfoldError(f"{candidate} computes in bf16, for which ONNX Runtime's CPU "
-                                  f"provider has almost no kernels: verify it with "
-                                  f"{option('engine', 'openvino')}")
             cand_runner = runner_for(candidate_onnx, engine, device=device, specs=specs)
         user = _real_inputs(inputs, specs)
     with stages.stage("verify", "comparing outputs"):
         batches = make_batches(specs, seed=seed, example=example, user=user)
+        given_atol, given_rtol = atol, rtol
         if half is not None:  # (a graph --precision wrote: its type's tolerances, real inputs)
             batches = precision_batches(batches)
             default_atol, default_rtol = half_tolerances(half, cand_runner.output_names)
             atol = default_atol if atol is None else atol
             rtol = default_rtol if rtol is None else rtol
         report = run_verification(ref_runner, cand_runner, batches, atol=atol, rtol=rtol)
-        if half is not None:
+        if half is not None and (given_atol is None or given_rtol is None):
             report.notes.append(f"{candidate.name} computes in {half}: checked with {half}'s "
                                 f"tolerances where none were given"
                                 + (", on the real inputs only" if user else ""))
+        elif half is not None and user:
+            report.notes.append(f"{candidate.name} computes in {half}: checked on the real "
+                                f"inputs only")
         failed = report.failed_batch()
         if failed is not None and reference_onnx is not None and candidate_onnx is not None:
             feeds = next(f for label, f in batches if label == failed.label)

@@ -55,3 +55,29 @@ def test_the_profile_covers_the_verification_batches() -> None:
     spec = InputSpec("ids", (4, 128), "int64", (0, 9), {0: "batch", 1: "seq"})
     assert profile_shapes(spec) == ((1, 1), (4, 128), (7, 128))
     assert profile_shapes(InputSpec("x", (2, 3))) == ((2, 3), (2, 3), (2, 3))
+
+
+def test_a_bf16_graph_is_refused_on_onnx_runtimes_cpu_provider_by_name() -> None:
+    """runner_for (what verify and bench both build their runners with) names the engine that
+    runs it, instead of ONNX Runtime's NOT_IMPLEMENTED from a session that cannot be made."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from unfold.engines import runner_for
+
+    weight = helper.make_tensor("w", TensorProto.BFLOAT16, [2], [1.0, 2.0])
+    nodes = [helper.make_node("Cast", ["w"], ["w32"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["x", "w32"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info(
+        "x", TensorProto.FLOAT, [2])], [helper.make_tensor_value_info(
+            "y", TensorProto.FLOAT, [2])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    with pytest.raises(UnfoldError, match="computes in bf16, for which ONNX Runtime's CPU "
+                                          "provider has almost no kernels: run it with "
+                                          "engine='openvino'"):
+        runner_for(model, "ort")
+    fp32 = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g",
+        graph.input, graph.output), opset_imports=[helper.make_opsetid("", 18)])
+    assert runner_for(fp32, "ort").run({"x": np.ones(2, np.float32)})["y"].tolist() == [1, 1]

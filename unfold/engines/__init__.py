@@ -25,7 +25,10 @@ import numpy as np
 from unfold.errors import UnfoldError, option
 
 if TYPE_CHECKING:
+    import onnx
+
     from unfold.inputs import InputSpec
+    from unfold.load import LoadedModel
 
 ONNX_ENGINES = ("ort", "openvino", "trt")
 ENGINES = (*ONNX_ENGINES, "torch")
@@ -62,16 +65,28 @@ def check_runs(engine: str, what: object, *, is_onnx: bool) -> None:
                           f"use {option('engine', 'torch')}, or convert it first")
 
 
+def check_precision_runs(engine: str, device: str, precision: str | None, what: object,
+                         doing: str = "run") -> None:
+    """That `engine` on `device` has kernels for a graph that computes in `precision` ("fp16",
+    "bf16", or None for fp32; `what` names it in the error, `doing` what the caller does with
+    it): ONNX Runtime's CPU provider has almost none for bf16."""
+    if precision == "bf16" and engine == "ort" and device == "cpu":
+        raise UnfoldError(f"{what} computes in bf16, for which ONNX Runtime's CPU provider has "
+                          f"almost no kernels: {doing} it with {option('engine', 'openvino')}")
+
+
 def is_onnx_file(path: Path) -> bool:
     """A path the ONNX engines take (by its suffix, as `open_model` reads it)."""
     return path.suffix.lower() == ".onnx"
 
 
 def open_model(path: Path, *, trust: bool = False, arch: str | None = None,
-               arch_kwargs: Mapping[str, Any] | None = None, swap: str | None = None) -> Any:
+               arch_kwargs: Mapping[str, Any] | None = None, swap: str | None = None
+               ) -> onnx.ModelProto | LoadedModel:
     """A model file as `runner_for` takes it: an ONNX model (`.onnx`, with its external data)
     or a torch model loaded safely (`unfold.load.load_model`, for any other file; `trust`,
-    `arch`, `arch_kwargs` and `swap` as there). Verify and bench open their models here."""
+    `arch`, `arch_kwargs` and `swap` as there), for a caller that does not look inside (bench;
+    verify, which does, calls the two loaders itself, by the same `is_onnx_file`)."""
     if is_onnx_file(path):
         from unfold.onnx_files import load_onnx
 
@@ -105,6 +120,10 @@ def runner_for(model: Any, engine: str, *, device: str = "cpu",
     if engine == "ort":
         from unfold.engines.ort import OrtRunner
 
+        if hasattr(model, "graph"):  # (a ModelProto: what its weights say it computes in)
+            from unfold.precision.half import graph_half_type
+
+            check_precision_runs(engine, device, graph_half_type(model), "the model")
         return OrtRunner(model, device=device, threads=threads)
     if engine == "openvino":
         from unfold.engines.openvino import OpenVinoRunner

@@ -45,7 +45,8 @@ def _case(op: str, operand: str) -> onnx.ModelProto:
 
 CASES = {  # (op, operand): the sub-rule that carries the norm past the op
     ("Add", "k"): "constant-op", ("Sub", "k"): "constant-op", ("Mul", "k"): "constant-op",
-    ("Div", "k"): "constant-op", ("Add", "branch"): "residual-add", ("Sub", "branch"): "residual-add",
+    ("Div", "k"): "constant-op",
+    ("Add", "branch"): "residual-add", ("Sub", "branch"): "residual-add",
     ("Mul", "g"): "gate", ("Div", "g"): "gate",
 }
 
